@@ -1,0 +1,181 @@
+"""`retrain` command line: init, validate, run, serve, status, demo.
+
+Errors of the `RetrainError` tree print their message (which says how to fix the problem) and
+exit with the error's code; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from retrain.errors import ConfigError, RetrainError
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from retrain.config import example_yaml
+
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        raise ConfigError(f"{path} exists; pass --force to overwrite it")
+    path.write_text(example_yaml(args.name))
+    print(f"wrote {path}; edit data.path, data.partition_column and data.target, then run "
+          f"`retrain validate --config {path}`")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from retrain.config import load_config
+    from retrain.data import load_split
+
+    config = load_config(args.config)
+    split = load_split(config.data, config.task.type)
+    lineage = split.lineage()
+    print(f"config ok: project {config.project.name!r}, task {config.task.type} "
+          f"({config.task.primary_metric})")
+    print(f"data ok: train partitions {lineage['data.train_partitions']} "
+          f"({lineage['data.train_rows']} rows), holdout {lineage['data.holdout_partitions']} "
+          f"({lineage['data.holdout_rows']} rows), features {list(split.spec.names)}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from retrain.config import load_config
+    from retrain.pipeline import run_cycle
+
+    config = load_config(args.config)
+    result = run_cycle(config, echo=None if args.quiet or args.json else print)
+    if args.json:
+        print(json.dumps({
+            "cycle_id": result.cycle_id,
+            "run_id": result.run_id,
+            "decision": result.decision.to_dict(),
+            "model_version": result.model_version,
+            "champion_version": result.champion_version,
+            "trials": {s: result.search.count(s) for s in ("completed", "stopped", "failed")},
+            "lineage": result.lineage,
+            "wall_seconds": round(result.wall_seconds, 2),
+        }, indent=2))
+    else:
+        print(result.decision.summary())
+        print(f"champion: version {result.champion_version}; cycle run {result.run_id} "
+              f"({result.wall_seconds:.1f}s)")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from retrain.config import load_config
+    from retrain.serving import start_serving
+
+    config = load_config(args.config)
+    url = start_serving(config)
+    print(f"serving {config.model_name}@champion at {url}/invocations (health: {url}/health)")
+    if args.detach:
+        return 0
+    print("press Ctrl-C to stop")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        from ray import serve
+
+        serve.shutdown()
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from retrain.config import load_config
+    from retrain.registry import CHAMPION, MlflowRegistry
+
+    config = load_config(args.config)
+    registry = MlflowRegistry.from_config(config)
+    champion = registry.alias_version(CHAMPION)
+    print(f"model {config.model_name!r} at {config.tracking_uri}")
+    print(f"champion: {'version ' + champion if champion else 'none yet'}")
+    cycles = registry.recent_cycles(args.limit)
+    if not cycles:
+        print("no cycles yet: run `retrain run --config ...`")
+        return 0
+    print(f"last {len(cycles)} cycle(s), newest first:")
+    for c in cycles:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.started))
+        version = f" -> v{c.model_version}" if c.model_version else ""
+        print(f"  {when}  {c.status:<8} {(c.verdict or '-'):<7}{version:<6} "
+              f"holdout={c.holdout or '-'}  challenger={c.challenger_score or '-'} "
+              f"champion={c.champion_score or '-'}")
+        if c.reasons:
+            print(f"      {c.reasons}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from retrain.demo import run_demo
+
+    run_demo(
+        Path(args.workdir), port=args.port, first_months=args.first_months,
+        last_month=args.last_month, trials=args.trials, rounds=args.rounds,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="retrain", description="Keep production models good as data changes, on Ray."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", help="write a commented example config")
+    p.add_argument("path", nargs="?", default="retrain.yaml")
+    p.add_argument("--name", default="my-project", help="project name")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.set_defaults(func=_cmd_init)
+
+    p = sub.add_parser("validate", help="check a config and the data it points at")
+    p.add_argument("--config", required=True)
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("run", help="run one retraining cycle")
+    p.add_argument("--config", required=True)
+    p.add_argument("--quiet", action="store_true", help="print only the decision")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("serve", help="serve the champion over HTTP with Ray Serve")
+    p.add_argument("--config", required=True)
+    p.add_argument("--detach", action="store_true",
+                   help="deploy and return (the app lives on in the Ray cluster)")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("status", help="show the champion and the last decisions")
+    p.add_argument("--config", required=True)
+    p.add_argument("--limit", type=int, default=10)
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("demo", help="the whole loop on NYC flights 2013, locally")
+    p.add_argument("--workdir", default="retrain-demo")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--first-months", type=int, default=3,
+                   help="months present at the start (the last is the first holdout)")
+    p.add_argument("--last-month", type=int, default=12)
+    p.add_argument("--trials", type=int, default=4, help="trials per cycle")
+    p.add_argument("--rounds", type=int, default=60, help="boosting rounds per trial")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RetrainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

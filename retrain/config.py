@@ -1,0 +1,408 @@
+"""The project configuration: one YAML file, validated on load.
+
+This is the only module that reads YAML or environment variables. Everything downstream takes
+the frozen `Config` object. Relative paths are resolved against the directory of the YAML file,
+so a project folder can be moved (or uploaded as a Ray job's working dir) as a whole.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
+
+from retrain.errors import ConfigError
+
+#: metric name -> True when larger is better
+METRIC_DIRECTIONS: dict[str, bool] = {
+    "auc": True,
+    "accuracy": True,
+    "logloss": False,
+    "rmse": False,
+    "mae": False,
+}
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("auc", "logloss", "accuracy"),
+    "regression": ("rmse", "mae"),
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProjectConfig(_Section):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    #: where the MLflow store, search results and reports live (default: .retrain beside the YAML)
+    workdir: Path = Path(".retrain")
+
+
+class DataConfig(_Section):
+    #: root of a hive-partitioned Parquet dataset (``<partition_column>=<value>/*.parquet``)
+    path: Path
+    partition_column: str = Field(min_length=1)
+    target: str = Field(min_length=1)
+    #: model inputs; empty means every column except target, partition column and ``exclude``
+    features: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    #: columns treated as categorical; string columns are categorical anyway
+    categorical: tuple[str, ...] = ()
+    #: the newest N partitions form the holdout on which champion and challenger are compared
+    holdout_partitions: int = Field(default=1, ge=1)
+    #: share of the (time-ordered) training rows kept for validation during the search
+    validation_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
+    min_rows_per_partition: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _target_not_a_feature(self) -> DataConfig:
+        clash = {self.target, self.partition_column} & set(self.features)
+        if clash:
+            raise ValueError(
+                f"features must not contain the target or the partition column, but got "
+                f"{sorted(clash)}; remove them from data.features"
+            )
+        return self
+
+
+class TaskConfig(_Section):
+    type: Literal["classification", "regression"]
+    metric: str | None = None
+
+    @model_validator(mode="after")
+    def _metric_fits_task(self) -> TaskConfig:
+        allowed = TASK_METRICS[self.type]
+        if self.metric is not None and self.metric not in allowed:
+            raise ValueError(
+                f"metric {self.metric!r} does not fit task type {self.type!r}; "
+                f"use one of {list(allowed)}"
+            )
+        return self
+
+    @property
+    def primary_metric(self) -> str:
+        return self.metric or TASK_METRICS[self.type][0]
+
+    @property
+    def greater_is_better(self) -> bool:
+        return METRIC_DIRECTIONS[self.primary_metric]
+
+
+class ParamRange(_Section):
+    """One searched hyperparameter: a numeric range or a list of choices."""
+
+    type: Literal["int", "float", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParamRange:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty 'choices' list")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter needs both 'low' and 'high'")
+        if self.low >= self.high:
+            raise ValueError(
+                f"'low' must be below 'high', but got low={self.low}, high={self.high}"
+            )
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scaled range needs low > 0, but got low={self.low}")
+        return self
+
+
+def _scalar(value: Any) -> bool | int | float | str:
+    if not isinstance(value, (bool, int, float, str)):
+        raise ValueError(
+            "expected a range like {type: float, low: 0.1, high: 1} or a fixed number, "
+            f"string or boolean, but got {value!r}"
+        )
+    return value
+
+
+def _space_kind(value: Any) -> str:
+    return "range" if isinstance(value, (dict, ParamRange)) else "fixed"
+
+
+# A mapping is a searched range, anything else a fixed value; the discriminator keeps the
+# error of a bad range to the range's own message instead of one line per union member.
+SpaceEntry = Annotated[
+    Annotated[ParamRange, Tag("range")]
+    | Annotated[Annotated[Any, AfterValidator(_scalar)], Tag("fixed")],
+    Discriminator(_space_kind),
+]
+_UNION_TAGS = {"range", "fixed"}
+
+
+def _default_space() -> dict[str, SpaceEntry]:
+    return {
+        "max_depth": ParamRange(type="int", low=3, high=10),
+        "eta": ParamRange(type="float", low=0.02, high=0.3, log=True),
+        "min_child_weight": ParamRange(type="float", low=1.0, high=20.0, log=True),
+        "subsample": ParamRange(type="float", low=0.6, high=1.0),
+        "colsample_bytree": ParamRange(type="float", low=0.6, high=1.0),
+        "lambda": ParamRange(type="float", low=0.1, high=10.0, log=True),
+    }
+
+
+class AshaConfig(_Section):
+    #: measured in reports (one report every ``report_every`` boosting rounds)
+    grace_period: int = Field(default=2, ge=1)
+    reduction_factor: float = Field(default=2.0, gt=1.0)
+
+
+class SearchConfig(_Section):
+    num_samples: int = Field(default=8, ge=1)
+    max_concurrent: int = Field(default=2, ge=1)
+    num_boost_round: int = Field(default=100, ge=1)
+    report_every: int = Field(default=10, ge=1)
+    seed: int = 0
+    early_stopping: bool = True
+    asha: AshaConfig = AshaConfig()
+    #: XGBoost parameters: a ParamRange is searched, a plain value is fixed
+    space: dict[str, SpaceEntry] = Field(default_factory=_default_space)
+    #: how often a trial is retried after a crash (a node dying, say)
+    max_failures: int = Field(default=1, ge=0)
+    time_budget_s: float | None = Field(default=None, gt=0)
+    #: where Ray Tune keeps trial results; on a multi-node cluster use shared storage (s3://...)
+    storage_path: str | None = None
+
+
+class ResourcesConfig(_Section):
+    #: CPUs Ray reserves per trial; XGBoost runs max(1, round(cpus)) threads
+    cpus_per_trial: float = Field(default=1.0, gt=0)
+    gpus_per_trial: float = Field(default=0.0, ge=0)
+
+
+class EvaluationConfig(_Section):
+    #: the challenger must beat the champion by this much on the primary metric (in the
+    #: metric's better direction); a negative value accepts a slightly worse challenger
+    min_improvement: float = 0.0
+    #: with no champion yet, the best candidate is promoted only if it reaches this score
+    #: (for a lower-is-better metric: only if its score is at most this)
+    min_score: float | None = None
+
+
+class MlflowConfig(_Section):
+    #: any MLflow tracking URI; default: a SQLite file in the workdir
+    tracking_uri: str | None = None
+    #: default: <workdir>/mlartifacts (used only when the experiment is created)
+    artifact_location: str | None = None
+    experiment: str | None = None
+    model_name: str | None = None
+
+
+class ServingConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    app_name: str = Field(default="retrain", min_length=1)
+    route_prefix: str = "/"
+    num_replicas: int = Field(default=1, ge=1)
+    #: CPUs Ray reserves per model replica (light models answer fine on a fraction)
+    cpus_per_replica: float = Field(default=1.0, gt=0)
+    #: how often each replica checks the registry for a new champion
+    poll_interval_s: float = Field(default=2.0, gt=0)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_rows: int = Field(default=10_000, ge=1)
+
+
+class RayConfig(_Section):
+    #: Ray cluster address; empty: RAY_ADDRESS, a local cluster started by ``ray start``, or a
+    #: new local runtime
+    address: str | None = None
+    #: CPUs of a new local runtime (ignored when connecting to a cluster)
+    num_cpus: int | None = Field(default=None, ge=1)
+
+
+class Config(_Section):
+    project: ProjectConfig
+    data: DataConfig
+    task: TaskConfig
+    search: SearchConfig = SearchConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    serving: ServingConfig = ServingConfig()
+    ray: RayConfig = RayConfig()
+
+    # Derived values: defaults that depend on other fields live here, in one place.
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"sqlite:///{self.project.workdir / 'mlflow.db'}"
+
+    @property
+    def artifact_location(self) -> str:
+        return self.mlflow.artifact_location or (self.project.workdir / "mlartifacts").as_uri()
+
+    @property
+    def experiment_name(self) -> str:
+        return self.mlflow.experiment or self.project.name
+
+    @property
+    def model_name(self) -> str:
+        return self.mlflow.model_name or self.project.name
+
+    @property
+    def storage_path(self) -> str:
+        return self.search.storage_path or str(self.project.workdir / "tune")
+
+
+def _resolve(base: Path, path: Path) -> Path:
+    path = Path(os.path.expandvars(str(path))).expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _format_problem(error: dict[str, Any], known: dict[tuple[str, ...], set[str]]) -> str:
+    # drop union tags and validator names that pydantic puts into the location
+    loc = tuple(
+        str(part) for part in error["loc"]
+        if part not in _UNION_TAGS and not str(part).startswith("function-")
+    )
+    where = ".".join(loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        parent, name = loc[:-1], loc[-1]
+        close = difflib.get_close_matches(name, sorted(known.get(parent, ())), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else "; remove it"
+        return f"{where}: unknown key{hint}"
+    if error["type"] == "missing":
+        return f"{where}: required but missing; add it to the config"
+    message = error["msg"].removeprefix("Value error, ")
+    got = error.get("input")
+    shown = "" if isinstance(got, dict) or "got" in message else f" (got {got!r})"
+    return f"{where}: {message}{shown}"
+
+
+def _known_keys(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> dict:
+    keys: dict[tuple[str, ...], set[str]] = {prefix: set(model.model_fields)}
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys.update(_known_keys(annotation, (*prefix, name)))
+    return keys
+
+
+def config_from_dict(raw: Any, *, base_dir: Path | str = ".", source: str = "config") -> Config:
+    """Validate a plain mapping (as read from YAML) into a `Config`.
+
+    Relative paths are resolved against ``base_dir``. Raises `ConfigError` listing every
+    problem at once, each naming the field, what was wrong and how to fix it.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{source}: expected a mapping with sections project, data, task, ..., "
+            f"but got {type(raw).__name__}; see `retrain init` for an example"
+        )
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        known = _known_keys(Config)
+        problems = tuple(_format_problem(e, known) for e in exc.errors())
+        listing = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(
+            f"{source} is invalid ({len(problems)} problem(s)):\n{listing}", problems=problems
+        ) from None
+    base = Path(base_dir).resolve()
+    return config.model_copy(
+        update={
+            "project": config.project.model_copy(
+                update={"workdir": _resolve(base, config.project.workdir)}
+            ),
+            "data": config.data.model_copy(update={"path": _resolve(base, config.data.path)}),
+        }
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a project YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"config file {str(path)!r} does not exist; create one with `retrain init {path}`"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    return config_from_dict(raw, base_dir=path.parent, source=str(path))
+
+
+EXAMPLE_YAML = """\
+# retrain project configuration. Relative paths are resolved against this file's folder.
+project:
+  name: {name}                 # names the MLflow experiment and registered model by default
+  workdir: .retrain            # MLflow store (SQLite + artifacts) and search results live here
+
+data:
+  path: data                   # hive-partitioned Parquet: data/<partition_column>=<value>/*.parquet
+  partition_column: month      # partitions sort by this value; the newest form the holdout
+  target: late                 # the column to predict
+  features: []                 # empty: every column except target, partition column and exclude
+  exclude: []
+  categorical: []              # string columns are categorical anyway
+  holdout_partitions: 1        # newest N partitions: champion and challenger are compared there
+  validation_fraction: 0.2     # newest share of the training rows, used to rank trials
+
+task:
+  type: classification         # classification | regression
+  metric: auc                  # classification: auc | logloss | accuracy; regression: rmse | mae
+
+search:
+  num_samples: 8               # trials per cycle
+  max_concurrent: 2            # trials at once (bounded by the cluster's CPUs/GPUs too)
+  num_boost_round: 100
+  report_every: 10             # rounds between reports; ASHA decides at reports
+  early_stopping: true         # ASHA stops weak trials early
+  seed: 0
+  max_failures: 1              # retries of a crashed trial (a node dying, say)
+  space:                       # a range is searched, a plain value is fixed
+    max_depth: {{type: int, low: 3, high: 10}}
+    eta: {{type: float, low: 0.02, high: 0.3, log: true}}
+    min_child_weight: {{type: float, low: 1, high: 20, log: true}}
+    subsample: {{type: float, low: 0.6, high: 1.0}}
+    colsample_bytree: {{type: float, low: 0.6, high: 1.0}}
+    lambda: {{type: float, low: 0.1, high: 10, log: true}}
+
+resources:
+  cpus_per_trial: 1            # XGBoost threads per trial
+  gpus_per_trial: 0            # > 0 trains on the GPU (device=cuda); fractions share one GPU
+
+evaluation:
+  min_improvement: 0.0         # challenger must beat the champion by this much on the holdout
+  min_score: 0.6               # first model (no champion yet) must reach this
+
+mlflow:
+  tracking_uri:                # empty: sqlite file in the workdir; or http://mlflow:5000, ...
+  experiment:                  # empty: project name
+  model_name:                  # empty: project name
+
+serving:
+  host: 127.0.0.1
+  port: 8000
+  app_name: retrain
+  num_replicas: 1
+  poll_interval_s: 2           # replicas pick up a new champion within this time
+
+ray:
+  address:                     # empty: RAY_ADDRESS, a running local cluster, or a new one
+  num_cpus:                    # CPUs for a new local runtime
+"""
+
+
+def example_yaml(name: str = "my-project") -> str:
+    """The commented example written by `retrain init`."""
+    return EXAMPLE_YAML.format(name=name)

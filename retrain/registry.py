@@ -1,0 +1,239 @@
+"""The MLflow adapter: cycle runs, trial runs, model versions, aliases, lineage.
+
+Every MLflow call of the training side goes through `MlflowRegistry`; MLflow exceptions are
+translated into `retrain.errors` here. The default store is a SQLite file plus an artifact
+folder in the project's workdir; any tracking URI works instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from retrain.errors import ModelNotFoundError, RegistryError
+from serve.features import FeatureSpec
+from serve.loader import LoadedModel, ModelUnavailable, alias_version, load_version
+
+CHAMPION = "champion"
+CYCLE_TAG = "retrain.kind"
+
+
+@dataclass(frozen=True)
+class CycleRecord:
+    """One past cycle, as `retrain status` shows it."""
+
+    run_id: str
+    started: float
+    status: str
+    verdict: str | None
+    reasons: str | None
+    challenger_score: str | None
+    champion_score: str | None
+    model_version: str | None
+    holdout: str | None
+
+
+class MlflowRegistry:
+    def __init__(
+        self, *, tracking_uri: str, artifact_location: str, experiment: str, model_name: str
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.artifact_location = artifact_location
+        self.experiment = experiment
+        self.model_name = model_name
+        if tracking_uri.startswith("sqlite:///"):
+            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    @classmethod
+    def from_config(cls, config) -> MlflowRegistry:
+        return cls(
+            tracking_uri=config.tracking_uri,
+            artifact_location=config.artifact_location,
+            experiment=config.experiment_name,
+            model_name=config.model_name,
+        )
+
+    # -- versions and aliases ----------------------------------------------------------------
+    def alias_version(self, alias: str = CHAMPION) -> str | None:
+        with _translated(f"reading alias {alias!r} of model {self.model_name!r}"):
+            return alias_version(self.tracking_uri, self.model_name, alias)
+
+    def load(self, version: str) -> LoadedModel:
+        try:
+            return load_version(self.tracking_uri, self.model_name, version)
+        except ModelUnavailable as exc:
+            raise ModelNotFoundError(
+                f"model {self.model_name!r} version {version} cannot be loaded: {exc}"
+            ) from exc
+
+    def set_alias(self, alias: str, version: str) -> None:
+        with _translated(f"setting alias {alias!r} to version {version}"):
+            self.client.set_registered_model_alias(self.model_name, alias, version)
+
+    # -- runs ----------------------------------------------------------------------------------
+    def experiment_id(self) -> str:
+        with _translated(f"opening experiment {self.experiment!r}"):
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is not None:
+                return found.experiment_id
+            return self.client.create_experiment(
+                self.experiment, artifact_location=self.artifact_location
+            )
+
+    @contextmanager
+    def cycle_run(self, run_name: str, tags: dict[str, str]) -> Iterator[str]:
+        """A parent run for one cycle; FAILED with the error when the body raises."""
+        with _translated("starting the cycle run"):
+            run = self.client.create_run(
+                self.experiment_id(), run_name=run_name, tags={CYCLE_TAG: "cycle", **tags}
+            )
+        run_id = run.info.run_id
+        try:
+            yield run_id
+        except BaseException as exc:
+            self.client.set_tag(run_id, "retrain.error", f"{type(exc).__name__}: {exc}"[:5000])
+            self.client.set_terminated(run_id, status="FAILED")
+            raise
+        self.client.set_terminated(run_id, status="FINISHED")
+
+    def log_cycle(
+        self, run_id: str, *, params: dict[str, Any], metrics: dict[str, float],
+        tags: dict[str, str], artifacts: dict[str, Any],
+    ) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        with _translated("logging the cycle"):
+            self.client.log_batch(
+                run_id,
+                metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+                tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()],
+            )
+            for name, payload in artifacts.items():
+                self.client.log_dict(run_id, payload, name)
+
+    def log_trials(self, parent_run_id: str, search) -> None:
+        """One child run per trial: params, per-round validation score, final metrics, status."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        status_map = {"completed": "FINISHED", "stopped": "KILLED", "failed": "FAILED"}
+        experiment_id = self.experiment_id()
+        now = int(time.time() * 1000)
+        with _translated("logging trial runs"):
+            for trial in search.trials:
+                run = self.client.create_run(
+                    experiment_id,
+                    run_name=f"trial-{trial.trial_id}",
+                    tags={"mlflow.parentRunId": parent_run_id, CYCLE_TAG: "trial"},
+                )
+                metrics = [
+                    Metric(f"valid_{search.metric}", h["score"], now, int(h["round"]))
+                    for h in trial.history
+                ]
+                if trial.score is not None:
+                    metrics.append(Metric(f"final_valid_{search.metric}", trial.score, now, 0))
+                metrics.append(Metric("train_seconds", trial.train_seconds, now, 0))
+                tags = [RunTag("retrain.trial_status", trial.status)]
+                if trial.error:
+                    tags.append(RunTag("retrain.error", trial.error[:5000]))
+                self.client.log_batch(
+                    run.info.run_id,
+                    metrics=metrics,
+                    params=[Param(k, str(v)[:6000]) for k, v in trial.params.items()],
+                    tags=tags,
+                )
+                self.client.set_terminated(run.info.run_id, status=status_map[trial.status])
+
+    # -- models --------------------------------------------------------------------------------
+    def log_model(
+        self, run_id: str, booster, spec: FeatureSpec, *, task: str, metric: str
+    ) -> str:
+        """Log the booster in XGBoost's own format (UBJ) with signature and feature spec."""
+        import mlflow
+        import mlflow.xgboost
+        import xgboost as xgb
+        from mlflow.models import ModelSignature
+        from mlflow.types import ColSpec, Schema
+
+        inputs = Schema([
+            ColSpec("string" if kind == "categorical" else "double", name)
+            for name, kind in zip(spec.names, spec.kinds, strict=True)
+        ])
+        signature = ModelSignature(inputs=inputs, outputs=Schema([ColSpec("double")]))
+        self._use_globally()
+        with _translated("logging the model"), mlflow.start_run(run_id=run_id):
+            info = mlflow.xgboost.log_model(
+                booster,
+                name="model",
+                signature=signature,
+                model_format="ubj",
+                # Naming the requirement skips MLflow's slow inference subprocess.
+                pip_requirements=[f"xgboost=={xgb.__version__}"],
+                metadata={"feature_spec": spec.to_dict(), "task": task, "metric": metric},
+            )
+        return info.model_uri
+
+    def register(self, model_uri: str, tags: dict[str, str]) -> str:
+        import mlflow
+
+        self._use_globally()
+        with _translated(f"registering {model_uri} as {self.model_name!r}"):
+            version = mlflow.register_model(model_uri, self.model_name, tags=tags)
+        return str(version.version)
+
+    def _use_globally(self) -> None:
+        # MLflow's model logging and registration go through the fluent (global) API.
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+
+    # -- history -------------------------------------------------------------------------------
+    def recent_cycles(self, limit: int = 10) -> list[CycleRecord]:
+        with _translated("reading past cycles"):
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is None:
+                return []
+            runs = self.client.search_runs(
+                [found.experiment_id],
+                filter_string=f"tags.`{CYCLE_TAG}` = 'cycle'",
+                order_by=["attributes.start_time DESC"],
+                max_results=limit,
+            )
+        out = []
+        for run in runs:
+            tags = run.data.tags
+            out.append(
+                CycleRecord(
+                    run_id=run.info.run_id,
+                    started=run.info.start_time / 1000,
+                    status=run.info.status,
+                    verdict=tags.get("retrain.verdict"),
+                    reasons=tags.get("retrain.reasons") or tags.get("retrain.error"),
+                    challenger_score=tags.get("retrain.challenger_score"),
+                    champion_score=tags.get("retrain.champion_score"),
+                    model_version=tags.get("retrain.model_version"),
+                    holdout=tags.get("data.holdout_partitions"),
+                )
+            )
+        return out
+
+
+@contextmanager
+def _translated(doing: str) -> Iterator[None]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            raise ModelNotFoundError(f"{doing}: {exc.message}") from exc
+        raise RegistryError(f"{doing} failed: {exc.message}") from exc

@@ -1,0 +1,97 @@
+"""Starts the Serve application for a project and watches what it answers (Ray Serve adapter)."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from retrain.config import Config
+from retrain.errors import ClusterError
+from retrain.runtime import ensure_ray
+from serve.settings import ServeSettings
+
+
+def serve_settings(config: Config) -> ServeSettings:
+    s = config.serving
+    return ServeSettings(
+        tracking_uri=config.tracking_uri,
+        model_name=config.model_name,
+        app_name=s.app_name,
+        route_prefix=s.route_prefix,
+        host=s.host,
+        port=s.port,
+        num_replicas=s.num_replicas,
+        cpus_per_replica=s.cpus_per_replica,
+        poll_interval_s=s.poll_interval_s,
+        max_body_bytes=s.max_body_bytes,
+        max_rows=s.max_rows,
+    )
+
+
+def base_url(config: Config) -> str:
+    prefix = config.serving.route_prefix.rstrip("/")
+    return f"http://{config.serving.host}:{config.serving.port}{prefix}"
+
+
+def start_serving(config: Config) -> str:
+    """Deploy (or update) the app on the connected Ray cluster; returns its base URL."""
+    from ray import serve
+
+    from serve.app import build_app
+
+    ensure_ray(config.ray)
+    settings = serve_settings(config)
+    try:
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        serve.run(
+            build_app(settings),
+            name=settings.app_name,
+            route_prefix=settings.route_prefix,
+            blocking=False,
+        )
+    except Exception as exc:  # Serve raises RuntimeError, RayServeException, ... on start-up
+        raise ClusterError(
+            f"cannot start serving on {settings.host}:{settings.port}: {exc}. Is the port "
+            "free? Change serving.port"
+        ) from exc
+    return base_url(config)
+
+
+def get_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def post_json(url: str, body: Any, timeout: float = 10.0) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def wait_for_version(url: str, version: str | None, timeout: float = 60.0) -> float:
+    """Seconds until ``/health`` reports ``version`` (any version when None)."""
+    start = time.perf_counter()
+    while True:
+        try:
+            status, body = get_json(f"{url}/health", timeout=2.0)
+            served = body.get("model_version") if isinstance(body, dict) else None
+            if status == 200 and (version is None or served == version):
+                return time.perf_counter() - start
+        except (OSError, ValueError):
+            pass  # not up yet
+        if time.perf_counter() - start > timeout:
+            raise ClusterError(
+                f"{url} did not serve version {version or '(any)'} within {timeout:.0f}s"
+            )
+        time.sleep(0.25)

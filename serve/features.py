@@ -1,0 +1,107 @@
+"""The model's input contract: feature names, kinds and category vocabularies.
+
+Training and serving must turn raw columns into the same model input; otherwise a category
+gets one code in training and another in a request. The spec is learned from the training
+data, stored with the model version (as MLflow model metadata), and applied on both sides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from serve.schemas import InvalidInput
+
+Kind = Literal["numeric", "categorical"]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    names: tuple[str, ...]
+    kinds: tuple[Kind, ...]
+    #: categorical feature -> its vocabulary; values outside it become missing
+    categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.names) != len(self.kinds):
+            raise ValueError(f"{len(self.names)} names but {len(self.kinds)} kinds")
+        if not self.names:
+            raise ValueError("a feature spec needs at least one feature")
+
+    @classmethod
+    def learn(cls, frame: pd.DataFrame, names: tuple[str, ...], categorical=()) -> FeatureSpec:
+        """Learn kinds and vocabularies from training data."""
+        kinds: list[Kind] = []
+        categories: dict[str, tuple[str, ...]] = {}
+        for name in names:
+            column = frame[name]
+            is_numeric = pd.api.types.is_numeric_dtype(column) and not isinstance(
+                column.dtype, pd.CategoricalDtype
+            )
+            if name in categorical or not is_numeric or pd.api.types.is_bool_dtype(column):
+                kinds.append("categorical")
+                values = column.dropna().astype("string").unique()
+                categories[name] = tuple(sorted(str(v) for v in values))
+            else:
+                kinds.append("numeric")
+        return cls(names=tuple(names), kinds=tuple(kinds), categories=categories)
+
+    def frame(self, data: pd.DataFrame) -> pd.DataFrame:
+        """Select, order and type the model's columns; raise `InvalidInput` on what cannot be."""
+        missing = [name for name in self.names if name not in data.columns]
+        if missing:
+            raise InvalidInput(
+                f"missing feature column(s) {missing}; the model expects {list(self.names)}"
+            )
+        columns: dict[str, Any] = {}
+        for name, kind in zip(self.names, self.kinds, strict=True):
+            column = data[name]
+            if kind == "numeric":
+                columns[name] = _numeric(name, column)
+            else:
+                text = column.astype("string")
+                columns[name] = pd.Categorical(text, categories=list(self.categories[name]))
+        return pd.DataFrame(columns, index=data.index)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "names": list(self.names),
+            "kinds": list(self.kinds),
+            "categories": {k: list(v) for k, v in self.categories.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> FeatureSpec:
+        return cls(
+            names=tuple(raw["names"]),
+            kinds=tuple(raw["kinds"]),
+            categories={k: tuple(v) for k, v in raw.get("categories", {}).items()},
+        )
+
+    def example(self) -> dict[str, Any]:
+        """One plausible input row, for docs, smoke tests and curl examples."""
+        row: dict[str, Any] = {}
+        for name, kind in zip(self.names, self.kinds, strict=True):
+            vocab = self.categories.get(name, ())
+            row[name] = (vocab[0] if vocab else None) if kind == "categorical" else 0.0
+        return row
+
+
+def _numeric(name: str, column: pd.Series) -> np.ndarray:
+    if pd.api.types.is_bool_dtype(column) or not (
+        pd.api.types.is_numeric_dtype(column) or column.dtype == object
+    ):
+        raise InvalidInput(f"feature {name!r} must be numeric, but got dtype {column.dtype}")
+    if pd.api.types.is_numeric_dtype(column):
+        return column.to_numpy(dtype=np.float32, na_value=np.nan)
+    bad = [v for v in column if v is not None and not _is_number(v)]
+    if bad:
+        raise InvalidInput(f"feature {name!r} must be numeric, but got {bad[0]!r}")
+    return column.astype("float64").to_numpy(dtype=np.float32, na_value=np.nan)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)

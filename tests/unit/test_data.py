@@ -1,0 +1,120 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from retrain.config import config_from_dict
+from retrain.data import list_partitions, load_split
+from retrain.errors import DataError
+from tests.synthetic import config_dict, write_partitions
+
+
+def _config(tmp_path, **data):
+    raw = config_dict(tmp_path / "data", tmp_path / "work")
+    raw["data"].update(data)
+    return config_from_dict(raw).data
+
+
+def test_split_is_by_time_newest_partition_is_holdout(tmp_path):
+    write_partitions(tmp_path / "data", [1, 2, 3, 10], rows=500)
+    split = load_split(_config(tmp_path), "classification")
+    # numeric partition values sort numerically, not as text ("10" after "3")
+    assert [p.value for p in split.train_partitions] == ["1", "2", "3"]
+    assert [p.value for p in split.holdout_partitions] == ["10"]
+    assert len(split.x_train) + len(split.x_valid) == 1500
+    assert len(split.x_valid) == 300  # newest 20 % of the training rows
+    assert len(split.x_holdout) == len(split.y_holdout) == 500
+    assert list(split.x_train.columns) == ["x1", "x2", "cat"]
+    assert split.spec.kinds == ("numeric", "numeric", "categorical")
+    assert split.spec.categories["cat"] == ("a", "b", "c")
+    assert isinstance(split.x_train["cat"].dtype, pd.CategoricalDtype)
+    assert split.y_train.dtype == np.int8
+
+
+def test_validation_rows_are_the_newest_training_rows(tmp_path):
+    write_partitions(tmp_path / "data", [1, 2, 3], rows=100)
+    split = load_split(_config(tmp_path, validation_fraction=0.5), "classification")
+    expected = pd.read_parquet(tmp_path / "data" / "period=2" / "part-0.parquet")
+    np.testing.assert_allclose(split.x_valid["x1"].to_numpy(), expected["x1"].to_numpy())
+
+
+def test_lineage_names_partitions_and_changes_with_content(tmp_path):
+    write_partitions(tmp_path / "data", [1, 2, 3], rows=100)
+    config = _config(tmp_path)
+    before = load_split(config, "classification").lineage()
+    assert before["data.train_partitions"] == "1,2"
+    assert before["data.holdout_partitions"] == "3"
+    write_partitions(tmp_path / "data", [2], rows=100, seed=9)
+    after = load_split(config, "classification").lineage()
+    assert after["data.digest"] != before["data.digest"]
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_split(_config(tmp_path), "classification")
+
+
+def test_folder_without_parquet(tmp_path):
+    (tmp_path / "data").mkdir()
+    with pytest.raises(DataError, match="no Parquet files"):
+        load_split(_config(tmp_path), "classification")
+
+
+def test_wrong_partition_column(tmp_path):
+    write_partitions(tmp_path / "data", [1, 2], rows=50)
+    with pytest.raises(DataError, match="partition column 'month' not found"):
+        load_split(_config(tmp_path, partition_column="month"), "classification")
+
+
+def test_missing_feature_column(tmp_path):
+    write_partitions(tmp_path / "data", [1, 2], rows=50)
+    with pytest.raises(DataError, match=r"\['nope'\].*not in the data"):
+        load_split(_config(tmp_path, features=["x1", "nope"]), "classification")
+
+
+def test_missing_target(tmp_path):
+    write_partitions(tmp_path / "data", [1, 2], rows=50)
+    with pytest.raises(DataError, match="target column 'late' is not in the data"):
+        load_split(_config(tmp_path, target="late"), "classification")
+
+
+def test_non_binary_target_for_classification(tmp_path):
+    write_partitions(tmp_path / "data", [1, 2], rows=50)
+    with pytest.raises(DataError, match="must be binary"):
+        load_split(_config(tmp_path, target="x2"), "classification")
+
+
+def test_regression_target_must_be_numeric(tmp_path):
+    write_partitions(tmp_path / "data", [1, 2], rows=50)
+    with pytest.raises(DataError, match="must be numeric"):
+        load_split(_config(tmp_path, target="cat", features=["x1"]), "regression")
+
+
+def test_target_with_missing_values(tmp_path):
+    write_partitions(tmp_path / "data", [1, 2], rows=50)
+    path = tmp_path / "data" / "period=2" / "part-0.parquet"
+    frame = pd.read_parquet(path)
+    frame["label"] = frame["label"].astype("float").where(frame.index > 3)
+    frame.to_parquet(path, index=False)
+    with pytest.raises(DataError, match="4 missing value"):
+        load_split(_config(tmp_path), "classification")
+
+
+def test_empty_partition(tmp_path):
+    write_partitions(tmp_path / "data", [1, 2, 3], rows=50)
+    path = tmp_path / "data" / "period=2" / "part-0.parquet"
+    pd.read_parquet(path).head(0).to_parquet(path, index=False)
+    with pytest.raises(DataError, match="partition period=2 has 0 row"):
+        load_split(_config(tmp_path), "classification")
+
+
+def test_too_few_partitions(tmp_path):
+    write_partitions(tmp_path / "data", [1, 2], rows=50)
+    with pytest.raises(DataError, match="need at least 3"):
+        load_split(_config(tmp_path, holdout_partitions=2), "classification")
+
+
+def test_list_partitions_counts_rows(tmp_path):
+    write_partitions(tmp_path / "data", [5, 6], rows=70)
+    parts = list_partitions(_config(tmp_path))
+    assert [(p.value, p.rows, len(p.files)) for p in parts] == [("5", 70, 1), ("6", 70, 1)]
+    assert all(len(p.digest) == 64 for p in parts)
