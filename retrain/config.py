@@ -219,6 +219,8 @@ class ServingConfig(_Section):
     poll_interval_s: float = Field(default=2.0, gt=0)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_rows: int = Field(default=10_000, ge=1)
+    #: Serve's per-request access log (off by default: it costs throughput)
+    access_log: bool = False
 
 
 class RayConfig(_Section):

@@ -6,7 +6,9 @@
     ├── SearchError               the search produced no usable candidate
     ├── RegistryError             the model registry (MLflow) failed or is inconsistent
     │   └── ModelNotFoundError    a model, version or alias that does not exist
-    └── ClusterError              Ray could not be reached or started
+    └── ClusterError              Ray could not be reached or started, or lacks resources
+
+    RetrainWarning (UserWarning)  it runs, but not as configured
 
 Messages say what was expected, what came, and how to fix it, so that the CLI can print them
 as they are. Vendor exceptions (MLflow, Ray, XGBoost) are translated at the adapter that calls
@@ -53,6 +55,10 @@ class RegistryError(RetrainError):
 
 class ModelNotFoundError(RegistryError):
     """A registered model, version or alias does not exist."""
+
+
+class RetrainWarning(UserWarning):
+    """Something works, but not as configured (a GPU asked for on a CPU-only cluster, say)."""
 
 
 class ClusterError(RetrainError):

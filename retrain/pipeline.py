@@ -78,7 +78,8 @@ def run_cycle(config: Config, *, echo=None) -> CycleResult:
         search = run_search(
             config, data, name=f"{config.project.name}-{cycle_id}", progress=echo is not None
         )
-        registry.log_trials(run_id, search)
+        registry.log_trials(run_id, search)  # failed trials too, before giving up on them
+        best = search.require_best()
         booster = search.load_best()
         comparison = compare(
             task.type,
@@ -125,7 +126,7 @@ def run_cycle(config: Config, *, echo=None) -> CycleResult:
                         "champion": comparison.champion,
                         "champion_version": comparison.champion_version,
                     },
-                    "best_trial": {"trial_id": search.best.trial_id, "params": search.best.params},
+                    "best_trial": {"trial_id": best.trial_id, "params": best.params},
                     "lineage": lineage,
                     "partitions": [
                         {"value": p.value, "rows": p.rows, "sha256": p.digest}
@@ -157,7 +158,7 @@ def _cycle_params(config: Config, search: SearchResult) -> dict[str, Any]:
         "seed": config.search.seed,
         "min_improvement": config.evaluation.min_improvement,
         "min_score": config.evaluation.min_score,
-        **{f"best.{k}": v for k, v in search.best.params.items()},
+        **{f"best.{k}": v for k, v in search.require_best().params.items()},
     }
 
 

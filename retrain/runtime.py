@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from retrain.config import RayConfig
 from retrain.errors import ClusterError
@@ -17,11 +18,15 @@ def ensure_ray(config: RayConfig) -> None:
     ``ray.num_cpus`` CPUs.
     """
     quiet_defaults()
+    address = config.address or os.environ.get("RAY_ADDRESS")
+    if address and "ray" not in sys.modules:
+        # Ray 2.60 clusters authenticate with a token by default, and Ray reads this setting
+        # when it is first imported; RAY_AUTH_MODE=disabled in the environment still wins.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     if ray.is_initialized():
         return
-    address = config.address or os.environ.get("RAY_ADDRESS")
     try:
         if address:
             ray.init(address=address, logging_level=logging.WARNING)

@@ -12,6 +12,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +22,7 @@ import pandas as pd
 
 from retrain.candidates import XGB_METRICS, tune_space, xgb_params
 from retrain.config import Config
-from retrain.errors import SearchError
+from retrain.errors import ClusterError, RetrainWarning, SearchError
 
 Status = Literal["completed", "stopped", "failed"]
 
@@ -56,6 +57,8 @@ class TrialResult:
     #: one entry per report: {"round": n, "<metric>": value}
     history: tuple[dict[str, float], ...] = ()
     error: str | None = None
+    #: whether XGBoost trained on a GPU (device="cuda")
+    gpu: bool = False
     #: the Tune checkpoint holding the final booster (completed trials only)
     checkpoint: Any = field(default=None, repr=False, compare=False)
 
@@ -65,7 +68,8 @@ class SearchResult:
     metric: str
     greater_is_better: bool
     trials: tuple[TrialResult, ...]
-    best: TrialResult
+    #: the best completed trial; None when none completed (see `require_best`)
+    best: TrialResult | None
     experiment_path: str
     wall_seconds: float
     seed: int
@@ -74,11 +78,22 @@ class SearchResult:
     def count(self, status: Status) -> int:
         return sum(t.status == status for t in self.trials)
 
+    def require_best(self) -> TrialResult:
+        """The best completed trial, or `SearchError` naming what the trials died of."""
+        if self.best is not None:
+            return self.best
+        failed = [t for t in self.trials if t.status == "failed"]
+        errors = "; ".join(sorted({t.error for t in failed if t.error}))[:2000]
+        raise SearchError(
+            f"no trial of {len(self.trials)} completed ({len(failed)} failed). Errors: "
+            f"{errors or 'none recorded'}. Check search.space and resources"
+        )
+
     def load_best(self):
         """The best trial's booster, read from its checkpoint."""
         import xgboost as xgb
 
-        with self.best.checkpoint.as_directory() as folder:
+        with self.require_best().checkpoint.as_directory() as folder:
             return xgb.Booster(model_file=str(Path(folder) / MODEL_FILE))
 
 
@@ -110,7 +125,7 @@ def _trial(config: dict[str, Any], data: TrainData, settings: TrialSettings) -> 
             if done % every and done != total:
                 return False
             value = float(convert(evals_log["valid"][params["eval_metric"]][-1]))
-            metrics = {SCORE_KEY: value, "round": done}
+            metrics = {SCORE_KEY: value, "round": done, "gpu": int(device == "cuda")}
             if done == total:
                 with tempfile.TemporaryDirectory() as tmp:
                     model.save_model(os.path.join(tmp, MODEL_FILE))
@@ -127,6 +142,39 @@ def _trial(config: dict[str, Any], data: TrainData, settings: TrialSettings) -> 
         callbacks=[Report()],
         verbose_eval=False,
     )
+
+
+def _cluster_totals() -> dict[str, float]:
+    import ray
+
+    return ray.cluster_resources()
+
+
+def trial_resources(config: Config, totals: dict[str, float]) -> dict[str, float]:
+    """Per-trial resources, checked against the cluster so a search never waits forever.
+
+    GPUs asked for on a cluster without any fall back to CPU with a warning: the same config
+    runs on a laptop and on a GPU cluster.
+    """
+    cpus, gpus = config.resources.cpus_per_trial, config.resources.gpus_per_trial
+    if cpus > totals.get("CPU", 0):
+        raise ClusterError(
+            f"resources.cpus_per_trial={cpus:g} but the cluster has {totals.get('CPU', 0):g} "
+            "CPUs in all; lower it or add nodes"
+        )
+    if gpus > 0 and totals.get("GPU", 0) == 0:
+        warnings.warn(
+            f"resources.gpus_per_trial={gpus:g} but the cluster has no GPU: training on CPUs",
+            RetrainWarning,
+            stacklevel=2,
+        )
+        gpus = 0.0
+    elif gpus > totals.get("GPU", 0):
+        raise ClusterError(
+            f"resources.gpus_per_trial={gpus:g} but the cluster has {totals['GPU']:g} GPUs; "
+            "use a fraction (e.g. 0.5 shares one GPU between two trials) or add GPU nodes"
+        )
+    return {"cpu": cpus, "gpu": gpus}
 
 
 def _say(line: str) -> None:
@@ -163,6 +211,7 @@ def run_search(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
+    from ray.tune.search.sample import Domain
 
     s, task = config.search, config.task
     metric, greater = task.primary_metric, task.greater_is_better
@@ -179,22 +228,25 @@ def run_search(
         if s.early_stopping
         else FIFOScheduler()
     )
-    resources = {"cpu": config.resources.cpus_per_trial, "gpu": config.resources.gpus_per_trial}
+    resources = trial_resources(config, _cluster_totals())
     trainable = tune.with_resources(
         tune.with_parameters(_trial, data=data, settings=settings), resources
     )
+    space = tune_space(s.space)
+    searched = any(isinstance(v, Domain) for v in space.values())
     storage = config.storage_path
     if "://" not in storage:
         Path(storage).mkdir(parents=True, exist_ok=True)
     tuner = tune.Tuner(
         trainable,
-        param_space=tune_space(s.space),
+        param_space=space,
         tune_config=tune.TuneConfig(
             metric=SCORE_KEY,
             mode=mode,
-            search_alg=OptunaSearch(seed=s.seed),
+            # With nothing to search, one trial of the fixed parameters is the whole search.
+            search_alg=OptunaSearch(seed=s.seed) if searched else None,
             scheduler=scheduler,
-            num_samples=s.num_samples,
+            num_samples=s.num_samples if searched else 1,
             max_concurrent_trials=s.max_concurrent,
             time_budget_s=s.time_budget_s,
             reuse_actors=True,
@@ -213,14 +265,8 @@ def run_search(
     wall = time.perf_counter() - start
     trials = tuple(_trial_result(r, s.num_boost_round) for r in grid)
     completed = [t for t in trials if t.status == "completed" and t.score is not None]
-    if not completed:
-        errors = "; ".join(sorted({t.error or "" for t in trials if t.error}))[:2000]
-        raise SearchError(
-            f"no trial of {len(trials)} completed ({sum(t.status == 'failed' for t in trials)} "
-            f"failed). Errors: {errors or 'none recorded'}. Check search.space and resources"
-        )
     pick = max if greater else min
-    best = pick(completed, key=lambda t: t.score)
+    best = pick(completed, key=lambda t: t.score) if completed else None
     return SearchResult(
         metric=metric,
         greater_is_better=greater,
@@ -231,6 +277,13 @@ def run_search(
         seed=s.seed,
         space={k: repr(v) for k, v in s.space.items()},
     )
+
+
+def _describe(error: BaseException) -> str:
+    """The trial's own exception in one line (Ray wraps it in a RayTaskError with a traceback)."""
+    cause = getattr(error, "cause", None) or error
+    lines = [line for line in str(cause).splitlines() if line.strip()]
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"[:1000]
 
 
 def _trial_result(result, total_rounds: int) -> TrialResult:
@@ -259,6 +312,7 @@ def _trial_result(result, total_rounds: int) -> TrialResult:
         rounds=rounds,
         train_seconds=float(metrics.get("time_total_s", 0.0) or 0.0),
         history=history,
-        error=None if result.error is None else f"{type(result.error).__name__}: {result.error}",
+        error=None if result.error is None else _describe(result.error),
+        gpu=bool(metrics.get("gpu", 0)),
         checkpoint=result.checkpoint,
     )

@@ -28,6 +28,7 @@ def serve_settings(config: Config) -> ServeSettings:
         poll_interval_s=s.poll_interval_s,
         max_body_bytes=s.max_body_bytes,
         max_rows=s.max_rows,
+        access_log=s.access_log,
     )
 
 

@@ -20,6 +20,7 @@ class ServeSettings:
     poll_interval_s: float = 2.0
     max_body_bytes: int = 8 * 1024 * 1024
     max_rows: int = 10_000
+    access_log: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)

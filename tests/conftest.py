@@ -14,6 +14,10 @@ from pathlib import Path
 
 import pytest
 
+# Ray reads its auth mode when first imported, and `ray start` clusters use tokens: set it
+# before any test module imports ray.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -37,9 +41,7 @@ def ray_cluster(tmp_path_factory):
     gcs_port, dashboard_port = free_port(), free_port()
     # The cluster's job drivers find this interpreter's console scripts (`retrain`) first.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = {**os.environ, "PATH": path,
-           "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
-    os.environ["RAY_AUTH_MODE"] = env["RAY_AUTH_MODE"]
+    env = {**os.environ, "PATH": path}
     start = [
         _ray_cli(), "start", "--head", "--num-cpus", "2", "--num-gpus", "0",
         "--port", str(gcs_port), "--dashboard-host", "127.0.0.1",

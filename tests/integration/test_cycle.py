@@ -67,7 +67,7 @@ def test_first_cycle_promotes_and_sets_the_champion_alias(project, client):
     first = project["first"]
     assert first.decision.verdict is Verdict.PROMOTE
     assert first.model_version == "1" and first.champion_version == "1"
-    assert client.get_model_version_by_alias("synthetic", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("synthetic", "champion").version) == "1"
     assert first.comparison.champion is None
     assert first.comparison.holdout_rows == 1500
 
@@ -192,7 +192,7 @@ def test_promotion_moves_traffic_without_a_failed_request(project, served, clien
     assert {v for _, _, v in log} == {"1", "2"}
     after = [v for started, _, v in log if started > cutover]
     assert after and set(after) == {"2"}
-    assert client.get_model_version_by_alias("synthetic", "champion").version == "2"
+    assert str(client.get_model_version_by_alias("synthetic", "champion").version) == "2"
 
 
 def test_status_shows_champion_and_decisions(project, capsys):
@@ -203,17 +203,26 @@ def test_status_shows_champion_and_decisions(project, capsys):
 
 
 def test_a_search_where_every_trial_fails_leaves_the_champion(project, client):
-    before = client.get_model_version_by_alias("synthetic", "champion").version
+    before = str(client.get_model_version_by_alias("synthetic", "champion").version)
     config, _ = _write_config(
         project["root"],
-        search={"num_samples": 2, "max_failures": 0, "space": {"grow_policy": "bogus"}},
+        search={"num_samples": 2, "max_failures": 0, "space": {
+            "grow_policy": "bogus", "eta": {"type": "float", "low": 0.1, "high": 0.3}}},
         resources={"cpus_per_trial": 0.9},
     )
-    with pytest.raises(SearchError, match=r"no trial of 2 completed.*grow_policy"):
+    with pytest.raises(SearchError, match=r"no trial of 2 completed.*Invalid Input: 'bogus'"):
         run_cycle(config)
-    assert client.get_model_version_by_alias("synthetic", "champion").version == before
+    assert str(client.get_model_version_by_alias("synthetic", "champion").version) == before
     failed = client.search_runs(
         [client.get_experiment_by_name("synthetic").experiment_id],
         filter_string="tags.`retrain.kind` = 'cycle' and attributes.status = 'FAILED'",
     )
     assert failed and "SearchError" in failed[0].data.tags["retrain.error"]
+    trials = client.search_runs(
+        [failed[0].info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{failed[0].info.run_id}'",
+    )
+    assert len(trials) == 2
+    for trial in trials:
+        assert trial.info.status == "FAILED"
+        assert "Invalid Input: 'bogus'" in trial.data.tags["retrain.error"]

@@ -39,7 +39,7 @@ def test_ray_job_submission_runs_a_cycle(ray_cluster, tmp_path):
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     champion = client.get_model_version_by_alias("synthetic", "champion")
-    assert champion.version == result["model_version"] == "1"
+    assert str(champion.version) == result["model_version"] == "1"
 
 
 def test_job_with_a_bad_config_fails_with_the_message(ray_cluster, tmp_path):
