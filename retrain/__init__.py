@@ -7,6 +7,8 @@ Public API::
     config = retrain.load_config("retrain.yaml")
     result = retrain.run_cycle(config)       # -> retrain.CycleResult
     print(result.decision.summary())
+    ledger = retrain.Ledger(config.ledger_path)  # which version served when, and why
+    print(ledger.served_at(config.model_name, at=1795000000.0))
 """
 
 from retrain.config import Config, config_from_dict, example_yaml, load_config
@@ -21,6 +23,7 @@ from retrain.errors import (
     SearchError,
 )
 from retrain.evaluate import Comparison
+from retrain.ledger import EventKind, Ledger, LedgerEvent, ServedAt
 from retrain.pipeline import CycleResult, run_cycle
 from retrain.search import SearchResult, TrialResult
 
@@ -32,11 +35,15 @@ __all__ = [
     "CycleResult",
     "DataError",
     "Decision",
+    "EventKind",
+    "Ledger",
+    "LedgerEvent",
     "ModelNotFoundError",
     "RegistryError",
     "RetrainError",
     "SearchError",
     "SearchResult",
+    "ServedAt",
     "TrialResult",
     "Verdict",
     "config_from_dict",

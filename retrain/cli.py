@@ -1,4 +1,4 @@
-"""`retrain` command line: init, validate, run, serve, status, demo.
+"""`retrain` command line: init, validate, run, serve, status, history, demo.
 
 Errors of the `RetrainError` tree print their message (which says how to fix the problem) and
 exit with the error's code; anything else is a bug and keeps its traceback.
@@ -111,6 +111,48 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_time(text: str) -> float:
+    from datetime import datetime, timezone
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"--at {text!r} is neither unix seconds nor an ISO time like 2026-11-27T14:30:00"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    from retrain.config import load_config
+    from retrain.ledger import Ledger, format_events
+
+    config = load_config(args.config)
+    ledger = Ledger(config.ledger_path)
+    if args.at is not None:
+        at = _parse_time(args.at)
+        served = ledger.served_at(config.model_name, at, alias=args.alias)
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+        if served is None:
+            print(f"at {when} alias {args.alias!r} of {config.model_name!r} pointed at nothing")
+            return 0
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(served.since))
+        print(f"at {when} {config.model_name}@{args.alias} was version {served.version} "
+              f"(since {since}, {served.because.kind.value})")
+        why = served.decision.reasons if served.decision else served.because.reasons
+        for reason in why:
+            print(f"  because: {reason}")
+        return 0
+    print(format_events(ledger.events(model_name=config.model_name, limit=args.limit)))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from retrain.demo import run_demo
 
@@ -153,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--limit", type=int, default=10)
     p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("history", help="the ledger: decisions, alias moves, rollbacks")
+    p.add_argument("--config", required=True)
+    p.add_argument("--limit", type=int, default=50, help="newest N events")
+    p.add_argument("--at", help="which version served at this time (ISO or unix seconds)")
+    p.add_argument("--alias", default="champion")
+    p.set_defaults(func=_cmd_history)
 
     p = sub.add_parser("demo", help="the whole loop on NYC flights 2013, locally")
     p.add_argument("--workdir", default="retrain-demo")

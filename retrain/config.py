@@ -48,6 +48,9 @@ class ProjectConfig(_Section):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     #: where the MLflow store, search results and reports live (default: .retrain beside the YAML)
     workdir: Path = Path(".retrain")
+    #: the append-only ledger of decisions, alias moves, traffic steps and rollbacks
+    #: (SQLite; default: <workdir>/ledger.db)
+    ledger: Path | None = None
 
 
 class DataConfig(_Section):
@@ -189,13 +192,50 @@ class ResourcesConfig(_Section):
     gpus_per_trial: float = Field(default=0.0, ge=0)
 
 
+class SliceConfig(_Section):
+    """Groups of ``column`` whose primary metric must not regress against the champion."""
+
+    column: str = Field(min_length=1)
+    #: groups with fewer holdout rows are too noisy to judge and are skipped
+    min_rows: int = Field(default=200, ge=1)
+    #: largest allowed regression of a group's metric (in the metric's better direction)
+    tolerance: float = Field(default=0.01, ge=0)
+
+
+class GuardrailConfig(_Section):
+    """Limits on serving cost; ratios are challenger / champion, measured in the same run."""
+
+    max_latency_ratio: float | None = Field(default=2.0, gt=0)
+    max_batch_latency_ratio: float | None = Field(default=2.0, gt=0)
+    max_size_ratio: float | None = Field(default=5.0, gt=0)
+    #: absolute limits, also applied to the very first model
+    max_latency_ms: float | None = Field(default=None, gt=0)
+    max_size_mb: float | None = Field(default=None, gt=0)
+
+
 class EvaluationConfig(_Section):
-    #: the challenger must beat the champion by this much on the primary metric (in the
-    #: metric's better direction); a negative value accepts a slightly worse challenger
-    min_improvement: float = 0.0
-    #: with no champion yet, the best candidate is promoted only if it reaches this score
-    #: (for a lower-is-better metric: only if its score is at most this)
+    #: value: the challenger's holdout score must reach this (for a lower-is-better metric:
+    #: stay at or below it); with no champion yet it is the only bar besides the guardrails
     min_score: float | None = None
+    #: superiority: promote only when the lower confidence bound of (challenger - champion),
+    #: signed so that > 0 is better, exceeds this
+    min_improvement: float = 0.0
+    #: optional relative bar: the lower bound must also exceed this share of the champion's
+    #: score (0.01 = 1 %)
+    min_relative_improvement: float | None = Field(default=None, ge=0)
+    #: non_inferiority: promote when the challenger is at most ``non_inferiority_margin`` worse
+    #: (lower bound > -margin), e.g. to refresh a model on new data at no loss
+    mode: Literal["superiority", "non_inferiority"] = "superiority"
+    non_inferiority_margin: float = Field(default=0.0, ge=0)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    bootstrap_samples: int = Field(default=1000, ge=100)
+    #: fixed seed: the same data and models give the same decision
+    seed: int = 0
+    #: top trials (by validation score) scored on the holdout; intervals are Bonferroni-
+    #: adjusted for the number of finalists, so picking the best of them stays honest
+    finalists: int = Field(default=3, ge=1)
+    slices: tuple[SliceConfig, ...] = ()
+    guardrails: GuardrailConfig = GuardrailConfig()
 
 
 class MlflowConfig(_Section):
@@ -260,6 +300,10 @@ class Config(_Section):
         return self.mlflow.model_name or self.project.name
 
     @property
+    def ledger_path(self) -> Path:
+        return self.project.ledger or self.project.workdir / "ledger.db"
+
+    @property
     def storage_path(self) -> str:
         return self.search.storage_path or str(self.project.workdir / "tune")
 
@@ -322,7 +366,10 @@ def config_from_dict(raw: Any, *, base_dir: Path | str = ".", source: str = "con
     return config.model_copy(
         update={
             "project": config.project.model_copy(
-                update={"workdir": _resolve(base, config.project.workdir)}
+                update={
+                    "workdir": _resolve(base, config.project.workdir),
+                    "ledger": config.project.ledger and _resolve(base, config.project.ledger),
+                }
             ),
             "data": config.data.model_copy(update={"path": _resolve(base, config.data.path)}),
         }

@@ -41,7 +41,8 @@ class Split:
     y_valid: np.ndarray
     x_holdout: pd.DataFrame
     y_holdout: np.ndarray
-    #: the holdout's raw feature columns, so each model applies its own feature spec
+    #: the holdout's raw feature columns (plus any extra columns asked for, e.g. slices), so
+    #: each model applies its own feature spec
     holdout_raw: pd.DataFrame
     train_partitions: tuple[Partition, ...]
     holdout_partitions: tuple[Partition, ...]
@@ -163,7 +164,7 @@ def _target(config: DataConfig, task: str, values: pd.Series) -> np.ndarray:
     return values.astype(np.int8).to_numpy()
 
 
-def load_split(config: DataConfig, task: str) -> Split:
+def load_split(config: DataConfig, task: str, *, extra_columns: tuple[str, ...] = ()) -> Split:
     """Read the dataset and split it by time. Raises `DataError` with the fix on bad data."""
     partitions = list_partitions(config)
     for partition in partitions:
@@ -185,11 +186,12 @@ def load_split(config: DataConfig, task: str) -> Split:
             f"target column {config.target!r} is not in the data; the data has "
             f"{sorted(schema_names)}. Set data.target"
         )
+    extra = [c for c in dict.fromkeys(extra_columns) if c not in names and c != config.target]
     columns = [*names, config.target]
     train_parts = partitions[: -config.holdout_partitions]
     holdout_parts = partitions[-config.holdout_partitions :]
     train = _read(config, train_parts, columns)
-    holdout = _read(config, holdout_parts, columns)
+    holdout = _read(config, holdout_parts, [*columns, *extra])
     spec = FeatureSpec.learn(train, names, categorical=config.categorical)
     try:
         x_all, x_holdout = spec.frame(train), spec.frame(holdout)
@@ -211,7 +213,7 @@ def load_split(config: DataConfig, task: str) -> Split:
         y_valid=y_all[cut:],
         x_holdout=x_holdout.reset_index(drop=True),
         y_holdout=y_holdout,
-        holdout_raw=holdout[list(names)].reset_index(drop=True),
+        holdout_raw=holdout[[*names, *extra]].reset_index(drop=True),
         train_partitions=tuple(train_parts),
         holdout_partitions=tuple(holdout_parts),
     )

@@ -1,9 +1,20 @@
-"""`decide(comparison, policy) -> Decision`: promote, keep or reject, with every reason."""
+"""`decide(comparison, policy) -> Decision`: promote, keep or reject, with every reason.
+
+Each rule of the policy becomes a `Check` that passed or failed, so the decision is
+machine-readable and printable. Order of verdicts:
+
+- REJECT when a hard requirement fails: the value threshold, a slice regression, a guardrail
+  (latency, size). The challenger must not serve, whatever its average score.
+- KEEP when the requirements hold but the evidence of being better (superiority) or not worse
+  (non-inferiority) is missing: the champion stays.
+- PROMOTE otherwise. The first model (no champion) needs the value threshold and the absolute
+  guardrails only.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import Enum
 
 from retrain.config import EvaluationConfig
@@ -12,11 +23,20 @@ from retrain.evaluate import Comparison
 
 class Verdict(str, Enum):
     PROMOTE = "promote"  # the challenger becomes champion
-    KEEP = "keep"  # the champion stays; the challenger was not better enough
-    REJECT = "reject"  # the challenger fails an absolute requirement
+    KEEP = "keep"  # the champion stays; no evidence the challenger is better enough
+    REJECT = "reject"  # the challenger fails a hard requirement
 
     def __str__(self) -> str:
         return self.value
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+    #: a failed hard check rejects; a failed soft check (evidence) keeps the champion
+    hard: bool = True
 
 
 @dataclass(frozen=True)
@@ -26,61 +46,136 @@ class Decision:
     metric: str
     challenger_score: float
     champion_score: float | None = None
+    checks: tuple[Check, ...] = ()
 
     def to_dict(self) -> dict:
-        out = asdict(self)
-        out["verdict"] = self.verdict.value
-        out["reasons"] = list(self.reasons)
-        return out
+        return {
+            "verdict": self.verdict.value,
+            "reasons": list(self.reasons),
+            "metric": self.metric,
+            "challenger_score": self.challenger_score,
+            "champion_score": self.champion_score,
+            "checks": [c.__dict__ for c in self.checks],
+        }
 
     def summary(self) -> str:
         return f"{self.verdict.value.upper()}: " + "; ".join(self.reasons)
 
 
-def _fmt(value: float) -> str:
+def _f(value: float) -> str:
     return f"{value:.4f}"
 
 
+def _value_check(c: Comparison, policy: EvaluationConfig) -> Check | None:
+    if policy.min_score is None:
+        return None
+    score = c.challenger.metrics[c.metric]
+    better = c.greater_is_better
+    passes = score >= policy.min_score if better else score <= policy.min_score
+    relation = ">=" if better else "<="
+    return Check("value", passes,
+                 f"challenger {c.metric} {_f(score)} {'' if passes else 'not '}{relation} "
+                 f"{_f(policy.min_score)} (min_score)")
+
+
+def _evidence_check(c: Comparison, policy: EvaluationConfig) -> Check:
+    d = c.difference
+    assert d is not None and c.champion is not None
+    interval = (f"{c.metric} difference {d.estimate:+.4f}, {d.confidence:.1%} interval "
+                f"[{d.low:+.4f}, {d.high:+.4f}] ({d.method}) vs champion v{c.champion.version} "
+                f"on {c.holdout_rows} rows")
+    if math.isnan(d.low):
+        return Check("evidence", False, f"{interval}: undefined on this holdout", hard=False)
+    if policy.mode == "non_inferiority":
+        bar = -policy.non_inferiority_margin
+        passed = d.low > bar
+        return Check("evidence", passed,
+                     f"{interval}; lower bound {'>' if passed else '<='} {bar:+.4f} "
+                     "(non-inferiority margin)", hard=False)
+    bar = policy.min_improvement
+    label = "min_improvement"
+    if policy.min_relative_improvement is not None:
+        relative = policy.min_relative_improvement * abs(c.champion.metrics[c.metric])
+        if relative > bar:
+            bar, label = relative, f"{policy.min_relative_improvement:.1%} of the champion"
+    passed = d.low > bar
+    return Check("evidence", passed,
+                 f"{interval}; lower bound {'>' if passed else '<='} {bar:+.4f} ({label})",
+                 hard=False)
+
+
+def _slice_checks(c: Comparison, policy: EvaluationConfig) -> list[Check]:
+    tolerance = {s.column: s.tolerance for s in policy.slices}
+    checks = []
+    for s in c.slices:
+        limit = tolerance[s.column]
+        passed = s.delta >= -limit
+        checks.append(Check(
+            f"slice {s.column}={s.group}", passed,
+            f"slice {s.column}={s.group} ({s.rows} rows): {c.metric} {_f(s.challenger)} vs "
+            f"{_f(s.champion)}, change {s.delta:+.4f} "
+            f"{'within' if passed else 'beyond'} tolerance {limit:.4f}",
+        ))
+    return checks
+
+
+def _guardrail_checks(c: Comparison, policy: EvaluationConfig) -> list[Check]:
+    g = policy.guardrails
+    mine = c.challenger.footprint
+    theirs = c.champion.footprint if c.champion else None
+    if mine is None:
+        return []
+    checks = []
+    if g.max_latency_ms is not None:
+        ok = mine.single_row_ms <= g.max_latency_ms
+        checks.append(Check("latency", ok, f"single-row latency {mine.single_row_ms:.2f} ms "
+                            f"{'<=' if ok else '>'} {g.max_latency_ms:.2f} ms"))
+    if g.max_size_mb is not None:
+        mb = mine.size_bytes / 1e6
+        ok = mb <= g.max_size_mb
+        checks.append(Check("size", ok, f"model size {mb:.2f} MB {'<=' if ok else '>'} "
+                            f"{g.max_size_mb:.2f} MB"))
+    if theirs is None:
+        return checks
+    ratios = [
+        ("latency ratio", g.max_latency_ratio, mine.single_row_ms, theirs.single_row_ms, "ms"),
+        ("batch latency ratio", g.max_batch_latency_ratio, mine.batch_ms_per_1k,
+         theirs.batch_ms_per_1k, "ms/1k rows"),
+        ("size ratio", g.max_size_ratio, mine.size_bytes, theirs.size_bytes, "bytes"),
+    ]
+    for name, limit, value, base, unit in ratios:
+        if limit is None or base <= 0:
+            continue
+        ratio = value / base
+        ok = ratio <= limit
+        checks.append(Check(name, ok, f"{name} {ratio:.2f}x ({value:.4g} vs {base:.4g} {unit}) "
+                            f"{'<=' if ok else '>'} {limit:.2f}x"))
+    return checks
+
+
 def decide(comparison: Comparison, policy: EvaluationConfig) -> Decision:
-    metric = comparison.metric
-    better = comparison.greater_is_better
-    challenger = comparison.challenger[metric]
-    base = dict(metric=metric, challenger_score=challenger)
-    if math.isnan(challenger):
-        return Decision(
-            Verdict.REJECT,
-            (f"challenger {metric} is undefined on this holdout (one class only?)",),
-            **base,
-        )
-    reasons: list[str] = []
-    if policy.min_score is not None:
-        passes = challenger >= policy.min_score if better else challenger <= policy.min_score
-        relation = ">=" if better else "<="
-        if not passes:
-            return Decision(
-                Verdict.REJECT,
-                (f"challenger {metric} {_fmt(challenger)} misses the required "
-                 f"{relation} {_fmt(policy.min_score)}",),
-                **base,
-            )
-        reasons.append(f"challenger {metric} {_fmt(challenger)} {relation} "
-                       f"{_fmt(policy.min_score)} (min_score)")
-    if comparison.champion is None:
+    c = comparison
+    score = c.challenger.metrics[c.metric]
+    base = {"metric": c.metric, "challenger_score": score,
+            "champion_score": c.champion.metrics[c.metric] if c.champion else None}
+    if math.isnan(score):
+        check = Check("value", False, f"challenger {c.metric} is undefined on this holdout "
+                      "(one class only?)")
+        return Decision(Verdict.REJECT, (check.detail,), checks=(check,), **base)
+    checks = [x for x in [_value_check(c, policy)] if x is not None]
+    checks += _guardrail_checks(c, policy)
+    if c.champion is not None:
+        checks += _slice_checks(c, policy)
+        checks.append(_evidence_check(c, policy))
+    failed_hard = [x for x in checks if x.hard and not x.passed]
+    failed_soft = [x for x in checks if not x.hard and not x.passed]
+    if failed_hard:
+        verdict, shown = Verdict.REJECT, failed_hard
+    elif failed_soft:
+        verdict, shown = Verdict.KEEP, failed_soft
+    else:
+        verdict, shown = Verdict.PROMOTE, checks
+    reasons = [x.detail for x in shown]
+    if c.champion is None and verdict is Verdict.PROMOTE:
         reasons.append("no champion yet: the first model passing the thresholds is promoted")
-        return Decision(Verdict.PROMOTE, tuple(reasons), **base)
-    champion = comparison.champion[metric]
-    base["champion_score"] = champion
-    improvement = comparison.improvement
-    assert improvement is not None
-    versus = (f"challenger {metric} {_fmt(challenger)} vs champion "
-              f"v{comparison.champion_version} {_fmt(champion)} on the same "
-              f"{comparison.holdout_rows} holdout rows")
-    if math.isnan(champion):
-        return Decision(Verdict.KEEP, (*reasons, versus, "champion score undefined"), **base)
-    # Strictly greater: a tie is no evidence that the challenger is better.
-    if improvement > policy.min_improvement:
-        reasons += [versus, f"improvement {improvement:+.4f} > required "
-                            f"{policy.min_improvement:+.4f}"]
-        return Decision(Verdict.PROMOTE, tuple(reasons), **base)
-    reasons += [versus, f"improvement {improvement:+.4f} <= required {policy.min_improvement:+.4f}"]
-    return Decision(Verdict.KEEP, tuple(reasons), **base)
+    return Decision(verdict, tuple(reasons), checks=tuple(checks), **base)

@@ -109,6 +109,8 @@ class MonthLine:
     champion: str | None
     champion_auc: float | None
     challenger_auc: float
+    #: challenger minus champion AUC and its paired (DeLong) interval
+    delta: tuple[float, float, float] | None
     verdict: str
     served: str | None
     seconds: float
@@ -182,7 +184,8 @@ def run_demo(
     say(f"\n[3] months {first_months + 1}-{last_month} arrive one at a time; each runs a cycle "
         "while a load generator calls the endpoint")
     header = (f"    {'month':>5} {'rows':>7} {'champion':>8} {'champ AUC':>9} "
-              f"{'chall AUC':>9} {'decision':>8} {'served':>6} {'secs':>5}")
+              f"{'chall AUC':>9} {'delta [interval]':>25} {'decision':>8} {'served':>6} "
+              f"{'secs':>5}")
     say(header)
     lines: list[MonthLine] = []
     champion = first.model_version
@@ -195,18 +198,22 @@ def run_demo(
                 wait_for_version(url, result.model_version, timeout=60)
             served = result.champion_version
             champ = result.comparison.champion
+            d = result.comparison.difference
             line = MonthLine(
                 month=month, rows=rows, champion=f"v{champion}",
-                champion_auc=champ["auc"] if champ else None,
-                challenger_auc=result.comparison.challenger["auc"],
+                champion_auc=champ.metrics["auc"] if champ else None,
+                challenger_auc=result.comparison.challenger.metrics["auc"],
+                delta=(d.estimate, d.low, d.high) if d else None,
                 verdict=result.decision.verdict.value, served=f"v{served}",
                 seconds=time.perf_counter() - tick,
             )
             lines.append(line)
             champion = served
+            delta = ("-" if line.delta is None else
+                     f"{line.delta[0]:+.4f} [{line.delta[1]:+.4f}, {line.delta[2]:+.4f}]")
             say(f"    {month:>5} {rows:>7,} {line.champion:>8} "
                 f"{(line.champion_auc or float('nan')):>9.4f} {line.challenger_auc:>9.4f} "
-                f"{line.verdict:>8} {line.served:>6} {line.seconds:>5.0f}")
+                f"{delta:>25} {line.verdict:>8} {line.served:>6} {line.seconds:>5.0f}")
     stats = load.stats
     latencies = sorted(stats.latencies) or [float("nan")]
     say(f"\n[4] traffic: {stats.total:,} requests, {stats.failed} failed, versions answered: "

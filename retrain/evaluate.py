@@ -1,27 +1,27 @@
-"""Score the champion and the challenger on the same holdout rows (pure: arrays in, values out)."""
+"""Score the champion and the finalist challengers on the same holdout rows.
+
+Pure: predictions and labels in, typed values out. The evidence for a decision is a paired
+interval of challenger minus champion (`retrain.stats`), per-slice metrics, and the serving
+footprint (latency, size) measured for both in the same run.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
-from retrain.config import METRIC_DIRECTIONS, TASK_METRICS
-
-
-def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    if len(np.unique(y)) < 2:
-        return float("nan")  # undefined on one class; decide() treats NaN as "no evidence"
-    return float(roc_auc_score(y, p))
+from retrain.config import METRIC_DIRECTIONS, TASK_METRICS, EvaluationConfig
+from retrain.stats import Difference, auc, paired_difference
 
 
 def _logloss(y: np.ndarray, p: np.ndarray) -> float:
-    from sklearn.metrics import log_loss
-
-    return float(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1]))
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
 def _accuracy(y: np.ndarray, p: np.ndarray) -> float:
@@ -37,7 +37,7 @@ def _mae(y: np.ndarray, p: np.ndarray) -> float:
 
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "auc": _auc,
+    "auc": auc,
     "logloss": _logloss,
     "accuracy": _accuracy,
     "rmse": _rmse,
@@ -58,40 +58,218 @@ def score_all(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, fl
 
 
 @dataclass(frozen=True)
+class Footprint:
+    """What a model costs to serve, measured through the serving path (spec + booster)."""
+
+    single_row_ms: float
+    batch_ms_per_1k: float
+    size_bytes: int
+
+
+def measure_footprint(
+    predict: Callable[[pd.DataFrame], np.ndarray], sample: pd.DataFrame, size_bytes: int,
+    *, repeats: int = 30,
+) -> Footprint:
+    """Median single-row latency and per-1k-rows batch latency of ``predict`` on raw rows."""
+    row = sample.iloc[:1]
+    batch = sample.iloc[:1000] if len(sample) >= 1000 else sample.sample(
+        1000, replace=True, random_state=0
+    )
+    predict(row)  # first call pays lazy set-up; it is not what a warmed replica costs
+    singles = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        predict(row)
+        singles.append(time.perf_counter() - start)
+    batches = []
+    for _ in range(max(3, repeats // 10)):
+        start = time.perf_counter()
+        predict(batch)
+        batches.append(time.perf_counter() - start)
+    return Footprint(
+        single_row_ms=float(np.median(singles) * 1000),
+        batch_ms_per_1k=float(np.median(batches) * 1000 * 1000 / len(batch)),
+        size_bytes=int(size_bytes),
+    )
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One model scored on the holdout."""
+
+    name: str
+    metrics: dict[str, float]
+    footprint: Footprint | None = None
+    version: str | None = None
+    trial_id: str | None = None
+    #: the trial's validation score (finalists only)
+    valid_score: float | None = None
+
+
+@dataclass(frozen=True)
+class Finalist:
+    """A model to judge: its identity and its predictions on the holdout rows."""
+
+    name: str
+    predictions: np.ndarray
+    footprint: Footprint | None = None
+    version: str | None = None
+    trial_id: str | None = None
+    valid_score: float | None = None
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    column: str
+    group: str
+    rows: int
+    challenger: float
+    champion: float
+    #: challenger minus champion, signed so that > 0 is better
+    delta: float
+
+
+@dataclass(frozen=True)
 class Comparison:
-    """Champion and challenger scored on identical holdout rows."""
+    """Champion and challengers scored on identical holdout rows, with the evidence."""
 
     metric: str
     holdout_rows: int
-    challenger: dict[str, float]
-    champion: dict[str, float] | None = None
-    champion_version: str | None = None
+    challenger: Scored
+    champion: Scored | None = None
+    #: primary metric, challenger minus champion (> 0 better), at ``confidence``
+    difference: Difference | None = None
+    secondary: dict[str, Difference] = field(default_factory=dict)
+    slices: tuple[SliceResult, ...] = ()
+    finalists: tuple[Scored, ...] = ()
+    #: the interval's confidence after the Bonferroni adjustment for the finalists
+    confidence: float = 0.95
 
     @property
     def greater_is_better(self) -> bool:
         return METRIC_DIRECTIONS[self.metric]
 
     @property
+    def champion_version(self) -> str | None:
+        return self.champion.version if self.champion else None
+
+    @property
     def improvement(self) -> float | None:
-        """Challenger minus champion on the primary metric, signed so that > 0 is better."""
-        if self.champion is None:
-            return None
-        delta = self.challenger[self.metric] - self.champion[self.metric]
-        return delta if self.greater_is_better else -delta
+        return self.difference.estimate if self.difference else None
+
+    def to_dict(self) -> dict:
+        def scored(s: Scored | None) -> dict | None:
+            if s is None:
+                return None
+            fp = s.footprint
+            return {
+                "name": s.name, "version": s.version, "trial_id": s.trial_id,
+                "valid_score": s.valid_score, "metrics": s.metrics,
+                "footprint": None if fp is None else {
+                    "single_row_ms": fp.single_row_ms, "batch_ms_per_1k": fp.batch_ms_per_1k,
+                    "size_bytes": fp.size_bytes},
+            }
+
+        return {
+            "metric": self.metric,
+            "holdout_rows": self.holdout_rows,
+            "confidence": self.confidence,
+            "challenger": scored(self.challenger),
+            "champion": scored(self.champion),
+            "difference": self.difference.to_dict() if self.difference else None,
+            "secondary": {k: v.to_dict() for k, v in self.secondary.items()},
+            "slices": [s.__dict__ for s in self.slices],
+            "finalists": [scored(f) for f in self.finalists],
+        }
+
+
+def _slices(
+    metric: str, greater: bool, y: np.ndarray, challenger: np.ndarray, champion: np.ndarray,
+    frame: pd.DataFrame | None, policy: EvaluationConfig,
+) -> tuple[SliceResult, ...]:
+    if frame is None or not policy.slices:
+        return ()
+    out = []
+    for spec in policy.slices:
+        groups = frame[spec.column].astype("string").fillna("<missing>").to_numpy()
+        values, inverse = np.unique(groups, return_inverse=True)
+        for index, value in enumerate(values):
+            rows = np.flatnonzero(inverse == index)
+            if len(rows) < spec.min_rows:
+                continue
+            c = score(metric, y[rows], challenger[rows])
+            k = score(metric, y[rows], champion[rows])
+            delta = (c - k) if greater else (k - c)
+            out.append(SliceResult(spec.column, str(value), len(rows), c, k, delta))
+    return tuple(out)
 
 
 def compare(
     task: str,
     metric: str,
     y_holdout: np.ndarray,
-    challenger_pred: np.ndarray,
-    champion_pred: np.ndarray | None = None,
-    champion_version: str | None = None,
+    finalists: Sequence[Finalist],
+    champion: Finalist | None = None,
+    *,
+    policy: EvaluationConfig | None = None,
+    slice_frame: pd.DataFrame | None = None,
 ) -> Comparison:
+    """Score every finalist and the champion; pick the challenger with the strongest evidence.
+
+    With a champion, the challenger is the finalist whose interval's lower bound is highest;
+    each interval is at confidence ``1 - (1 - c) / k`` for k finalists (Bonferroni), so
+    choosing the best of k on the same holdout does not overstate the evidence. Without a
+    champion, it is the finalist with the best holdout score.
+    """
+    if not finalists:
+        raise ValueError("compare() needs at least one finalist")
+    policy = policy or EvaluationConfig()
+    y = np.asarray(y_holdout)
+    greater = METRIC_DIRECTIONS[metric]
+    scored = [
+        Scored(f.name, score_all(task, y, f.predictions), f.footprint, f.version, f.trial_id,
+               f.valid_score)
+        for f in finalists
+    ]
+    confidence = 1 - (1 - policy.confidence) / len(finalists)
+    if champion is None:
+        sign = 1 if greater else -1
+        best = max(range(len(scored)), key=lambda i: _ordered(sign * scored[i].metrics[metric]))
+        return Comparison(metric, len(y), scored[best], finalists=tuple(scored),
+                          confidence=policy.confidence)
+    champion_scored = Scored(
+        champion.name, score_all(task, y, champion.predictions), champion.footprint,
+        champion.version,
+    )
+    differences = [
+        paired_difference(metric, y, f.predictions, champion.predictions,
+                          greater_is_better=greater, confidence=confidence,
+                          samples=policy.bootstrap_samples, seed=policy.seed)
+        for f in finalists
+    ]
+    best = max(range(len(scored)), key=lambda i: _ordered(differences[i].low))
+    chosen = finalists[best]
+    secondary = {
+        name: paired_difference(name, y, chosen.predictions, champion.predictions,
+                                greater_is_better=METRIC_DIRECTIONS[name],
+                                confidence=policy.confidence,
+                                samples=policy.bootstrap_samples, seed=policy.seed)
+        for name in TASK_METRICS[task] if name != metric
+    }
     return Comparison(
         metric=metric,
-        holdout_rows=len(y_holdout),
-        challenger=score_all(task, y_holdout, challenger_pred),
-        champion=None if champion_pred is None else score_all(task, y_holdout, champion_pred),
-        champion_version=champion_version,
+        holdout_rows=len(y),
+        challenger=scored[best],
+        champion=champion_scored,
+        difference=differences[best],
+        secondary=secondary,
+        slices=_slices(metric, greater, y, chosen.predictions, champion.predictions,
+                       slice_frame, policy),
+        finalists=tuple(scored),
+        confidence=confidence,
     )
+
+
+def _ordered(value: float) -> float:
+    """Sort key that puts NaN last."""
+    return -math.inf if math.isnan(value) else value

@@ -1,5 +1,6 @@
 """One retraining cycle, composed from the stage functions: data -> search -> evaluate ->
-decide -> registry. Plain functions and typed values; no state outside the arguments.
+decide -> registry -> ledger and report. Plain functions and typed values; no state outside
+the arguments.
 """
 
 from __future__ import annotations
@@ -7,16 +8,20 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from retrain.config import Config
 from retrain.data import Split, load_split
 from retrain.decide import Decision, Verdict, decide
 from retrain.errors import DataError
-from retrain.evaluate import Comparison, compare
+from retrain.evaluate import Comparison, Finalist, compare, measure_footprint
+from retrain.ledger import EventKind, Ledger, LedgerEvent
 from retrain.registry import CHAMPION, MlflowRegistry
+from retrain.report import render_report
 from retrain.runtime import ensure_ray, quiet_defaults
-from retrain.search import SearchResult, TrainData, run_search
+from retrain.search import SearchResult, TrainData, load_booster, run_search
+from serve.loader import LoadedModel
 from serve.schemas import InvalidInput
 
 
@@ -33,13 +38,20 @@ class CycleResult:
     champion_version: str | None
     lineage: dict[str, str]
     wall_seconds: float
+    #: the cycle's HTML report (also logged to the MLflow run)
+    report_path: str | None = None
 
     @property
     def promoted(self) -> bool:
         return self.decision.verdict is Verdict.PROMOTE
 
 
-def _champion_predictions(registry: MlflowRegistry, version: str, split: Split):
+def _footprint(model: LoadedModel, sample, size_bytes: int):
+    return measure_footprint(lambda rows: model.predict(model.spec.frame(rows)), sample,
+                             size_bytes)
+
+
+def _champion_finalist(registry: MlflowRegistry, version: str, split: Split) -> Finalist:
     champion = registry.load(version)
     try:
         frame = champion.spec.frame(split.holdout_raw)
@@ -48,7 +60,31 @@ def _champion_predictions(registry: MlflowRegistry, version: str, split: Split):
             f"the champion (version {version}) cannot score the new holdout: {exc}. The "
             "features changed since it was trained; compare on matching features or retire it"
         ) from exc
-    return champion.predict(frame)
+    return Finalist(
+        name=f"v{version}",
+        predictions=champion.predict(frame),
+        footprint=_footprint(champion, split.holdout_raw,
+                             len(champion.booster.save_raw("ubj"))),
+        version=version,
+    )
+
+
+def _finalists(config: Config, search: SearchResult, split: Split):
+    """The top trials by validation score, their boosters and their holdout predictions."""
+    boosters, finalists = {}, []
+    for trial in search.finalists(config.evaluation.finalists):
+        booster = load_booster(trial)
+        model = LoadedModel(name=config.model_name, version=f"trial-{trial.trial_id}",
+                            task=config.task.type, spec=split.spec, booster=booster)
+        boosters[trial.trial_id] = booster
+        finalists.append(Finalist(
+            name=f"trial-{trial.trial_id}",
+            predictions=model.predict(split.x_holdout),
+            footprint=_footprint(model, split.holdout_raw, len(booster.save_raw("ubj"))),
+            trial_id=trial.trial_id,
+            valid_score=trial.score,
+        ))
+    return boosters, finalists
 
 
 def run_cycle(config: Config, *, echo=None) -> CycleResult:
@@ -62,8 +98,9 @@ def run_cycle(config: Config, *, echo=None) -> CycleResult:
     say = echo or (lambda line: None)
     quiet_defaults()
     cycle_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    task = config.task
-    split = load_split(config.data, task.type)
+    task, policy = config.task, config.evaluation
+    split = load_split(config.data, task.type,
+                       extra_columns=tuple(s.column for s in policy.slices))
     lineage = split.lineage()
     say(
         f"data: train {lineage['data.train_partitions']} ({lineage['data.train_rows']} rows), "
@@ -79,18 +116,15 @@ def run_cycle(config: Config, *, echo=None) -> CycleResult:
             config, data, name=f"{config.project.name}-{cycle_id}", progress=echo is not None
         )
         registry.log_trials(run_id, search)  # failed trials too, before giving up on them
-        best = search.require_best()
-        booster = search.load_best()
+        boosters, finalists = _finalists(config, search, split)
         comparison = compare(
-            task.type,
-            task.primary_metric,
-            split.y_holdout,
-            booster.inplace_predict(split.x_holdout),
+            task.type, task.primary_metric, split.y_holdout, finalists,
             None if champion_version is None
-            else _champion_predictions(registry, champion_version, split),
-            champion_version,
+            else _champion_finalist(registry, champion_version, split),
+            policy=policy, slice_frame=split.holdout_raw,
         )
-        decision = decide(comparison, config.evaluation)
+        decision = decide(comparison, policy)
+        booster = boosters[comparison.challenger.trial_id]
         model_uri = registry.log_model(
             run_id, booster, split.spec, task=task.type, metric=task.primary_metric
         )
@@ -102,9 +136,27 @@ def run_cycle(config: Config, *, echo=None) -> CycleResult:
                       "retrain.search": search.experiment_path},
             )
             registry.set_alias(CHAMPION, model_version)
+        snapshot = {
+            "partitions": [
+                {"value": p.value, "rows": p.rows, "sha256": p.digest,
+                 "role": "holdout" if p in split.holdout_partitions else "train"}
+                for p in (*split.train_partitions, *split.holdout_partitions)
+            ],
+            "digest": lineage["data.digest"],
+        }
+        _record(config, decision, comparison, snapshot, search, run_id, champion_version,
+                model_version)
+        report = render_report(
+            title=f"{config.project.name} cycle {cycle_id}",
+            decision=decision, comparison=comparison, search=search, lineage=lineage,
+            tolerances={s.column: s.tolerance for s in policy.slices},
+        )
+        report_path = Path(config.project.workdir) / "reports" / f"cycle-{cycle_id}.html"
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(report)
         registry.log_cycle(
             run_id,
-            params=_cycle_params(config, search),
+            params=_cycle_params(config, comparison),
             metrics=_cycle_metrics(comparison, search),
             tags={
                 "retrain.verdict": decision.verdict.value,
@@ -119,21 +171,12 @@ def run_cycle(config: Config, *, echo=None) -> CycleResult:
             artifacts={
                 "decision.json": {
                     "decision": decision.to_dict(),
-                    "comparison": {
-                        "metric": comparison.metric,
-                        "holdout_rows": comparison.holdout_rows,
-                        "challenger": comparison.challenger,
-                        "champion": comparison.champion,
-                        "champion_version": comparison.champion_version,
-                    },
-                    "best_trial": {"trial_id": best.trial_id, "params": best.params},
+                    "comparison": comparison.to_dict(),
                     "lineage": lineage,
-                    "partitions": [
-                        {"value": p.value, "rows": p.rows, "sha256": p.digest}
-                        for p in (*split.train_partitions, *split.holdout_partitions)
-                    ],
-                }
+                    "data_snapshot": snapshot,
+                },
             },
+            files={"report.html": str(report_path)},
         )
     return CycleResult(
         cycle_id=cycle_id,
@@ -145,10 +188,32 @@ def run_cycle(config: Config, *, echo=None) -> CycleResult:
         champion_version=model_version or champion_version,
         lineage=lineage,
         wall_seconds=time.perf_counter() - start,
+        report_path=str(report_path),
     )
 
 
-def _cycle_params(config: Config, search: SearchResult) -> dict[str, Any]:
+def _record(config: Config, decision: Decision, comparison: Comparison, snapshot: dict,
+            search: SearchResult, run_id: str, before: str | None, promoted: str | None) -> None:
+    """The ledger: the decision always, and the alias move when there is one."""
+    ledger = Ledger(config.ledger_path)
+    common = dict(model_name=config.model_name, data_snapshot=snapshot,
+                  search=search.experiment_path, run_id=run_id)
+    ledger.append(LedgerEvent(
+        kind=EventKind.DECISION, version=promoted, previous_version=before,
+        verdict=decision.verdict.value, reasons=decision.reasons,
+        details={"challenger": comparison.challenger.name,
+                 "difference": comparison.difference.to_dict()
+                 if comparison.difference else None},
+        **common,
+    ))
+    if promoted is not None:
+        ledger.append(LedgerEvent(
+            kind=EventKind.ALIAS_MOVE, alias=CHAMPION, version=promoted,
+            previous_version=before, reasons=decision.reasons, **common,
+        ))
+
+
+def _cycle_params(config: Config, comparison: Comparison) -> dict[str, Any]:
     return {
         "task": config.task.type,
         "metric": config.task.primary_metric,
@@ -156,16 +221,22 @@ def _cycle_params(config: Config, search: SearchResult) -> dict[str, Any]:
         "num_boost_round": config.search.num_boost_round,
         "early_stopping": config.search.early_stopping,
         "seed": config.search.seed,
-        "min_improvement": config.evaluation.min_improvement,
-        "min_score": config.evaluation.min_score,
-        **{f"best.{k}": v for k, v in search.require_best().params.items()},
+        "evaluation.mode": config.evaluation.mode,
+        "evaluation.min_improvement": config.evaluation.min_improvement,
+        "evaluation.min_score": config.evaluation.min_score,
+        "evaluation.confidence": config.evaluation.confidence,
+        "evaluation.finalists": config.evaluation.finalists,
+        "challenger": comparison.challenger.name,
     }
 
 
 def _cycle_metrics(comparison: Comparison, search: SearchResult) -> dict[str, float]:
-    out = {f"challenger_{k}": v for k, v in comparison.challenger.items()}
+    out = {f"challenger_{k}": v for k, v in comparison.challenger.metrics.items()}
     if comparison.champion:
-        out.update({f"champion_{k}": v for k, v in comparison.champion.items()})
+        out.update({f"champion_{k}": v for k, v in comparison.champion.metrics.items()})
+    if comparison.difference:
+        d = comparison.difference
+        out.update(difference=d.estimate, difference_low=d.low, difference_high=d.high)
     out.update(
         search_wall_seconds=search.wall_seconds,
         trials_completed=search.count("completed"),

@@ -105,8 +105,10 @@ class MlflowRegistry:
 
     def log_cycle(
         self, run_id: str, *, params: dict[str, Any], metrics: dict[str, float],
-        tags: dict[str, str], artifacts: dict[str, Any],
+        tags: dict[str, str], artifacts: dict[str, Any], files: dict[str, str] | None = None,
     ) -> None:
+        """Params, metrics and tags in one batch; ``artifacts`` as JSON, ``files`` as they are
+        (artifact name -> local path)."""
         from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
@@ -119,6 +121,18 @@ class MlflowRegistry:
             )
             for name, payload in artifacts.items():
                 self.client.log_dict(run_id, payload, name)
+            for name, path in (files or {}).items():
+                self._log_file(run_id, path, name)
+
+    def _log_file(self, run_id: str, path: str, name: str) -> None:
+        import shutil
+        import tempfile
+
+        # log_artifact keeps the file's own name; copy it under the artifact name first
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / name
+            shutil.copyfile(path, target)
+            self.client.log_artifact(run_id, str(target))
 
     def log_trials(self, parent_run_id: str, search) -> None:
         """One child run per trial: params, per-round validation score, final metrics, status."""

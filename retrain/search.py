@@ -89,12 +89,25 @@ class SearchResult:
             f"{errors or 'none recorded'}. Check search.space and resources"
         )
 
+    def finalists(self, k: int) -> list[TrialResult]:
+        """The ``k`` best completed trials by validation score, best first."""
+        self.require_best()
+        completed = [t for t in self.trials if t.status == "completed" and t.score is not None]
+        return sorted(completed, key=lambda t: t.score, reverse=self.greater_is_better)[:k]
+
     def load_best(self):
         """The best trial's booster, read from its checkpoint."""
-        import xgboost as xgb
+        return load_booster(self.require_best())
 
-        with self.require_best().checkpoint.as_directory() as folder:
-            return xgb.Booster(model_file=str(Path(folder) / MODEL_FILE))
+
+def load_booster(trial: TrialResult):
+    """A completed trial's final booster, read from its Tune checkpoint."""
+    import xgboost as xgb
+
+    if trial.checkpoint is None:
+        raise SearchError(f"trial {trial.trial_id} ({trial.status}) has no final checkpoint")
+    with trial.checkpoint.as_directory() as folder:
+        return xgb.Booster(model_file=str(Path(folder) / MODEL_FILE))
 
 
 MODEL_FILE = "model.ubj"

@@ -226,3 +226,34 @@ def test_a_search_where_every_trial_fails_leaves_the_champion(project, client):
     for trial in trials:
         assert trial.info.status == "FAILED"
         assert "Invalid Input: 'bogus'" in trial.data.tags["retrain.error"]
+
+
+def test_ledger_answers_which_version_served_when_and_why(project, capsys):
+    from retrain.ledger import EventKind, Ledger
+
+    config = project["config"]
+    ledger = Ledger(config.ledger_path)
+    events = ledger.events(model_name="synthetic")
+    moves = [e for e in events if e.kind is EventKind.ALIAS_MOVE]
+    decisions = [e for e in events if e.kind is EventKind.DECISION]
+    assert [m.version for m in moves] == ["1", "2"]
+    assert [d.verdict for d in decisions][:2] == ["promote", "promote"]
+    assert decisions[0].data_snapshot["partitions"][-1]["role"] == "holdout"
+    between = (moves[0].at + moves[1].at) / 2
+    served = ledger.served_at("synthetic", between)
+    assert served.version == "1" and served.decision.run_id == project["first"].run_id
+    assert ledger.served_at("synthetic", moves[0].at - 1) is None
+    assert main(["history", "--config", str(project["path"]), "--at", str(between)]) == 0
+    out = capsys.readouterr().out
+    assert "synthetic@champion was version 1" in out and "because:" in out
+    assert main(["history", "--config", str(project["path"])]) == 0
+    assert "alias_move" in capsys.readouterr().out
+
+
+def test_cycle_report_is_written_and_logged(project, client):
+    first = project["first"]
+    report = __import__("pathlib").Path(first.report_path).read_text()
+    assert "PROMOTE" in report and report.count("data:image/png;base64,") >= 1
+    assert "Checks" in report and "Search" in report
+    artifacts = {a.path for a in client.list_artifacts(first.run_id)}
+    assert {"report.html", "decision.json"} <= artifacts

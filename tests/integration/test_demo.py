@@ -24,8 +24,10 @@ def test_demo_runs_the_loop_on_real_data_with_zero_failed_requests(tmp_path):
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
-    rows = re.findall(r"^\s+(\d+)\s+([\d,]+)\s+v(\d+)\s+([\d.]+)\s+([\d.]+)\s+(\w+)\s+v(\d+)",
-                      out, flags=re.M)
+    rows = re.findall(
+        r"^\s+(\d+)\s+([\d,]+)\s+v(\d+)\s+([\d.]+)\s+([\d.]+)\s+\S+ \[\S+, \S+\]\s+(\w+)\s+v(\d+)",
+        out, flags=re.M,
+    )
     assert [r[0] for r in rows] == ["4", "5"]
     assert all(r[5] in ("promote", "keep") for r in rows)
     for _month, nrows, *_ in rows:

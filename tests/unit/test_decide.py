@@ -1,78 +1,118 @@
-import math
+import numpy as np
 
-from retrain.config import EvaluationConfig
+from retrain.config import EvaluationConfig, GuardrailConfig, SliceConfig
 from retrain.decide import Verdict, decide
-from retrain.evaluate import Comparison
+from retrain.evaluate import Finalist, Footprint, compare
+
+RNG = np.random.default_rng(7)
+N = 4000
+Y = RNG.integers(0, 2, N)
+GROUP = np.where(np.arange(N) % 2 == 0, "east", "west")
 
 
-def _cmp(challenger: float, champion: float | None = None, metric: str = "auc") -> Comparison:
-    return Comparison(
-        metric=metric,
-        holdout_rows=1000,
-        challenger={metric: challenger},
-        champion=None if champion is None else {metric: champion},
-        champion_version=None if champion is None else "3",
-    )
+def _scores(strength: float, seed: int, east: float | None = None) -> np.ndarray:
+    """Predictions whose AUC rises with ``strength`` (``east``: another strength there)."""
+    rng = np.random.default_rng(seed)
+    per_row = np.where(GROUP == "east", strength if east is None else east, strength)
+    return 1 / (1 + np.exp(-(Y * per_row + rng.normal(size=N))))
 
 
-def test_first_model_promoted_when_it_passes_min_score():
-    decision = decide(_cmp(0.71), EvaluationConfig(min_score=0.7))
+FAST = Footprint(single_row_ms=1.0, batch_ms_per_1k=5.0, size_bytes=100_000)
+
+
+def _decide(challenger, champion=None, policy=None, footprints=(FAST, FAST)):
+    import pandas as pd
+
+    policy = policy or EvaluationConfig()
+    finalists = [Finalist("trial-a", challenger, footprints[0], trial_id="a")]
+    champ = None if champion is None else Finalist("v1", champion, footprints[1], version="1")
+    comparison = compare("classification", "auc", Y, finalists, champ, policy=policy,
+                         slice_frame=pd.DataFrame({"region": GROUP}))
+    return decide(comparison, policy), comparison
+
+
+def test_clearly_better_challenger_is_promoted_with_its_interval():
+    decision, comparison = _decide(_scores(1.5, 1), _scores(0.8, 2))
     assert decision.verdict is Verdict.PROMOTE
-    assert any("no champion yet" in r for r in decision.reasons)
+    assert comparison.difference.low > 0
+    evidence = next(c for c in decision.checks if c.name == "evidence")
+    assert evidence.passed and "interval" in evidence.detail and "delong" in evidence.detail
 
 
-def test_first_model_rejected_below_min_score():
-    decision = decide(_cmp(0.69), EvaluationConfig(min_score=0.7))
-    assert decision.verdict is Verdict.REJECT
-    assert "misses the required >= 0.7000" in decision.reasons[0]
-
-
-def test_better_challenger_promoted_by_margin():
-    decision = decide(_cmp(0.75, 0.72), EvaluationConfig(min_improvement=0.02))
-    assert decision.verdict is Verdict.PROMOTE
-    assert decision.champion_score == 0.72
-    assert any("v3" in r and "1000 holdout rows" in r for r in decision.reasons)
-
-
-def test_improvement_below_margin_keeps_champion():
-    decision = decide(_cmp(0.73, 0.72), EvaluationConfig(min_improvement=0.02))
+def test_tiny_noisy_improvement_keeps_the_champion():
+    champion = _scores(1.0, 3)
+    challenger = np.clip(champion + RNG.normal(scale=0.01, size=N), 0, 1)
+    decision, comparison = _decide(challenger, champion)
     assert decision.verdict is Verdict.KEEP
-    assert "improvement +0.0100 <= required +0.0200" in decision.reasons[-1]
+    assert comparison.difference.low <= 0 < comparison.difference.high
+    assert "lower bound <=" in decision.reasons[0]
 
 
-def test_a_tie_is_not_evidence():
-    assert decide(_cmp(0.72, 0.72), EvaluationConfig()).verdict is Verdict.KEEP
+def test_better_overall_but_worse_on_a_slice_is_rejected_with_that_reason():
+    policy = EvaluationConfig(slices=(SliceConfig(column="region", min_rows=100,
+                                                   tolerance=0.01),))
+    challenger = _scores(3.0, 4, east=1.0)  # strong overall, poor in the east
+    decision, comparison = _decide(challenger, _scores(1.2, 5), policy)
+    assert comparison.difference.low > 0  # better on average...
+    assert decision.verdict is Verdict.REJECT  # ...but it regresses a slice
+    assert any("slice region=east" in r and "beyond tolerance" in r for r in decision.reasons)
 
 
-def test_lower_is_better_metrics_are_signed():
-    better = decide(_cmp(0.30, 0.35, metric="logloss"), EvaluationConfig(min_improvement=0.01))
-    worse = decide(_cmp(0.36, 0.35, metric="logloss"), EvaluationConfig())
-    assert better.verdict is Verdict.PROMOTE
+def test_slow_or_large_challenger_fails_its_guardrail():
+    slow = Footprint(single_row_ms=5.0, batch_ms_per_1k=5.0, size_bytes=100_000)
+    big = Footprint(single_row_ms=1.0, batch_ms_per_1k=5.0, size_bytes=900_000)
+    better, base = _scores(1.5, 1), _scores(0.8, 2)
+    decision, _ = _decide(better, base, footprints=(slow, FAST))
+    assert decision.verdict is Verdict.REJECT
+    assert any(r.startswith("latency ratio 5.00x") for r in decision.reasons)
+    decision, _ = _decide(better, base, footprints=(big, FAST))
+    assert decision.verdict is Verdict.REJECT
+    assert any(r.startswith("size ratio 9.00x") for r in decision.reasons)
+
+
+def test_first_model_is_judged_on_absolute_thresholds_alone():
+    policy = EvaluationConfig(min_score=0.6,
+                              guardrails=GuardrailConfig(max_latency_ms=2.0))
+    decision, comparison = _decide(_scores(1.5, 1), policy=policy)
+    assert comparison.champion is None and comparison.difference is None
+    assert decision.verdict is Verdict.PROMOTE
+    assert [c.name for c in decision.checks] == ["value", "latency"]
+    weak, _ = _decide(_scores(0.1, 1), policy=policy)
+    assert weak.verdict is Verdict.REJECT and "not >=" in weak.reasons[0]
+    slow = Footprint(single_row_ms=9.0, batch_ms_per_1k=5.0, size_bytes=1)
+    decision, _ = _decide(_scores(1.5, 1), policy=policy, footprints=(slow, FAST))
+    assert decision.verdict is Verdict.REJECT
+
+
+def test_same_seed_same_decision():
+    policy = EvaluationConfig(seed=3)
+    a = _decide(_scores(1.05, 8), _scores(1.0, 9), policy)
+    b = _decide(_scores(1.05, 8), _scores(1.0, 9), policy)
+    assert a[0] == b[0]
+    assert a[1].secondary["logloss"] == b[1].secondary["logloss"]
+
+
+def test_non_inferiority_promotes_an_equal_model_within_the_margin():
+    champion = _scores(1.0, 3)
+    challenger = np.clip(champion + RNG.normal(scale=0.01, size=N), 0, 1)
+    policy = EvaluationConfig(mode="non_inferiority", non_inferiority_margin=0.02)
+    decision, _ = _decide(challenger, champion, policy)
+    assert decision.verdict is Verdict.PROMOTE
+    worse, _ = _decide(_scores(0.6, 4), champion, policy)
     assert worse.verdict is Verdict.KEEP
 
 
-def test_lower_is_better_min_score_is_a_ceiling():
-    assert decide(_cmp(2.0, metric="rmse"), EvaluationConfig(min_score=1.5)).verdict is (
-        Verdict.REJECT
-    )
-    assert decide(_cmp(1.0, metric="rmse"), EvaluationConfig(min_score=1.5)).verdict is (
-        Verdict.PROMOTE
-    )
-
-
-def test_negative_margin_accepts_a_slightly_worse_challenger():
-    decision = decide(_cmp(0.715, 0.72), EvaluationConfig(min_improvement=-0.01))
-    assert decision.verdict is Verdict.PROMOTE
-
-
-def test_undefined_challenger_score_is_rejected():
-    decision = decide(_cmp(math.nan, 0.7), EvaluationConfig())
-    assert decision.verdict is Verdict.REJECT
+def test_relative_improvement_raises_the_bar():
+    policy = EvaluationConfig(min_relative_improvement=0.2)  # 20 % of the champion's AUC
+    decision, _ = _decide(_scores(1.5, 1), _scores(0.8, 2), policy)
+    assert decision.verdict is Verdict.KEEP
+    assert "20.0% of the champion" in decision.reasons[0]
 
 
 def test_decision_serialises():
-    decision = decide(_cmp(0.75, 0.72), EvaluationConfig())
+    decision, comparison = _decide(_scores(1.5, 1), _scores(0.8, 2))
     out = decision.to_dict()
     assert out["verdict"] == "promote"
-    assert out["reasons"] == list(decision.reasons)
+    assert {c["name"] for c in out["checks"]} >= {"evidence", "latency ratio", "size ratio"}
+    assert comparison.to_dict()["difference"]["method"] == "delong"
     assert decision.summary().startswith("PROMOTE: ")

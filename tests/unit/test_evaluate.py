@@ -1,8 +1,10 @@
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
-from retrain.evaluate import compare, score
+from retrain.config import EvaluationConfig
+from retrain.evaluate import Finalist, compare, measure_footprint, score
 
 
 def test_scores_match_reference_implementations():
@@ -18,7 +20,10 @@ def test_scores_match_reference_implementations():
     assert score("mae", np.array([1.0, 3.0]), np.array([2.0, 1.0])) == pytest.approx(1.5)
 
 
-def test_auc_on_one_class_is_nan_not_an_exception():
+def test_auc_with_ties_and_one_class():
+    y = np.array([0, 0, 1, 1, 1, 0])
+    s = np.array([0.1, 0.5, 0.5, 0.9, 0.5, 0.2])
+    assert score("auc", y, s) == pytest.approx(roc_auc_score(y, s))
     assert np.isnan(score("auc", np.ones(10), np.linspace(0, 1, 10)))
 
 
@@ -29,13 +34,36 @@ def test_mismatched_lengths_and_unknown_metric():
         score("f7", np.array([0]), np.array([0]))
 
 
-def test_compare_signs_the_improvement_by_direction():
-    y = np.array([0, 0, 1, 1])
-    good, bad = np.array([0.1, 0.2, 0.8, 0.9]), np.array([0.9, 0.2, 0.8, 0.1])
-    cmp = compare("classification", "auc", y, good, bad, "1")
-    assert cmp.challenger["auc"] == 1.0
-    assert cmp.improvement == pytest.approx(1.0 - cmp.champion["auc"])
-    regression = compare("regression", "rmse", np.array([1.0, 2.0]), np.array([1.0, 2.0]),
-                         np.array([2.0, 3.0]))
-    assert regression.improvement == pytest.approx(1.0)  # lower rmse is an improvement
-    assert compare("regression", "rmse", y, y.astype(float)).improvement is None
+def test_finalists_are_all_scored_and_the_strongest_evidence_wins():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 3000)
+
+    def preds(strength, seed):
+        return 1 / (1 + np.exp(-(y * strength + np.random.default_rng(seed).normal(size=3000))))
+
+    finalists = [Finalist(f"t{i}", preds(s, i), trial_id=str(i))
+                 for i, s in enumerate([1.0, 1.6, 1.2])]
+    champion = Finalist("v1", preds(0.9, 9), version="1")
+    cmp = compare("classification", "auc", y, finalists, champion, policy=EvaluationConfig())
+    assert cmp.challenger.name == "t1"
+    assert [f.name for f in cmp.finalists] == ["t0", "t1", "t2"]
+    assert cmp.confidence == pytest.approx(1 - 0.05 / 3)  # Bonferroni for 3 finalists
+    assert set(cmp.secondary) == {"logloss", "accuracy"}
+    assert cmp.champion_version == "1"
+
+
+def test_without_champion_the_best_holdout_score_is_the_challenger():
+    y = np.array([0, 1, 0, 1])
+    cmp = compare("regression", "rmse", y.astype(float),
+                  [Finalist("a", np.array([0.5, 0.5, 0.5, 0.5])),
+                   Finalist("b", np.array([0.1, 0.9, 0.1, 0.9]))])
+    assert cmp.challenger.name == "b" and cmp.difference is None
+
+
+def test_measure_footprint_times_the_serving_path():
+    sample = pd.DataFrame({"x": np.arange(2000.0)})
+    calls = []
+    fp = measure_footprint(lambda rows: calls.append(len(rows)) or np.zeros(len(rows)),
+                           sample, size_bytes=1234, repeats=10)
+    assert fp.size_bytes == 1234 and fp.single_row_ms >= 0 and fp.batch_ms_per_1k >= 0
+    assert calls.count(1) == 11 and calls.count(1000) == 3
