@@ -8,19 +8,30 @@ footprint (latency, size) measured for both in the same run.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from retrain.config import METRIC_DIRECTIONS, TASK_METRICS, EvaluationConfig
-from retrain.stats import Difference, auc, paired_difference
+from retrain.stats import (
+    AucParts,
+    Buckets,
+    Difference,
+    auc,
+    auc_in_group,
+    auc_parts,
+    paired_difference,
+)
 
 
 def _logloss(y: np.ndarray, p: np.ndarray) -> float:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
+    # float64: in float32, 1 - 1e-7 rounds to 1 and log(1 - p) becomes -inf
+    p = np.clip(p.astype(np.float64, copy=False), 1e-7, 1 - 1e-7)
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
@@ -45,16 +56,30 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 }
 
 
-def score(metric: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+def score(
+    metric: str, y_true: np.ndarray, y_pred: np.ndarray, *, parts: AucParts | None = None
+) -> float:
+    """One metric; ``parts`` spares AUC the sort it already had."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; known: {sorted(METRICS)}")
     if len(y_true) != len(y_pred):
         raise ValueError(f"{len(y_true)} labels but {len(y_pred)} predictions")
-    return METRICS[metric](np.asarray(y_true), np.asarray(y_pred, dtype=np.float64))
+    if metric == "auc" and parts is not None:
+        return parts.auc
+    return METRICS[metric](np.asarray(y_true), np.asarray(y_pred))
 
 
-def score_all(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    return {name: score(name, y_true, y_pred) for name in TASK_METRICS[task]}
+def score_all(
+    task: str, y_true: np.ndarray, y_pred: np.ndarray, *, parts: AucParts | None = None
+) -> dict[str, float]:
+    return {name: score(name, y_true, y_pred, parts=parts) for name in TASK_METRICS[task]}
+
+
+def _parts(task: str, y: np.ndarray, predictions: np.ndarray) -> AucParts | None:
+    """Each model's scores are sorted once and reused by AUC, DeLong and the slices."""
+    if "auc" not in TASK_METRICS[task] or len(y) == 0 or y.min() == y.max():
+        return None
+    return auc_parts(y, predictions)
 
 
 @dataclass(frozen=True)
@@ -184,24 +209,35 @@ class Comparison:
 
 
 def _slices(
-    metric: str, greater: bool, y: np.ndarray, challenger: np.ndarray, champion: np.ndarray,
-    frame: pd.DataFrame | None, policy: EvaluationConfig,
+    metric: str, greater: bool, y: np.ndarray, models: tuple[np.ndarray, np.ndarray],
+    parts: tuple[AucParts | None, AucParts | None], frame: pd.DataFrame | None,
+    policy: EvaluationConfig,
 ) -> tuple[SliceResult, ...]:
     if frame is None or not policy.slices:
         return ()
-    out = []
+
+    def group_score(i: int, rows: np.ndarray) -> float:
+        if metric == "auc" and parts[i] is not None:
+            return auc_in_group(y, models[i], parts[i].order, rows)
+        return score(metric, y[rows], models[i][rows])
+
+    wanted = []  # (column, group name, size, row mask)
     for spec in policy.slices:
-        groups = frame[spec.column].astype("string").fillna("<missing>").to_numpy()
-        values, inverse = np.unique(groups, return_inverse=True)
-        for index, value in enumerate(values):
-            rows = np.flatnonzero(inverse == index)
-            if len(rows) < spec.min_rows:
-                continue
-            c = score(metric, y[rows], challenger[rows])
-            k = score(metric, y[rows], champion[rows])
-            delta = (c - k) if greater else (k - c)
-            out.append(SliceResult(spec.column, str(value), len(rows), c, k, delta))
-    return tuple(out)
+        codes, values = pd.factorize(frame[spec.column], use_na_sentinel=True)
+        sizes = np.bincount(codes[codes >= 0], minlength=len(values))
+        groups = [(i, str(v)) for i, v in enumerate(values)]
+        if (codes < 0).any():
+            groups.append((-1, "<missing>"))
+            sizes = np.r_[sizes, (codes < 0).sum()]
+        wanted += [(spec.column, name, int(size), codes == code)
+                   for (code, name), size in zip(groups, sizes, strict=True)
+                   if size >= spec.min_rows]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        mine, theirs = pool.map(lambda i: [group_score(i, w[3]) for w in wanted], (0, 1))
+    return tuple(
+        SliceResult(column, name, size, c, k, (c - k) if greater else (k - c))
+        for (column, name, size, _), c, k in zip(wanted, mine, theirs, strict=True)
+    )
 
 
 def compare(
@@ -226,10 +262,23 @@ def compare(
     policy = policy or EvaluationConfig()
     y = np.asarray(y_holdout)
     greater = METRIC_DIRECTIONS[metric]
+    def one_model(predictions: np.ndarray) -> tuple[AucParts | None, dict[str, float]]:
+        parts = _parts(task, y, predictions)
+        return parts, score_all(task, y, predictions, parts=parts)
+
+    # numpy releases the GIL in sorts and array passes: spread the models over the cores,
+    # as the predictions that produced them were
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        drawn = pool.submit(Buckets.draw, len(y), samples=policy.bootstrap_samples,
+                            seed=policy.seed) if champion else None
+        done = list(pool.map(one_model, [f.predictions for f in finalists]
+                             + ([champion.predictions] if champion else [])))
+        design = drawn.result() if drawn else None
+    champion_parts, champion_metrics = done.pop() if champion else (None, {})
+    parts = [p for p, _ in done]
     scored = [
-        Scored(f.name, score_all(task, y, f.predictions), f.footprint, f.version, f.trial_id,
-               f.valid_score)
-        for f in finalists
+        Scored(f.name, metrics, f.footprint, f.version, f.trial_id, f.valid_score)
+        for f, (_, metrics) in zip(finalists, done, strict=True)
     ]
     confidence = 1 - (1 - policy.confidence) / len(finalists)
     if champion is None:
@@ -237,25 +286,26 @@ def compare(
         best = max(range(len(scored)), key=lambda i: _ordered(sign * scored[i].metrics[metric]))
         return Comparison(metric, len(y), scored[best], finalists=tuple(scored),
                           confidence=policy.confidence)
-    champion_scored = Scored(
-        champion.name, score_all(task, y, champion.predictions), champion.footprint,
-        champion.version,
-    )
+    champion_scored = Scored(champion.name, champion_metrics, champion.footprint,
+                             champion.version)
     differences = [
         paired_difference(metric, y, f.predictions, champion.predictions,
                           greater_is_better=greater, confidence=confidence,
-                          samples=policy.bootstrap_samples, seed=policy.seed)
-        for f in finalists
+                          samples=policy.bootstrap_samples, seed=policy.seed,
+                          parts=(p, champion_parts), design=design)
+        for f, p in zip(finalists, parts, strict=True)
     ]
     best = max(range(len(scored)), key=lambda i: _ordered(differences[i].low))
     chosen = finalists[best]
-    secondary = {
-        name: paired_difference(name, y, chosen.predictions, champion.predictions,
-                                greater_is_better=METRIC_DIRECTIONS[name],
-                                confidence=policy.confidence,
-                                samples=policy.bootstrap_samples, seed=policy.seed)
-        for name in TASK_METRICS[task] if name != metric
-    }
+    others = [name for name in TASK_METRICS[task] if name != metric]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        secondary = dict(zip(others, pool.map(
+            lambda name: paired_difference(
+                name, y, chosen.predictions, champion.predictions,
+                greater_is_better=METRIC_DIRECTIONS[name], confidence=policy.confidence,
+                samples=policy.bootstrap_samples, seed=policy.seed,
+                parts=(parts[best], champion_parts), design=design),
+            others), strict=True))
     return Comparison(
         metric=metric,
         holdout_rows=len(y),
@@ -263,8 +313,8 @@ def compare(
         champion=champion_scored,
         difference=differences[best],
         secondary=secondary,
-        slices=_slices(metric, greater, y, chosen.predictions, champion.predictions,
-                       slice_frame, policy),
+        slices=_slices(metric, greater, y, (chosen.predictions, champion.predictions),
+                       (parts[best], champion_parts), slice_frame, policy),
         finalists=tuple(scored),
         confidence=confidence,
     )

@@ -48,32 +48,51 @@ class Difference:
 
 # -- AUC: DeLong ----------------------------------------------------------------------------
 
-def _delong_components(y: np.ndarray, score: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """AUC and its structural components from one sort.
-
-    For a positive, V10 is the share of negatives scored below it (ties count half); for a
-    negative, V01 is the share of positives scored above it. Both follow from the counts of
-    positives and negatives before and inside each group of tied scores.
-    """
-    order = np.argsort(score)
-    ordered, positive = score[order], y[order] == 1
+def _sorted_components(positive: np.ndarray, ordered: np.ndarray) -> np.ndarray:
+    """Per row in score order: V10 for a positive (share of negatives scored below it, ties
+    half) or V01 for a negative (share of positives scored above it). Both follow from the
+    counts of positives and negatives before and inside each group of tied scores."""
     m = int(positive.sum())
-    n = len(y) - m
+    n = len(positive) - m
     new_group = np.r_[True, ordered[1:] != ordered[:-1]]
     group = np.cumsum(new_group) - 1
     pos_in = np.bincount(group, weights=positive).astype(np.float64)
     neg_in = np.bincount(group).astype(np.float64) - pos_in
     pos_before = np.cumsum(pos_in) - pos_in
     neg_before = np.cumsum(neg_in) - neg_in
-    # Per row, in sorted order; then back to the original row order, so that the components
-    # of two models pair up row by row (their covariance is what makes the test paired).
-    below = np.where(positive, (neg_before[group] + neg_in[group] / 2) / n,
-                     1.0 - (pos_before[group] + pos_in[group] / 2) / m)
+    return np.where(positive, (neg_before[group] + neg_in[group] / 2) / max(n, 1),
+                    1.0 - (pos_before[group] + pos_in[group] / 2) / max(m, 1))
+
+
+@dataclass(frozen=True)
+class AucParts:
+    """One model's AUC, its DeLong components (V10 over positives, V01 over negatives, in the
+    original row order so two models pair up row by row) and its score order. Computed once
+    per model and reused by the metric, the paired test and the slices."""
+
+    auc: float
+    v10: np.ndarray
+    v01: np.ndarray
+    order: np.ndarray
+
+
+def _scores(score: np.ndarray) -> np.ndarray:
+    # float32 scores (XGBoost's) sort faster than float64 and rank identically
+    score = np.asarray(score)
+    return score if score.dtype.kind == "f" else score.astype(np.float64)
+
+
+def auc_parts(y: np.ndarray, score: np.ndarray, order: np.ndarray | None = None) -> AucParts:
+    y, score = np.asarray(y), _scores(score)
+    order = np.argsort(score) if order is None else order
+    positive = y[order] == 1
+    below = _sorted_components(positive, score[order])
     by_row = np.empty_like(below)
     by_row[order] = below
     is_positive = y == 1
     v10, v01 = by_row[is_positive], by_row[~is_positive]
-    return float(v10.mean()), v10, v01
+    value = float(v10.mean()) if len(v10) and len(v01) else float("nan")
+    return AucParts(value, v10, v01, order)
 
 
 def auc(y: np.ndarray, score: np.ndarray) -> float:
@@ -81,18 +100,35 @@ def auc(y: np.ndarray, score: np.ndarray) -> float:
     y = np.asarray(y)
     if len(y) == 0 or y.min() == y.max():
         return float("nan")
-    return _delong_components(y, np.asarray(score, dtype=np.float64))[0]
+    score = _scores(score)
+    order = np.argsort(score)
+    positive = y[order] == 1
+    return float(_sorted_components(positive, score[order])[positive].mean())
+
+
+def auc_in_group(y: np.ndarray, score: np.ndarray, order: np.ndarray, rows: np.ndarray) -> float:
+    """AUC on the rows where ``rows`` (a boolean mask) is true, reusing the full sort:
+    the sorted order restricted to a subset is still sorted."""
+    sub = order[rows[order]]
+    y_sub = y[sub]
+    if len(sub) == 0 or y_sub.min() == y_sub.max():
+        return float("nan")
+    positive = y_sub == 1
+    return float(_sorted_components(positive, score[sub])[positive].mean())
 
 
 def delong_difference(
-    y: np.ndarray, challenger: np.ndarray, champion: np.ndarray, *, confidence: float = 0.95
+    y: np.ndarray, challenger: np.ndarray, champion: np.ndarray, *, confidence: float = 0.95,
+    parts: tuple[AucParts | None, AucParts | None] = (None, None),
 ) -> Difference:
     y = np.asarray(y)
-    if len(np.unique(y)) < 2:
+    if len(y) == 0 or y.min() == y.max():
         nan = float("nan")
         return Difference("auc", nan, nan, nan, confidence, "delong")
-    auc_c, v10_c, v01_c = _delong_components(y, np.asarray(challenger, dtype=np.float64))
-    auc_k, v10_k, v01_k = _delong_components(y, np.asarray(champion, dtype=np.float64))
+    mine = parts[0] or auc_parts(y, challenger)
+    theirs = parts[1] or auc_parts(y, champion)
+    auc_c, v10_c, v01_c = mine.auc, mine.v10, mine.v01
+    auc_k, v10_k, v01_k = theirs.auc, theirs.v10, theirs.v01
     m, n = len(v10_c), len(v01_c)
     s10 = np.cov(np.vstack([v10_c, v10_k]))
     s01 = np.cov(np.vstack([v01_c, v01_k]))
@@ -122,6 +158,27 @@ def _finish(metric: str, mean: np.ndarray) -> np.ndarray:
     return np.sqrt(mean) if metric == "rmse" else mean
 
 
+@dataclass(frozen=True)
+class Buckets:
+    """The bootstrap's random design, drawn once and shared by every metric of a comparison:
+    which bucket each row falls in, and how often each bootstrap sample draws each bucket."""
+
+    bucket: np.ndarray  # row -> bucket
+    rows: np.ndarray  # rows per bucket
+    counts: np.ndarray  # samples x buckets draw counts
+    drawn_rows: np.ndarray  # rows per bootstrap sample
+
+    @classmethod
+    def draw(cls, n: int, *, samples: int = 1000, buckets: int = 2000, seed: int = 0) -> Buckets:
+        rng = np.random.default_rng(seed)
+        k = min(buckets, n)
+        # i.i.d. bucket per row: bucket sums are then i.i.d. too, which is all we need
+        bucket = rng.integers(0, k, n)
+        rows = np.bincount(bucket, minlength=k).astype(np.float64)
+        counts = rng.multinomial(k, np.full(k, 1.0 / k), size=samples).astype(np.float64)
+        return cls(bucket, rows, counts, counts @ rows)
+
+
 def bootstrap_difference(
     metric: str,
     y: np.ndarray,
@@ -133,21 +190,17 @@ def bootstrap_difference(
     samples: int = 1000,
     buckets: int = 2000,
     seed: int = 0,
+    design: Buckets | None = None,
 ) -> Difference:
     y = np.asarray(y, dtype=np.float64)
-    n = len(y)
-    rng = np.random.default_rng(seed)
-    k = min(buckets, n)
-    bucket = rng.permutation(n) % k
+    design = design or Buckets.draw(len(y), samples=samples, buckets=buckets, seed=seed)
+    k = len(design.rows)
     terms_c = _row_terms(metric, y, np.asarray(challenger, dtype=np.float64))
     terms_k = _row_terms(metric, y, np.asarray(champion, dtype=np.float64))
-    sums_c = np.bincount(bucket, weights=terms_c, minlength=k)
-    sums_k = np.bincount(bucket, weights=terms_k, minlength=k)
-    rows = np.bincount(bucket, minlength=k).astype(np.float64)
-    counts = rng.multinomial(k, np.full(k, 1.0 / k), size=samples).astype(np.float64)
-    drawn_rows = counts @ rows
-    value_c = _finish(metric, counts @ sums_c / drawn_rows)
-    value_k = _finish(metric, counts @ sums_k / drawn_rows)
+    sums_c = np.bincount(design.bucket, weights=terms_c, minlength=k)
+    sums_k = np.bincount(design.bucket, weights=terms_k, minlength=k)
+    value_c = _finish(metric, design.counts @ sums_c / design.drawn_rows)
+    value_k = _finish(metric, design.counts @ sums_k / design.drawn_rows)
     sign = 1.0 if greater_is_better else -1.0
     deltas = sign * (value_c - value_k)
     estimate = sign * float(
@@ -168,8 +221,13 @@ def paired_difference(
     confidence: float = 0.95,
     samples: int = 1000,
     seed: int = 0,
+    parts: tuple[AucParts | None, AucParts | None] = (None, None),
+    design: Buckets | None = None,
 ) -> Difference:
-    """The paired interval of challenger minus champion for any supported metric."""
+    """The paired interval of challenger minus champion for any supported metric.
+
+    ``parts`` (AUC) and ``design`` (bootstrap) let a caller comparing several models compute
+    each model's sort and the random design once."""
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), but got {confidence=}")
     if len(y) != len(challenger) or len(y) != len(champion):
@@ -178,8 +236,8 @@ def paired_difference(
             f"{len(champion)=}"
         )
     if metric == "auc":
-        return delong_difference(y, challenger, champion, confidence=confidence)
+        return delong_difference(y, challenger, champion, confidence=confidence, parts=parts)
     return bootstrap_difference(
         metric, y, challenger, champion, greater_is_better=greater_is_better,
-        confidence=confidence, samples=samples, seed=seed,
+        confidence=confidence, samples=samples, seed=seed, design=design,
     )
