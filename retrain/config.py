@@ -207,7 +207,7 @@ class GuardrailConfig(_Section):
 
     max_latency_ratio: float | None = Field(default=2.0, gt=0)
     max_batch_latency_ratio: float | None = Field(default=2.0, gt=0)
-    max_size_ratio: float | None = Field(default=5.0, gt=0)
+    max_size_ratio: float | None = Field(default=10.0, gt=0)
     #: absolute limits, also applied to the very first model
     max_latency_ms: float | None = Field(default=None, gt=0)
     max_size_mb: float | None = Field(default=None, gt=0)
@@ -236,6 +236,35 @@ class EvaluationConfig(_Section):
     finalists: int = Field(default=3, ge=1)
     slices: tuple[SliceConfig, ...] = ()
     guardrails: GuardrailConfig = GuardrailConfig()
+
+
+class AdmissionConfig(_Section):
+    """Checks on new partitions (those the champion never saw) before any training."""
+
+    enabled: bool = True
+    min_rows: int = Field(default=100, ge=1)
+    #: numeric values may exceed the reference's [min, max] by this share of its range
+    range_margin: float = Field(default=0.1, ge=0)
+    max_out_of_range_share: float = Field(default=0.01, ge=0, lt=1)
+    #: a dataset-level distribution drift quarantines the partition, or only warns
+    on_drift: Literal["quarantine", "warn"] = "quarantine"
+    psi_threshold: float = Field(default=0.2, gt=0)
+    alpha: float = Field(default=0.01, gt=0, lt=1)
+    #: the partition has drifted when more than this share of its features has
+    max_drifted_share: float = Field(default=0.3, ge=0, lt=1)
+    missing_rate_jump: float = Field(default=0.1, gt=0, le=1)
+
+    def policy(self):
+        from retrain.admit import AdmissionPolicy
+        from retrain.drift import DriftPolicy
+
+        return AdmissionPolicy(
+            min_rows=self.min_rows, range_margin=self.range_margin,
+            max_out_of_range_share=self.max_out_of_range_share, on_drift=self.on_drift,
+            drift=DriftPolicy(psi_threshold=self.psi_threshold, alpha=self.alpha,
+                              max_drifted_share=self.max_drifted_share,
+                              missing_rate_jump=self.missing_rate_jump),
+        )
 
 
 class MlflowConfig(_Section):
@@ -278,6 +307,7 @@ class Config(_Section):
     search: SearchConfig = SearchConfig()
     resources: ResourcesConfig = ResourcesConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    admission: AdmissionConfig = AdmissionConfig()
     mlflow: MlflowConfig = MlflowConfig()
     serving: ServingConfig = ServingConfig()
     ray: RayConfig = RayConfig()
@@ -431,8 +461,21 @@ resources:
   gpus_per_trial: 0            # > 0 trains on the GPU (device=cuda); fractions share one GPU
 
 evaluation:
-  min_improvement: 0.0         # challenger must beat the champion by this much on the holdout
-  min_score: 0.6               # first model (no champion yet) must reach this
+  min_score: 0.6               # value: the holdout score every promoted model must reach
+  min_improvement: 0.0         # change: lower bound of (challenger - champion) must exceed it
+  mode: superiority            # or non_inferiority (with non_inferiority_margin)
+  confidence: 0.95             # paired interval: DeLong for auc, bucketed bootstrap otherwise
+  finalists: 3                 # top trials scored on the holdout (Bonferroni-adjusted)
+  slices: []                   # e.g. [{{column: origin, min_rows: 200, tolerance: 0.01}}]
+  guardrails:                  # challenger / champion, measured in the same run
+    max_latency_ratio: 2.0
+    max_batch_latency_ratio: 2.0
+    max_size_ratio: 10.0
+
+admission:                     # new partitions vs the champion's training data
+  enabled: true
+  on_drift: quarantine         # or warn; schema, range and row-count problems always quarantine
+  max_drifted_share: 0.3       # the partition drifted when more features than this drifted
 
 mlflow:
   tracking_uri:                # empty: sqlite file in the workdir; or http://mlflow:5000, ...

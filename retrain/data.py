@@ -164,9 +164,20 @@ def _target(config: DataConfig, task: str, values: pd.Series) -> np.ndarray:
     return values.astype(np.int8).to_numpy()
 
 
-def load_split(config: DataConfig, task: str, *, extra_columns: tuple[str, ...] = ()) -> Split:
-    """Read the dataset and split it by time. Raises `DataError` with the fix on bad data."""
-    partitions = list_partitions(config)
+def read_partition(config: DataConfig, partition: Partition, columns: tuple[str, ...]):
+    """One partition's rows, with whichever of ``columns`` it has (admission checks the rest)."""
+    dataset = pads.dataset(list(partition.files), format="parquet", partitioning="hive")
+    present = [c for c in columns if c in dataset.schema.names]
+    return dataset.to_table(columns=present).to_pandas()
+
+
+def load_split(
+    config: DataConfig, task: str, *, extra_columns: tuple[str, ...] = (),
+    exclude: frozenset[str] = frozenset(),
+) -> Split:
+    """Read the dataset and split it by time, leaving out the ``exclude``d partitions
+    (quarantined ones). Raises `DataError` with the fix on bad data."""
+    partitions = [p for p in list_partitions(config) if p.value not in exclude]
     for partition in partitions:
         if partition.rows < config.min_rows_per_partition:
             raise DataError(

@@ -53,8 +53,23 @@ _PROBES = np.array([-np.finfo(np.float64).max, np.inf, np.nan])
 # --------------------------------------------------------------------------------------------
 
 
+class _Counted:
+    """Row counts shared by both sketch kinds (``count`` includes the missing rows)."""
+
+    count: int
+    missing: int
+
+    @property
+    def valid(self) -> int:
+        return self.count - self.missing
+
+    @property
+    def missing_rate(self) -> float:
+        return self.missing / self.count if self.count else 0.0
+
+
 @dataclass(frozen=True)
-class NumericSketch:
+class NumericSketch(_Counted):
     """A numeric reference column: counts between its quantiles, and its moments.
 
     ``grid`` holds the reference quantiles at levels 1/R .. (R-1)/R; a value with a large
@@ -76,14 +91,6 @@ class NumericSketch:
     std: float | None
 
     kind: Kind = field(default="numeric", init=False)
-
-    @property
-    def valid(self) -> int:
-        return self.count - self.missing
-
-    @property
-    def missing_rate(self) -> float:
-        return self.missing / self.count if self.count else 0.0
 
     @property
     def edges(self) -> tuple[float, ...]:
@@ -161,7 +168,7 @@ def _json_number(value: float | None) -> float | str | None:
 
 
 @dataclass(frozen=True)
-class CategoricalSketch:
+class CategoricalSketch(_Counted):
     """A categorical reference column: counts of its top-K categories, the rest pooled."""
 
     values: tuple[str, ...]  # the top K categories, most frequent first
@@ -171,14 +178,6 @@ class CategoricalSketch:
     count: int  # rows, missing included
 
     kind: Kind = field(default="categorical", init=False)
-
-    @property
-    def valid(self) -> int:
-        return self.count - self.missing
-
-    @property
-    def missing_rate(self) -> float:
-        return self.missing / self.count if self.count else 0.0
 
     @property
     def complete(self) -> bool:

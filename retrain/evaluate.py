@@ -25,34 +25,20 @@ from retrain.stats import (
     auc,
     auc_in_group,
     auc_parts,
+    finish,
     paired_difference,
+    row_terms,
 )
 
 
-def _logloss(y: np.ndarray, p: np.ndarray) -> float:
-    # float64: in float32, 1 - 1e-7 rounds to 1 and log(1 - p) becomes -inf
-    p = np.clip(p.astype(np.float64, copy=False), 1e-7, 1 - 1e-7)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-
-
-def _accuracy(y: np.ndarray, p: np.ndarray) -> float:
-    return float(np.mean((p >= 0.5) == (y == 1)))
-
-
-def _rmse(y: np.ndarray, p: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((y - p) ** 2)))
-
-
-def _mae(y: np.ndarray, p: np.ndarray) -> float:
-    return float(np.mean(np.abs(y - p)))
+def _mean_of_rows(metric: str) -> Callable[[np.ndarray, np.ndarray], float]:
+    # one definition of each per-row term, shared with the bootstrap in retrain.stats
+    return lambda y, p: float(finish(metric, row_terms(metric, y, p).mean()))
 
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "auc": auc,
-    "logloss": _logloss,
-    "accuracy": _accuracy,
-    "rmse": _rmse,
-    "mae": _mae,
+    **{name: _mean_of_rows(name) for name in ("logloss", "accuracy", "rmse", "mae")},
 }
 
 

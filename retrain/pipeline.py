@@ -11,12 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from retrain.admit import AdmissionReport, admit
 from retrain.config import Config
-from retrain.data import Split, load_split
+from retrain.data import Split, list_partitions, load_split, read_partition
 from retrain.decide import Decision, Verdict, decide
+from retrain.drift import build_reference
 from retrain.errors import DataError
 from retrain.evaluate import Comparison, Finalist, compare, measure_footprint
 from retrain.ledger import EventKind, Ledger, LedgerEvent
+from retrain.quarantine import QuarantineRecord
 from retrain.registry import CHAMPION, MlflowRegistry
 from retrain.report import render_report
 from retrain.runtime import ensure_ray, quiet_defaults
@@ -40,6 +43,10 @@ class CycleResult:
     wall_seconds: float
     #: the cycle's HTML report (also logged to the MLflow run)
     report_path: str | None = None
+    #: the admission of new partitions (None when there was no champion to compare with)
+    admission: AdmissionReport | None = None
+    #: every partition left out of this cycle: quarantined now or before
+    excluded: tuple[str, ...] = ()
 
     @property
     def promoted(self) -> bool:
@@ -87,6 +94,27 @@ def _finalists(config: Config, search: SearchResult, split: Split):
     return boosters, finalists
 
 
+def _admission(config: Config, registry: MlflowRegistry, champion: str | None, cycle_id: str):
+    """Judge the partitions the champion never saw; returns the report and what to leave out.
+
+    Partitions quarantined before stay out while their content is unchanged.
+    """
+    partitions = list_partitions(config.data)
+    record = QuarantineRecord(Path(config.project.workdir) / "quarantine.jsonl")
+    held = record.held(partitions)
+    if champion is None or not config.admission.enabled:
+        return None, held
+    reference = registry.load_reference(champion)
+    if reference is None:
+        return None, held
+    known = registry.version_partitions(champion)
+    new = [p for p in partitions if p.value not in known and p.value not in held]
+    frames = {p.value: read_partition(config.data, p, reference.names) for p in new}
+    report = admit(frames, reference, config.admission.policy())
+    record.add(report, partitions, cycle_id=cycle_id)
+    return report, held | frozenset(report.quarantined)
+
+
 def run_cycle(config: Config, *, echo=None) -> CycleResult:
     """Run one cycle on the connected (or a new local) Ray cluster and return what happened.
 
@@ -99,15 +127,21 @@ def run_cycle(config: Config, *, echo=None) -> CycleResult:
     quiet_defaults()
     cycle_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     task, policy = config.task, config.evaluation
+    registry = MlflowRegistry.from_config(config)
+    champion_version = registry.alias_version(CHAMPION)
+    admission, excluded = _admission(config, registry, champion_version, cycle_id)
+    if admission is not None:
+        say(admission.summary())
     split = load_split(config.data, task.type,
-                       extra_columns=tuple(s.column for s in policy.slices))
+                       extra_columns=tuple(s.column for s in policy.slices), exclude=excluded)
     lineage = split.lineage()
+    if excluded:
+        lineage["data.excluded_partitions"] = ",".join(sorted(excluded))
     say(
         f"data: train {lineage['data.train_partitions']} ({lineage['data.train_rows']} rows), "
         f"holdout {lineage['data.holdout_partitions']} ({lineage['data.holdout_rows']} rows)"
+        + (f", left out (quarantined) {lineage['data.excluded_partitions']}" if excluded else "")
     )
-    registry = MlflowRegistry.from_config(config)
-    champion_version = registry.alias_version(CHAMPION)
     ensure_ray(config.ray)
     tags = {**lineage, "retrain.cycle_id": cycle_id}
     with registry.cycle_run(f"cycle-{cycle_id}", tags) as run_id:
@@ -128,6 +162,8 @@ def run_cycle(config: Config, *, echo=None) -> CycleResult:
         model_uri = registry.log_model(
             run_id, booster, split.spec, task=task.type, metric=task.primary_metric
         )
+        # what later admissions compare new partitions with, should this model be promoted
+        registry.log_reference(run_id, _reference(split, config.data.target))
         model_version = None
         if decision.verdict is Verdict.PROMOTE:
             model_version = registry.register(
@@ -150,6 +186,10 @@ def run_cycle(config: Config, *, echo=None) -> CycleResult:
             title=f"{config.project.name} cycle {cycle_id}",
             decision=decision, comparison=comparison, search=search, lineage=lineage,
             tolerances={s.column: s.tolerance for s in policy.slices},
+            admission=None if admission is None else {
+                v.partition: f"{v.status}: " + "; ".join(v.problems or v.warnings or ("ok",))
+                for v in admission.partitions
+            },
         )
         report_path = Path(config.project.workdir) / "reports" / f"cycle-{cycle_id}.html"
         report_path.parent.mkdir(parents=True, exist_ok=True)
@@ -175,6 +215,7 @@ def run_cycle(config: Config, *, echo=None) -> CycleResult:
                     "lineage": lineage,
                     "data_snapshot": snapshot,
                 },
+                **({"admission.json": admission.to_dict()} if admission else {}),
             },
             files={"report.html": str(report_path)},
         )
@@ -189,7 +230,17 @@ def run_cycle(config: Config, *, echo=None) -> CycleResult:
         lineage=lineage,
         wall_seconds=time.perf_counter() - start,
         report_path=str(report_path),
+        admission=admission,
+        excluded=tuple(sorted(excluded)),
     )
+
+
+def _reference(split: Split, target: str):
+    import pandas as pd
+
+    frame = pd.concat([split.x_train, split.x_valid], ignore_index=True)
+    frame[target] = list(split.y_train) + list(split.y_valid)
+    return build_reference(frame, target=target)
 
 
 def _record(config: Config, decision: Decision, comparison: Comparison, snapshot: dict,

@@ -210,6 +210,41 @@ class MlflowRegistry:
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
 
+    # -- reference sketches and lineage ----------------------------------------------------------
+    REFERENCE = "reference_sketch.json"
+
+    def log_reference(self, run_id: str, sketch) -> None:
+        """The training data's reference sketch, beside the model the run produced."""
+        with _translated("logging the reference sketch"):
+            self.client.log_dict(run_id, sketch.to_dict(), self.REFERENCE)
+
+    def load_reference(self, version: str):
+        """The reference sketch of a version's training data, or None for versions that were
+        registered without one."""
+        import json
+        import tempfile
+
+        from retrain.drift import ReferenceSketch
+
+        with _translated(f"reading the reference sketch of version {version}"):
+            run_id = self.client.get_model_version(self.model_name, version).tags.get(
+                "retrain.run_id")
+            if not run_id:
+                return None
+            names = {a.path for a in self.client.list_artifacts(run_id)}
+            if self.REFERENCE not in names:
+                return None
+            with tempfile.TemporaryDirectory() as tmp:
+                local = self.client.download_artifacts(run_id, self.REFERENCE, tmp)
+                return ReferenceSketch.from_dict(json.loads(Path(local).read_text()))
+
+    def version_partitions(self, version: str) -> set[str]:
+        """The partitions a version was trained and evaluated on (from its lineage tags)."""
+        with _translated(f"reading the lineage of version {version}"):
+            tags = self.client.get_model_version(self.model_name, version).tags
+        return {value for key in ("data.train_partitions", "data.holdout_partitions")
+                for value in tags.get(key, "").split(",") if value}
+
     # -- history -------------------------------------------------------------------------------
     def recent_cycles(self, limit: int = 10) -> list[CycleRecord]:
         with _translated("reading past cycles"):

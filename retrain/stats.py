@@ -141,8 +141,11 @@ def delong_difference(
 
 # -- sum-decomposable metrics: bucketed paired bootstrap ------------------------------------
 
-def _row_terms(metric: str, y: np.ndarray, p: np.ndarray) -> np.ndarray:
+def row_terms(metric: str, y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Per-row terms whose mean is the metric (RMSE: whose mean's root is)."""
+    y, p = np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64)
     if metric == "logloss":
+        # float64: in float32, 1 - 1e-7 rounds to 1 and log(1 - p) becomes -inf
         p = np.clip(p, 1e-7, 1 - 1e-7)
         return -(y * np.log(p) + (1 - y) * np.log(1 - p))
     if metric == "accuracy":
@@ -154,7 +157,8 @@ def _row_terms(metric: str, y: np.ndarray, p: np.ndarray) -> np.ndarray:
     raise ValueError(f"no paired bootstrap for metric {metric!r}")
 
 
-def _finish(metric: str, mean: np.ndarray) -> np.ndarray:
+def finish(metric: str, mean):
+    """The metric from the mean of its row terms."""
     return np.sqrt(mean) if metric == "rmse" else mean
 
 
@@ -195,16 +199,16 @@ def bootstrap_difference(
     y = np.asarray(y, dtype=np.float64)
     design = design or Buckets.draw(len(y), samples=samples, buckets=buckets, seed=seed)
     k = len(design.rows)
-    terms_c = _row_terms(metric, y, np.asarray(challenger, dtype=np.float64))
-    terms_k = _row_terms(metric, y, np.asarray(champion, dtype=np.float64))
+    terms_c = row_terms(metric, y, np.asarray(challenger, dtype=np.float64))
+    terms_k = row_terms(metric, y, np.asarray(champion, dtype=np.float64))
     sums_c = np.bincount(design.bucket, weights=terms_c, minlength=k)
     sums_k = np.bincount(design.bucket, weights=terms_k, minlength=k)
-    value_c = _finish(metric, design.counts @ sums_c / design.drawn_rows)
-    value_k = _finish(metric, design.counts @ sums_k / design.drawn_rows)
+    value_c = finish(metric, design.counts @ sums_c / design.drawn_rows)
+    value_k = finish(metric, design.counts @ sums_k / design.drawn_rows)
     sign = 1.0 if greater_is_better else -1.0
     deltas = sign * (value_c - value_k)
     estimate = sign * float(
-        _finish(metric, terms_c.mean()) - _finish(metric, terms_k.mean())
+        finish(metric, terms_c.mean()) - finish(metric, terms_k.mean())
     )
     tail = (1 - confidence) / 2
     low, high = np.quantile(deltas, [tail, 1 - tail])

@@ -202,6 +202,33 @@ def test_status_shows_champion_and_decisions(project, capsys):
     assert "promote" in out and "holdout=3" in out
 
 
+def test_a_bad_new_partition_is_quarantined_and_left_on_disk(project, client):
+    from tests.synthetic import frame
+
+    root = project["root"]
+    bad = root / "data" / "period=5"
+    bad.mkdir()
+    broken = frame(1500, 55).assign(x2=lambda f: f["x2"] * 50)  # a unit change upstream
+    broken.to_parquet(bad / "part-0.parquet", index=False)
+    before = (bad / "part-0.parquet").read_bytes()
+    champion = str(client.get_model_version_by_alias("synthetic", "champion").version)
+    config, _ = _write_config(root, resources={"cpus_per_trial": 0.9},
+                              serving=project["config"].serving.model_dump())
+    result = run_cycle(config)
+    assert result.admission.quarantined == ("5",)
+    (verdict,) = result.admission.partitions
+    assert any("x2:" in p and "outside the reference range" in p for p in verdict.problems)
+    assert result.excluded == ("5",)
+    assert "5" not in result.lineage["data.train_partitions"].split(",")
+    assert result.lineage["data.holdout_partitions"] == "4"
+    assert result.decision.verdict is not Verdict.PROMOTE  # same data as the champion's
+    assert str(client.get_model_version_by_alias("synthetic", "champion").version) == champion
+    assert (bad / "part-0.parquet").read_bytes() == before  # nothing moved or deleted
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert "admission.json" in artifacts
+    assert "quarantined" in __import__("pathlib").Path(result.report_path).read_text()
+
+
 def test_a_search_where_every_trial_fails_leaves_the_champion(project, client):
     before = str(client.get_model_version_by_alias("synthetic", "champion").version)
     config, _ = _write_config(

@@ -60,14 +60,14 @@ def test_better_overall_but_worse_on_a_slice_is_rejected_with_that_reason():
 
 def test_slow_or_large_challenger_fails_its_guardrail():
     slow = Footprint(single_row_ms=5.0, batch_ms_per_1k=5.0, size_bytes=100_000)
-    big = Footprint(single_row_ms=1.0, batch_ms_per_1k=5.0, size_bytes=900_000)
+    big = Footprint(single_row_ms=1.0, batch_ms_per_1k=5.0, size_bytes=1_200_000)
     better, base = _scores(1.5, 1), _scores(0.8, 2)
     decision, _ = _decide(better, base, footprints=(slow, FAST))
     assert decision.verdict is Verdict.REJECT
     assert any(r.startswith("latency ratio 5.00x") for r in decision.reasons)
     decision, _ = _decide(better, base, footprints=(big, FAST))
     assert decision.verdict is Verdict.REJECT
-    assert any(r.startswith("size ratio 9.00x") for r in decision.reasons)
+    assert any(r.startswith("size ratio 12.00x") for r in decision.reasons)
 
 
 def test_first_model_is_judged_on_absolute_thresholds_alone():
