@@ -173,11 +173,13 @@ def read_partition(config: DataConfig, partition: Partition, columns: tuple[str,
 
 def load_split(
     config: DataConfig, task: str, *, extra_columns: tuple[str, ...] = (),
-    exclude: frozenset[str] = frozenset(),
+    exclude: frozenset[str] = frozenset(), partitions: list[Partition] | None = None,
 ) -> Split:
     """Read the dataset and split it by time, leaving out the ``exclude``d partitions
-    (quarantined ones). Raises `DataError` with the fix on bad data."""
-    partitions = [p for p in list_partitions(config) if p.value not in exclude]
+    (quarantined ones). ``partitions`` spares a caller that listed them already a second
+    pass of content hashing. Raises `DataError` with the fix on bad data."""
+    listed = list_partitions(config) if partitions is None else partitions
+    partitions = [p for p in listed if p.value not in exclude]
     for partition in partitions:
         if partition.rows < config.min_rows_per_partition:
             raise DataError(

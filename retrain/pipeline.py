@@ -94,12 +94,12 @@ def _finalists(config: Config, search: SearchResult, split: Split):
     return boosters, finalists
 
 
-def _admission(config: Config, registry: MlflowRegistry, champion: str | None, cycle_id: str):
+def _admission(config: Config, registry: MlflowRegistry, champion: str | None, cycle_id: str,
+               partitions: list):
     """Judge the partitions the champion never saw; returns the report and what to leave out.
 
     Partitions quarantined before stay out while their content is unchanged.
     """
-    partitions = list_partitions(config.data)
     record = QuarantineRecord(Path(config.project.workdir) / "quarantine.jsonl")
     held = record.held(partitions)
     if champion is None or not config.admission.enabled:
@@ -129,11 +129,14 @@ def run_cycle(config: Config, *, echo=None) -> CycleResult:
     task, policy = config.task, config.evaluation
     registry = MlflowRegistry.from_config(config)
     champion_version = registry.alias_version(CHAMPION)
-    admission, excluded = _admission(config, registry, champion_version, cycle_id)
+    # listed (and content-hashed) once, for admission and the split alike
+    partitions = list_partitions(config.data)
+    admission, excluded = _admission(config, registry, champion_version, cycle_id, partitions)
     if admission is not None:
         say(admission.summary())
     split = load_split(config.data, task.type,
-                       extra_columns=tuple(s.column for s in policy.slices), exclude=excluded)
+                       extra_columns=tuple(s.column for s in policy.slices), exclude=excluded,
+                       partitions=partitions)
     lineage = split.lineage()
     if excluded:
         lineage["data.excluded_partitions"] = ",".join(sorted(excluded))
