@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -77,31 +77,53 @@ class Footprint:
     size_bytes: int
 
 
-def measure_footprint(
-    predict: Callable[[pd.DataFrame], np.ndarray], sample: pd.DataFrame, size_bytes: int,
-    *, repeats: int = 30,
-) -> Footprint:
-    """Median single-row latency and per-1k-rows batch latency of ``predict`` on raw rows."""
+def measure_footprints(
+    models: Mapping[str, tuple[Callable[[pd.DataFrame], np.ndarray], int]],
+    sample: pd.DataFrame, *, repeats: int = 30,
+) -> dict[str, Footprint]:
+    """Median single-row and per-1k-rows batch latency of each model's ``predict`` on raw rows.
+
+    ``models`` maps a name to ``(predict, size_bytes)``. The models are timed interleaved:
+    every round times each of them once, in a rotating order. On a shared machine a burst of
+    load then slows all of them alike, so the challenger/champion ratios the guardrails read
+    stay fair even when the absolute figures are noisy.
+    """
     row = sample.iloc[:1]
     batch = sample.iloc[:1000] if len(sample) >= 1000 else sample.sample(
         1000, replace=True, random_state=0
     )
-    predict(row)  # first call pays lazy set-up; it is not what a warmed replica costs
-    singles = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        predict(row)
-        singles.append(time.perf_counter() - start)
-    batches = []
-    for _ in range(max(3, repeats // 10)):
-        start = time.perf_counter()
-        predict(batch)
-        batches.append(time.perf_counter() - start)
-    return Footprint(
-        single_row_ms=float(np.median(singles) * 1000),
-        batch_ms_per_1k=float(np.median(batches) * 1000 * 1000 / len(batch)),
-        size_bytes=int(size_bytes),
-    )
+    names = list(models)
+    for name in names:
+        models[name][0](row)  # the first call pays lazy set-up; a warmed replica does not
+    singles = _interleaved(models, names, row, repeats)
+    batches = _interleaved(models, names, batch, max(3, repeats // 10))
+    return {
+        name: Footprint(
+            single_row_ms=float(np.median(singles[name]) * 1000),
+            batch_ms_per_1k=float(np.median(batches[name]) * 1000 * 1000 / len(batch)),
+            size_bytes=int(models[name][1]),
+        )
+        for name in names
+    }
+
+
+def _interleaved(models, names: list[str], rows: pd.DataFrame, rounds: int):
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(rounds):
+        shift = i % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            models[name][0](rows)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def measure_footprint(
+    predict: Callable[[pd.DataFrame], np.ndarray], sample: pd.DataFrame, size_bytes: int,
+    *, repeats: int = 30,
+) -> Footprint:
+    """One model's footprint; see `measure_footprints` to compare models fairly."""
+    return measure_footprints({"model": (predict, size_bytes)}, sample, repeats=repeats)["model"]
 
 
 @dataclass(frozen=True)

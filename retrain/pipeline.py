@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from retrain.data import Split, list_partitions, load_split, read_partition
 from retrain.decide import Decision, Verdict, decide
 from retrain.drift import build_reference
 from retrain.errors import DataError
-from retrain.evaluate import Comparison, Finalist, compare, measure_footprint
+from retrain.evaluate import Comparison, Finalist, compare, measure_footprints
 from retrain.ledger import EventKind, Ledger, LedgerEvent
 from retrain.quarantine import QuarantineRecord
 from retrain.registry import CHAMPION, MlflowRegistry
@@ -53,12 +53,16 @@ class CycleResult:
         return self.decision.verdict is Verdict.PROMOTE
 
 
-def _footprint(model: LoadedModel, sample, size_bytes: int):
-    return measure_footprint(lambda rows: model.predict(model.spec.frame(rows)), sample,
-                             size_bytes)
+def _footprints(split: Split, models: dict[str, LoadedModel]):
+    """Time every finalist and the champion together, so their latency ratios are fair."""
+    return measure_footprints(
+        {name: (lambda rows, m=m: m.predict(m.spec.frame(rows)), len(m.booster.save_raw("ubj")))
+         for name, m in models.items()},
+        split.holdout_raw,
+    )
 
 
-def _champion_finalist(registry: MlflowRegistry, version: str, split: Split) -> Finalist:
+def _champion_finalist(registry: MlflowRegistry, version: str, split: Split):
     champion = registry.load(version)
     try:
         frame = champion.spec.frame(split.holdout_raw)
@@ -67,31 +71,26 @@ def _champion_finalist(registry: MlflowRegistry, version: str, split: Split) -> 
             f"the champion (version {version}) cannot score the new holdout: {exc}. The "
             "features changed since it was trained; compare on matching features or retire it"
         ) from exc
-    return Finalist(
-        name=f"v{version}",
-        predictions=champion.predict(frame),
-        footprint=_footprint(champion, split.holdout_raw,
-                             len(champion.booster.save_raw("ubj"))),
-        version=version,
-    )
+    return champion, Finalist(name=f"v{version}", predictions=champion.predict(frame),
+                              version=version)
 
 
 def _finalists(config: Config, search: SearchResult, split: Split):
     """The top trials by validation score, their boosters and their holdout predictions."""
-    boosters, finalists = {}, []
+    boosters, models, finalists = {}, {}, []
     for trial in search.finalists(config.evaluation.finalists):
         booster = load_booster(trial)
         model = LoadedModel(name=config.model_name, version=f"trial-{trial.trial_id}",
                             task=config.task.type, spec=split.spec, booster=booster)
         boosters[trial.trial_id] = booster
+        models[f"trial-{trial.trial_id}"] = model
         finalists.append(Finalist(
             name=f"trial-{trial.trial_id}",
             predictions=model.predict(split.x_holdout),
-            footprint=_footprint(model, split.holdout_raw, len(booster.save_raw("ubj"))),
             trial_id=trial.trial_id,
             valid_score=trial.score,
         ))
-    return boosters, finalists
+    return boosters, models, finalists
 
 
 def _admission(config: Config, registry: MlflowRegistry, champion: str | None, cycle_id: str,
@@ -153,11 +152,18 @@ def run_cycle(config: Config, *, echo=None) -> CycleResult:
             config, data, name=f"{config.project.name}-{cycle_id}", progress=echo is not None
         )
         registry.log_trials(run_id, search)  # failed trials too, before giving up on them
-        boosters, finalists = _finalists(config, search, split)
+        boosters, models, finalists = _finalists(config, search, split)
+        champion = None
+        if champion_version is not None:
+            models[f"v{champion_version}"], champion = _champion_finalist(
+                registry, champion_version, split
+            )
+        footprints = _footprints(split, models)
+        finalists = [replace(f, footprint=footprints[f.name]) for f in finalists]
+        if champion is not None:
+            champion = replace(champion, footprint=footprints[champion.name])
         comparison = compare(
-            task.type, task.primary_metric, split.y_holdout, finalists,
-            None if champion_version is None
-            else _champion_finalist(registry, champion_version, split),
+            task.type, task.primary_metric, split.y_holdout, finalists, champion,
             policy=policy, slice_frame=split.holdout_raw,
         )
         decision = decide(comparison, policy)

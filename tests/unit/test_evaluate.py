@@ -4,7 +4,7 @@ import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
 from retrain.config import EvaluationConfig
-from retrain.evaluate import Finalist, compare, measure_footprint, score
+from retrain.evaluate import Finalist, compare, measure_footprint, measure_footprints, score
 
 
 def test_scores_match_reference_implementations():
@@ -67,3 +67,18 @@ def test_measure_footprint_times_the_serving_path():
                            sample, size_bytes=1234, repeats=10)
     assert fp.size_bytes == 1234 and fp.single_row_ms >= 0 and fp.batch_ms_per_1k >= 0
     assert calls.count(1) == 11 and calls.count(1000) == 3
+
+
+def test_footprints_are_timed_interleaved_so_load_hits_every_model_alike():
+    sample = pd.DataFrame({"x": np.arange(2000.0)})
+    order = []
+
+    def model(name):
+        return lambda rows: order.append((name, len(rows))) or np.zeros(len(rows))
+
+    fps = measure_footprints({"a": (model("a"), 1), "b": (model("b"), 2)}, sample, repeats=4)
+    assert fps["a"].size_bytes == 1 and fps["b"].size_bytes == 2
+    singles = [name for name, n in order if n == 1][2:]  # after one warm-up call each
+    # every round times both models, and the order rotates so neither always goes first
+    assert singles == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert [name for name, n in order if n == 1000] == ["a", "b", "b", "a", "a", "b"]
