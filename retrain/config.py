@@ -290,6 +290,85 @@ class ServingConfig(_Section):
     max_rows: int = Field(default=10_000, ge=1)
     #: Serve's per-request access log (off by default: it costs throughput)
     access_log: bool = False
+    #: the environment variable holding the bearer token of /feedback and /admin/* (read
+    #: where `retrain serve` runs; without it those endpoints answer 403)
+    admin_token_env: str = Field(default="RETRAIN_ADMIN_TOKEN", min_length=1)
+
+
+class InferenceLogConfig(_Section):
+    """Every prediction the Serve app answers, written to partitioned Parquet for the monitor."""
+
+    enabled: bool = True
+    #: a folder (or any pyarrow URI, e.g. s3://bucket/log) that the replicas and the
+    #: controller both reach; default: <workdir>/inference
+    path: str | None = None
+    #: a replica writes a Parquet file when this many rows are buffered, or ...
+    flush_rows: int = Field(default=5000, ge=1)
+    #: ... when the oldest buffered row is this old
+    flush_interval_s: float = Field(default=5.0, gt=0)
+    #: memory bound: rows beyond this (a stalled disk) are dropped and counted in /health
+    max_buffer_rows: int = Field(default=100_000, ge=1)
+
+
+class MonitorConfig(_Section):
+    """Live inputs against the champion's training-data reference, and the live metric."""
+
+    #: the newest logged rows the drift check reads (at most)
+    window_rows: int = Field(default=5000, ge=1)
+    #: and only rows this recent (empty: no age limit)
+    window_s: float | None = Field(default=None, gt=0)
+    #: fewer live rows than this: too little to judge drift
+    min_rows: int = Field(default=500, ge=1)
+    psi_threshold: float = Field(default=0.2, gt=0)
+    alpha: float = Field(default=0.01, gt=0, lt=1)
+    #: live inputs have drifted when more than this share of the features has
+    max_drifted_share: float = Field(default=0.3, ge=0, lt=1)
+    missing_rate_jump: float = Field(default=0.1, gt=0, le=1)
+
+    def policy(self):
+        from retrain.drift import DriftPolicy
+
+        return DriftPolicy(psi_threshold=self.psi_threshold, alpha=self.alpha,
+                           max_drifted_share=self.max_drifted_share,
+                           missing_rate_jump=self.missing_rate_jump, min_rows=self.min_rows)
+
+
+class ScheduleTrigger(_Section):
+    #: start a cycle this long after the last one started ...
+    interval_s: float | None = Field(default=None, gt=0)
+    #: ... or at these times: five cron fields "minute hour day-of-month month day-of-week" (UTC)
+    cron: str | None = None
+
+
+class PerformanceTrigger(_Section):
+    enabled: bool = True
+    #: fire when the live metric is worse than the champion's evaluated holdout metric by more
+    #: than this (in the metric's units)
+    tolerance: float = Field(default=0.02, ge=0)
+    #: labelled predictions the live metric must rest on before it can fire
+    min_samples: int = Field(default=200, ge=1)
+
+
+class DriftTrigger(_Section):
+    enabled: bool = True
+
+
+class TriggersConfig(_Section):
+    """When `retrain watch` starts a cycle. Every evaluation is recorded in the ledger."""
+
+    schedule: ScheduleTrigger = ScheduleTrigger()
+    performance: PerformanceTrigger = PerformanceTrigger()
+    drift: DriftTrigger = DriftTrigger()
+    #: a performance or drift condition must hold on this many consecutive checks
+    debounce: int = Field(default=2, ge=1)
+    #: no cycle starts within this many seconds after the last one started (on demand excepted)
+    cooldown_s: float = Field(default=3600.0, ge=0)
+    #: at most this many cycles ...
+    max_cycles: int = Field(default=6, ge=1)
+    #: ... per this many seconds (a sliding window); on demand counts too
+    period_s: float = Field(default=86_400.0, gt=0)
+    #: how often `retrain watch` checks
+    check_interval_s: float = Field(default=60.0, gt=0)
 
 
 class RayConfig(_Section):
@@ -310,6 +389,9 @@ class Config(_Section):
     admission: AdmissionConfig = AdmissionConfig()
     mlflow: MlflowConfig = MlflowConfig()
     serving: ServingConfig = ServingConfig()
+    inference_log: InferenceLogConfig = InferenceLogConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    triggers: TriggersConfig = TriggersConfig()
     ray: RayConfig = RayConfig()
 
     # Derived values: defaults that depend on other fields live here, in one place.
@@ -332,6 +414,10 @@ class Config(_Section):
     @property
     def ledger_path(self) -> Path:
         return self.project.ledger or self.project.workdir / "ledger.db"
+
+    @property
+    def inference_log_path(self) -> str:
+        return self.inference_log.path or str(self.project.workdir / "inference")
 
     @property
     def storage_path(self) -> str:
@@ -488,6 +574,30 @@ serving:
   app_name: retrain
   num_replicas: 1
   poll_interval_s: 2           # replicas pick up a new champion within this time
+  admin_token_env: RETRAIN_ADMIN_TOKEN  # bearer token of POST /feedback and /admin/*
+
+inference_log:                 # every prediction, to Parquet, for the monitor
+  enabled: true
+  path:                        # empty: <workdir>/inference; replicas and `retrain watch` share it
+
+monitor:                       # live inputs vs the champion's training data
+  window_rows: 5000
+  min_rows: 500
+  max_drifted_share: 0.3
+
+triggers:                      # when `retrain watch` starts a cycle
+  schedule:
+    interval_s:                # e.g. 604800 (weekly); or cron: "0 3 * * 1" (UTC)
+  performance:
+    tolerance: 0.02            # live metric worse than the champion's holdout metric by this
+    min_samples: 200           # labelled predictions it must rest on
+  drift:
+    enabled: true
+  debounce: 2                  # consecutive checks a condition must hold
+  cooldown_s: 3600             # quiet time after a cycle starts
+  max_cycles: 6                # at most this many cycles ...
+  period_s: 86400              # ... per day
+  check_interval_s: 60
 
 ray:
   address:                     # empty: RAY_ADDRESS, a running local cluster, or a new one
