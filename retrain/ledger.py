@@ -32,8 +32,9 @@ from typing import Any
 
 from retrain.errors import RetrainError
 
-#: bump when the table changes; a ledger written by a newer schema is refused, not misread
-SCHEMA_VERSION = 1
+#: bump when the table changes; a ledger written by a newer schema is refused, not misread, and
+#: an older one is migrated in place (2: the trigger and cycle kinds)
+SCHEMA_VERSION = 2
 #: the values of `retrain.decide.Verdict`, spelled out so that this module stays import-light
 VERDICTS: tuple[str, ...] = ("promote", "keep", "reject")
 #: how far traffic weights may sum away from 1 (floating point splits such as 1/3 each)
@@ -45,6 +46,8 @@ class EventKind(str, Enum):
     ALIAS_MOVE = "alias_move"  # an alias (e.g. champion) now points at another version
     TRAFFIC_STEP = "traffic_step"  # the serving traffic split between versions changed
     ROLLBACK = "rollback"  # an alias was moved back to an earlier version
+    TRIGGER = "trigger"  # the retraining triggers were evaluated: inputs and outcome in details
+    CYCLE = "cycle"  # the controller started, finished or lost a retraining cycle
 
     def __str__(self) -> str:
         return self.value
@@ -247,7 +250,7 @@ _COLUMNS = (
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM events"
 _KIND_VALUES = ", ".join(f"'{k.value}'" for k in EventKind)
 _MOVE_VALUES = ", ".join(f"'{k.value}'" for k in _MOVES)
-_SCHEMA = f"""
+_TABLE = f"""
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: a seq is never reused
     at REAL NOT NULL,
@@ -263,7 +266,8 @@ CREATE TABLE IF NOT EXISTS events (
     search TEXT,
     run_id TEXT,
     details TEXT NOT NULL DEFAULT '{{}}'
-);
+)"""
+_SCHEMA = _TABLE + """;
 CREATE INDEX IF NOT EXISTS events_by_model ON events (model_name, at, seq);
 CREATE INDEX IF NOT EXISTS events_by_kind ON events (model_name, kind, at, seq);
 CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
@@ -325,10 +329,39 @@ class Ledger:
             # Persistent in the file. Where WAL is unavailable (some network filesystems)
             # SQLite keeps its rollback journal: still durable, only less concurrent.
             conn.execute("PRAGMA journal_mode=WAL")
+            if 0 < found < SCHEMA_VERSION:
+                self._migrate(conn)
             # IMMEDIATE: two processes creating the same new ledger take turns.
             conn.executescript(
                 f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
             )
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Rebuild the table under the current schema, keeping every row and its seq.
+
+        SQLite cannot change a CHECK constraint in place. One IMMEDIATE transaction: another
+        process either sees the old table or the new one, and the version is re-read inside it
+        so two processes opening an old ledger at once migrate it once.
+        """
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+                conn.execute("ROLLBACK")
+                return
+            for name in ("events_no_update", "events_no_delete", "events_no_replace"):
+                conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+            for name in ("events_by_model", "events_by_kind"):
+                conn.execute(f"DROP INDEX IF EXISTS {name}")
+            conn.execute("ALTER TABLE events RENAME TO events_old")
+            conn.execute(_TABLE)
+            columns = ", ".join(_COLUMNS)
+            conn.execute(f"INSERT INTO events ({columns}) SELECT {columns} FROM events_old")
+            conn.execute("DROP TABLE events_old")
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def append(self, event: LedgerEvent) -> LedgerEvent:
         """Store `event` durably (committed on return) and return it with its `seq`."""

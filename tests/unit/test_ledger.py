@@ -354,3 +354,31 @@ def test_format_events_prints_one_aligned_line_per_event(tmp_path: Path):
     assert len({line.index(reason) for line, reason in
                 zip(lines[1:3], ["no champion yet", "promoted by run r1"], strict=True)}) == 1
     assert format_events([]) == "(no events)"
+
+
+def test_a_version_1_ledger_is_migrated_in_place_keeping_every_row(tmp_path):
+    from retrain import ledger as module
+
+    path = tmp_path / "old.db"
+    v1_kinds = "'decision', 'alias_move', 'traffic_step', 'rollback'"
+    old_schema = module._SCHEMA.replace(module._KIND_VALUES, v1_kinds)
+    assert old_schema != module._SCHEMA
+    with sqlite3.connect(path) as conn:
+        conn.executescript(f"{old_schema}PRAGMA user_version=1;")
+        conn.execute("INSERT INTO events (seq, at, kind, model_name, version, alias) "
+                     "VALUES (7, 1.0, 'alias_move', 'm', '1', 'champion')")
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("INSERT INTO events (at, kind, model_name) VALUES (2.0, 'trigger', 'm')")
+
+    ledger = Ledger(path)
+    stored = ledger.append(LedgerEvent(kind=EventKind.TRIGGER, model_name="m", at=2.0,
+                                       details={"fired": None}))
+    assert stored.seq == 8  # seqs continue after the migrated rows, never reused
+    events = ledger.events(model_name="m")
+    assert [(e.seq, e.kind) for e in events] == [(7, EventKind.ALIAS_MOVE),
+                                                 (8, EventKind.TRIGGER)]
+    assert ledger.served_at("m", 1.5).version == "1"
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == module.SCHEMA_VERSION
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute("DELETE FROM events WHERE seq = 7")
