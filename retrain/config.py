@@ -319,6 +319,8 @@ class MonitorConfig(_Section):
     window_s: float | None = Field(default=None, gt=0)
     #: fewer live rows than this: too little to judge drift
     min_rows: int = Field(default=500, ge=1)
+    #: the live metric uses the newest this-many labelled predictions of the champion
+    metric_rows: int = Field(default=5000, ge=1)
     psi_threshold: float = Field(default=0.2, gt=0)
     alpha: float = Field(default=0.01, gt=0, lt=1)
     #: live inputs have drifted when more than this share of the features has

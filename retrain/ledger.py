@@ -488,6 +488,8 @@ def _cells(event: LedgerEvent) -> tuple[str, ...]:
         outcome = event.verdict
     elif event.traffic:
         outcome = " ".join(f"{v}={w:.2f}" for v, w in event.traffic.items())
+    elif "outcome" in event.details:  # trigger evaluations and controller cycles
+        outcome = str(event.details["outcome"])
     else:
         outcome = "-"
     return (

@@ -245,6 +245,17 @@ class MlflowRegistry:
         return {value for key in ("data.train_partitions", "data.holdout_partitions")
                 for value in tags.get(key, "").split(",") if value}
 
+    def evaluated_score(self, version: str) -> float | None:
+        """The holdout score a version earned in the cycle that promoted it (the bar the
+        performance trigger holds its live metric to); None when it was not recorded."""
+        with _translated(f"reading the evaluation of version {version}"):
+            run_id = self.client.get_model_version(self.model_name, version).tags.get(
+                "retrain.run_id")
+            if not run_id:
+                return None
+            value = self.client.get_run(run_id).data.tags.get("retrain.challenger_score")
+        return float(value) if value else None
+
     # -- history -------------------------------------------------------------------------------
     def recent_cycles(self, limit: int = 10) -> list[CycleRecord]:
         with _translated("reading past cycles"):
