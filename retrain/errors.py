@@ -6,7 +6,8 @@
     ├── SearchError               the search produced no usable candidate
     ├── RegistryError             the model registry (MLflow) failed or is inconsistent
     │   └── ModelNotFoundError    a model, version or alias that does not exist
-    └── ClusterError              Ray could not be reached or started, or lacks resources
+    ├── ClusterError              Ray could not be reached or started, or lacks resources
+    └── BusyError                 another process holds the project's cycle or controller lock
 
     RetrainWarning (UserWarning)  it runs, but not as configured
 
@@ -65,3 +66,9 @@ class ClusterError(RetrainError):
     """Ray could not be reached or started."""
 
     exit_code = 6
+
+
+class BusyError(RetrainError):
+    """Another process runs a cycle (or `retrain watch`) for this project right now."""
+
+    exit_code = 7

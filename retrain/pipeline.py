@@ -19,6 +19,7 @@ from retrain.drift import build_reference
 from retrain.errors import DataError
 from retrain.evaluate import Comparison, Finalist, compare, measure_footprints
 from retrain.ledger import EventKind, Ledger, LedgerEvent
+from retrain.locks import cycle_lock
 from retrain.quarantine import QuarantineRecord
 from retrain.registry import CHAMPION, MlflowRegistry
 from retrain.report import render_report
@@ -119,8 +120,14 @@ def run_cycle(config: Config, *, echo=None) -> CycleResult:
 
     Works after ``ray.init(address=...)`` on an existing cluster, inside a Ray job, or on its
     own. Raises a `retrain.errors.RetrainError` with the cause and the fix on failure; the
-    serving champion is never touched unless the decision is PROMOTE.
+    serving champion is never touched unless the decision is PROMOTE. One cycle per project
+    at a time: a second one (`retrain run` while `retrain watch` runs one) gets `BusyError`.
     """
+    with cycle_lock(config.project.workdir):
+        return _run_cycle(config, echo=echo)
+
+
+def _run_cycle(config: Config, *, echo=None) -> CycleResult:
     start = time.perf_counter()
     say = echo or (lambda line: None)
     quiet_defaults()
