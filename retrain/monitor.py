@@ -134,9 +134,8 @@ def drift_of(reference: ReferenceSketch | None, inputs: pd.DataFrame,
 def check(config: Config, *, registry: MlflowRegistry | None = None,
           now: float | None = None) -> MonitorReport:
     """Read the inference log and the labels, and judge the champion's live traffic."""
-    from serve.inference_log import read_feedback, read_predictions
-
     from retrain.registry import CHAMPION, MlflowRegistry
+    from serve.inference_log import read_feedback, read_predictions
 
     now = time.time() if now is None else now
     registry = registry or MlflowRegistry.from_config(config)
@@ -151,7 +150,9 @@ def check(config: Config, *, registry: MlflowRegistry | None = None,
                              ("no champion yet: nothing to monitor",))
     drift, notes = drift_of(registry.load_reference(champion), window, m.policy())
     feedback = read_feedback(path)
-    labelled = read_predictions(path) if not feedback.empty else window.iloc[:0]
+    # the champion answered nothing before it was registered: read no older hours than that
+    labelled = (read_predictions(path, since=registry.registered_at(champion))
+                if not feedback.empty else window.iloc[:0])
     live = live_metric(task.type, task.primary_metric, labelled, feedback, version=champion,
                        evaluated=registry.evaluated_score(champion), max_rows=m.metric_rows)
     return MonitorReport(now, champion, len(window), drift, live, notes)

@@ -245,6 +245,11 @@ class MlflowRegistry:
         return {value for key in ("data.train_partitions", "data.holdout_partitions")
                 for value in tags.get(key, "").split(",") if value}
 
+    def registered_at(self, version: str) -> float:
+        """Unix seconds when the version was registered: it served nothing before."""
+        with _translated(f"reading version {version}"):
+            return self.client.get_model_version(self.model_name, version).creation_timestamp / 1000
+
     def evaluated_score(self, version: str) -> float | None:
         """The holdout score a version earned in the cycle that promoted it (the bar the
         performance trigger holds its live metric to); None when it was not recorded."""
