@@ -1,4 +1,5 @@
-"""`retrain` command line: init, validate, run, serve, status, history, demo.
+"""`retrain` command line: init, validate, run, serve, status, history, monitor, watch,
+request, backtest, demo.
 
 Errors of the `RetrainError` tree print their message (which says how to fix the problem) and
 exit with the error's code; anything else is a bug and keeps its traceback.
@@ -153,6 +154,59 @@ def _cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from retrain.config import load_config
+    from retrain.monitor import check
+
+    report = check(load_config(args.config))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    print(report.summary())
+    if report.drift is not None:
+        for feature in report.drift.features:
+            if feature.drifted:
+                print(f"  {feature.name}: {feature.reason}")
+    return 0
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from retrain.config import load_config
+    from retrain.watch import Controller
+
+    config = load_config(args.config)
+    t = config.triggers
+    print(f"watching {config.model_name!r}: every {t.check_interval_s:g}s; inference log "
+          f"{config.inference_log_path}; ledger {config.ledger_path} (Ctrl-C stops)",
+          flush=True)
+    with Controller(config, echo=lambda line: print(line, flush=True)) as controller:
+        cycles = controller.run(max_ticks=1 if args.once else args.max_checks)
+    print(f"stopped after starting {cycles} cycle(s)")
+    return 0
+
+
+def _cmd_request(args: argparse.Namespace) -> int:
+    from retrain.config import load_config
+    from serve.inference_log import request_retrain
+
+    config = load_config(args.config)
+    request = request_retrain(config.inference_log_path, reason=args.reason,
+                              requested_by="cli")
+    print(f"requested a cycle ({request.id}); `retrain watch` starts it at its next check "
+          "(the cap on cycles per period still applies)")
+    return 0
+
+
+def _cmd_backtest(args: argparse.Namespace) -> int:
+    from retrain.backtest import backtest
+    from retrain.config import load_config
+
+    result = backtest(load_config(args.config), initial=args.initial,
+                      period_s=args.period_days * 86_400)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.table())
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from retrain.demo import run_demo
 
@@ -202,6 +256,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--at", help="which version served at this time (ISO or unix seconds)")
     p.add_argument("--alias", default="champion")
     p.set_defaults(func=_cmd_history)
+
+    p = sub.add_parser("monitor", help="live drift and live metric of the champion, now")
+    p.add_argument("--config", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_monitor)
+
+    p = sub.add_parser("watch", help="check the triggers and start cycles, until stopped")
+    p.add_argument("--config", required=True)
+    p.add_argument("--once", action="store_true", help="check once and exit")
+    p.add_argument("--max-checks", type=int, default=None, help="exit after N checks")
+    p.set_defaults(func=_cmd_watch)
+
+    p = sub.add_parser("request", help="ask `retrain watch` for a cycle (on demand)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--reason", default="", help="recorded with the request")
+    p.set_defaults(func=_cmd_request)
+
+    p = sub.add_parser("backtest", help="replay the partitions: never / every period / "
+                       "the configured triggers")
+    p.add_argument("--config", required=True)
+    p.add_argument("--initial", type=int, default=2,
+                   help="partitions the first model trains on")
+    p.add_argument("--period-days", type=float, default=30.0,
+                   help="time between partitions, for the schedule, cooldown and cap")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_backtest)
 
     p = sub.add_parser("demo", help="the whole loop on NYC flights 2013, locally")
     p.add_argument("--workdir", default="retrain-demo")

@@ -142,7 +142,7 @@ def _read(config: DataConfig, partitions: list[Partition], columns: list[str]) -
     return dataset.to_table(columns=columns).to_pandas()
 
 
-def _target(config: DataConfig, task: str, values: pd.Series) -> np.ndarray:
+def target_values(config: DataConfig, task: str, values: pd.Series) -> np.ndarray:
     missing = int(values.isna().sum())
     if missing:
         raise DataError(
@@ -210,8 +210,8 @@ def load_split(
         x_all, x_holdout = spec.frame(train), spec.frame(holdout)
     except InvalidInput as exc:
         raise DataError(f"the data does not fit the features: {exc}") from exc
-    y_all = _target(config, task, train[config.target])
-    y_holdout = _target(config, task, holdout[config.target])
+    y_all = target_values(config, task, train[config.target])
+    y_holdout = target_values(config, task, holdout[config.target])
     cut = round(len(x_all) * (1 - config.validation_fraction))
     if cut < 1 or cut >= len(x_all):
         raise DataError(

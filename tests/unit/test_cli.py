@@ -1,3 +1,5 @@
+import json
+
 import yaml
 
 from retrain.cli import main
@@ -34,3 +36,25 @@ def test_errors_print_the_message_and_exit_with_their_code(tmp_path, capsys):
     assert "data: required but missing" in err and "task: required but missing" in err
     assert main(["run", "--config", str(tmp_path / "nope.yaml")]) == 2
     assert "retrain init" in capsys.readouterr().err
+
+
+def test_backtest_prints_the_three_policies_and_their_cycles(tmp_path, capsys):
+    write_partitions(tmp_path / "data", [1, 2, 3, 4], rows=300)
+    path = tmp_path / "retrain.yaml"
+    path.write_text(yaml.safe_dump(config_dict("data", "work")))
+    assert main(["backtest", "--config", str(path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)["summary"]
+    assert summary["never"]["cycles"] == 0 and summary["every"]["cycles"] == 1
+    assert main(["backtest", "--config", str(path), "--initial", "4"]) == 3
+    assert "needs at least 5" in capsys.readouterr().err
+
+
+def test_request_leaves_an_on_demand_request_for_the_controller(tmp_path, capsys):
+    from serve.inference_log import pending_requests
+
+    path = tmp_path / "retrain.yaml"
+    path.write_text(yaml.safe_dump(config_dict("data", "work")))
+    assert main(["request", "--config", str(path), "--reason", "labels fixed"]) == 0
+    (request,) = pending_requests(tmp_path / "work" / "inference")
+    assert request.reason == "labels fixed" and request.requested_by == "cli"
+    assert request.id in capsys.readouterr().out
