@@ -169,6 +169,84 @@ class AshaConfig(_Section):
     reduction_factor: float = Field(default=2.0, gt=1.0)
 
 
+def _default_warm_start_space() -> dict[str, SpaceEntry]:
+    # the added trees correct the champion: small steps, modest depth
+    return {
+        "eta": ParamRange(type="float", low=0.01, high=0.2, log=True),
+        "max_depth": ParamRange(type="int", low=3, high=8),
+        "subsample": ParamRange(type="float", low=0.6, high=1.0),
+        "lambda": ParamRange(type="float", low=0.1, high=10.0, log=True),
+    }
+
+
+def _default_hgb_space() -> dict[str, SpaceEntry]:
+    return {
+        "learning_rate": ParamRange(type="float", low=0.02, high=0.3, log=True),
+        "max_leaf_nodes": ParamRange(type="int", low=15, high=63),
+        "min_samples_leaf": ParamRange(type="int", low=10, high=100, log=True),
+        "l2_regularization": ParamRange(type="float", low=0.001, high=10.0, log=True),
+        "max_iter": 100,
+    }
+
+
+def _default_linear_space() -> dict[str, SpaceEntry]:
+    return {"alpha": ParamRange(type="float", low=0.0001, high=10.0, log=True)}
+
+
+class XGBoostFamilyConfig(_Section):
+    """XGBoost trained from scratch; its space is ``search.space``."""
+
+    enabled: bool = True
+
+
+class WarmStartFamilyConfig(_Section):
+    """XGBoost continuing the champion's booster on this cycle's training data."""
+
+    enabled: bool = False
+    #: rounds added to the champion's trees (counted from the warm start)
+    num_boost_round: int = Field(default=20, ge=1)
+    #: parameters of the added trees; objective and metric stay the champion's
+    space: dict[str, SpaceEntry] = Field(default_factory=_default_warm_start_space)
+
+
+class HistGradientBoostingFamilyConfig(_Section):
+    """scikit-learn HistGradientBoosting{Classifier,Regressor}; categoricals natively."""
+
+    enabled: bool = False
+    space: dict[str, SpaceEntry] = Field(default_factory=_default_hgb_space)
+
+
+class LinearFamilyConfig(_Section):
+    """Impute + scale numerics, one-hot categoricals, then LogisticRegression (classification,
+    C = 1 / alpha) or Ridge (regression); ``alpha`` is the regularisation strength."""
+
+    enabled: bool = False
+    space: dict[str, SpaceEntry] = Field(default_factory=_default_linear_space)
+
+
+class FamiliesConfig(_Section):
+    """Candidate families searched together; ``search.num_samples`` is shared among the
+    active ones in turn, and the evaluator picks between them on the holdout."""
+
+    xgboost: XGBoostFamilyConfig = XGBoostFamilyConfig()
+    xgboost_warm_start: WarmStartFamilyConfig = WarmStartFamilyConfig()
+    hist_gradient_boosting: HistGradientBoostingFamilyConfig = (
+        HistGradientBoostingFamilyConfig()
+    )
+    linear: LinearFamilyConfig = LinearFamilyConfig()
+
+    @model_validator(mode="after")
+    def _one_from_scratch(self) -> FamiliesConfig:
+        # the first cycle has no champion to warm-start from
+        if not (self.xgboost.enabled or self.hist_gradient_boosting.enabled
+                or self.linear.enabled):
+            raise ValueError(
+                "no family that trains from scratch is enabled; enable xgboost, "
+                "hist_gradient_boosting or linear (xgboost_warm_start needs a champion first)"
+            )
+        return self
+
+
 class SearchConfig(_Section):
     num_samples: int = Field(default=8, ge=1)
     max_concurrent: int = Field(default=2, ge=1)
@@ -179,6 +257,8 @@ class SearchConfig(_Section):
     asha: AshaConfig = AshaConfig()
     #: XGBoost parameters: a ParamRange is searched, a plain value is fixed
     space: dict[str, SpaceEntry] = Field(default_factory=_default_space)
+    #: which model families compete (XGBoost from scratch uses ``space`` above)
+    families: FamiliesConfig = FamiliesConfig()
     #: how often a trial is retried after a crash (a node dying, say)
     max_failures: int = Field(default=1, ge=0)
     time_budget_s: float | None = Field(default=None, gt=0)
@@ -341,6 +421,22 @@ class ScheduleTrigger(_Section):
     #: ... or at these times: five cron fields "minute hour day-of-month month day-of-week" (UTC)
     cron: str | None = None
 
+    @model_validator(mode="after")
+    def _one_valid_schedule(self) -> ScheduleTrigger:
+        from retrain.cron import CronSchedule
+
+        if self.interval_s is not None and self.cron is not None:
+            raise ValueError(
+                f"set either interval_s or cron, not both, but got interval_s={self.interval_s} "
+                f"and cron={self.cron!r}; remove one of them"
+            )
+        if self.cron is not None:
+            try:
+                CronSchedule.parse(self.cron)
+            except ValueError as exc:
+                raise ValueError(f"{exc}; e.g. cron: \"0 3 * * 1\" (Mondays 03:00 UTC)") from None
+        return self
+
 
 class PerformanceTrigger(_Section):
     enabled: bool = True
@@ -373,6 +469,94 @@ class TriggersConfig(_Section):
     check_interval_s: float = Field(default=60.0, gt=0)
 
 
+class SmokeConfig(_Section):
+    """Before any live request: health, then a sample batch sent to champion and challenger."""
+
+    enabled: bool = True
+    #: requests of the sample batch (recent inputs), sent to both versions alike
+    requests: int = Field(default=50, ge=1)
+
+
+class ShadowConfig(_Section):
+    """Live requests mirrored to the challenger; its answers are compared, never served."""
+
+    enabled: bool = True
+    duration_s: float = Field(default=300.0, ge=0)
+    min_requests: int = Field(default=500, ge=1)
+
+
+class CanaryStep(_Section):
+    #: the challenger's share of live traffic, in percent
+    percent: float = Field(gt=0, le=100)
+    #: empty: the canary section's bake_s / min_requests
+    bake_s: float | None = Field(default=None, ge=0)
+    min_requests: int | None = Field(default=None, ge=1)
+
+
+class CanaryConfig(_Section):
+    #: the challenger's percent of live traffic, step by step, ending at 100; an entry is a
+    #: number or {percent, bake_s, min_requests}
+    steps: tuple[CanaryStep, ...] = tuple(CanaryStep(percent=p) for p in (5, 25, 50, 100))
+    #: each step lasts at least this long ...
+    bake_s: float = Field(default=300.0, ge=0)
+    #: ... and until the challenger answered this many requests
+    min_requests: int = Field(default=500, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_are_percents(cls, raw: Any) -> Any:
+        steps = raw.get("steps") if isinstance(raw, dict) else None
+        if isinstance(steps, (list, tuple)):
+            raw = {**raw, "steps": [
+                {"percent": s} if isinstance(s, (int, float)) and not isinstance(s, bool) else s
+                for s in steps
+            ]}
+        return raw
+
+    @model_validator(mode="after")
+    def _rising_to_full(self) -> CanaryConfig:
+        percents = [s.percent for s in self.steps]
+        if not percents or percents[-1] != 100:
+            raise ValueError(f"steps must end at 100 (full traffic), but got {percents}; "
+                             "add 100 as the last step")
+        if percents != sorted(set(percents)):
+            raise ValueError(f"steps must rise strictly, but got {percents}")
+        return self
+
+
+class GatesConfig(_Section):
+    """Checked at every rollout step against the champion on the same traffic."""
+
+    #: the challenger's error rate may exceed the champion's by at most this
+    max_error_rate: float = Field(default=0.01, ge=0, lt=1)
+    #: p99 latency: challenger <= max_latency_ratio x champion + latency_slack_ms (empty: off)
+    max_latency_ratio: float | None = Field(default=1.5, gt=0)
+    latency_slack_ms: float = Field(default=5.0, ge=0)
+    #: absolute p99 limit of the challenger (empty: none)
+    max_latency_ms: float | None = Field(default=None, gt=0)
+    #: prediction shift against the champion's: fails when PSI reaches this and a KS test is
+    #: significant at shift_alpha (empty: off)
+    max_prediction_psi: float | None = Field(default=0.2, gt=0)
+    shift_alpha: float = Field(default=0.01, gt=0, lt=1)
+    #: where labels have arrived: the challenger's live metric may be worse by this (empty: off)
+    live_metric_tolerance: float | None = Field(default=0.02, ge=0)
+    #: labelled predictions per version before the live metric counts
+    min_labelled: int = Field(default=200, ge=1)
+
+
+class RolloutConfig(_Section):
+    """How a promoted version reaches live traffic: smoke, shadow, canary steps, gates."""
+
+    #: a request header (or body field) whose value keeps one caller on one version
+    sticky_key: str | None = Field(default=None, pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    smoke: SmokeConfig = SmokeConfig()
+    shadow: ShadowConfig = ShadowConfig()
+    canary: CanaryConfig = CanaryConfig()
+    gates: GatesConfig = GatesConfig()
+    #: the old version retires this long after the last step (in-flight requests drain)
+    drain_s: float = Field(default=30.0, ge=0)
+
+
 class RayConfig(_Section):
     #: Ray cluster address; empty: RAY_ADDRESS, a local cluster started by ``ray start``, or a
     #: new local runtime
@@ -394,6 +578,7 @@ class Config(_Section):
     inference_log: InferenceLogConfig = InferenceLogConfig()
     monitor: MonitorConfig = MonitorConfig()
     triggers: TriggersConfig = TriggersConfig()
+    rollout: RolloutConfig = RolloutConfig()
     ray: RayConfig = RayConfig()
 
     # Derived values: defaults that depend on other fields live here, in one place.
@@ -543,6 +728,25 @@ search:
     subsample: {{type: float, low: 0.6, high: 1.0}}
     colsample_bytree: {{type: float, low: 0.6, high: 1.0}}
     lambda: {{type: float, low: 0.1, high: 10, log: true}}
+  families:                    # candidates searched together; num_samples is shared in turn
+    xgboost:                   # XGBoost from scratch, over search.space above
+      enabled: true
+    xgboost_warm_start:        # continue the champion's booster on the new data (needs a
+      enabled: true            # champion with the same features; skipped, with the reason, if not)
+      num_boost_round: 20      # rounds added to the champion's trees
+      space:
+        eta: {{type: float, low: 0.01, high: 0.2, log: true}}
+        max_depth: {{type: int, low: 3, high: 8}}
+    hist_gradient_boosting:    # scikit-learn HistGradientBoosting (categoricals natively)
+      enabled: false
+      space:
+        learning_rate: {{type: float, low: 0.02, high: 0.3, log: true}}
+        max_leaf_nodes: {{type: int, low: 15, high: 63}}
+        max_iter: 100
+    linear:                    # impute, scale, one-hot + LogisticRegression / Ridge
+      enabled: false
+      space:
+        alpha: {{type: float, low: 0.0001, high: 10, log: true}}  # regularisation strength
 
 resources:
   cpus_per_trial: 1            # XGBoost threads per trial
@@ -600,6 +804,26 @@ triggers:                      # when `retrain watch` starts a cycle
   max_cycles: 6                # at most this many cycles ...
   period_s: 86400              # ... per day
   check_interval_s: 60
+
+rollout:                       # how a promoted version reaches live traffic on Ray Serve
+  sticky_key:                  # e.g. x-user-id: header/body field; one caller, one version
+  smoke:
+    requests: 50               # a sample batch to champion and challenger: errors, latency
+  shadow:
+    duration_s: 300            # live requests mirrored to the challenger, compared, not served
+    min_requests: 500
+  canary:
+    steps: [5, 25, 50, 100]    # percent of live traffic; or {{percent: 5, bake_s: 600}}
+    bake_s: 300                # each step lasts at least this long ...
+    min_requests: 500          # ... and until the challenger answered this many requests
+  gates:                       # against the champion on the same traffic; a failure rolls back
+    max_error_rate: 0.01       # challenger's error rate above the champion's
+    max_latency_ratio: 1.5     # p99: challenger <= 1.5 x champion + latency_slack_ms
+    latency_slack_ms: 5
+    max_prediction_psi: 0.2    # prediction shift (with KS significant at shift_alpha)
+    live_metric_tolerance: 0.02  # once min_labelled labels arrived per version
+    min_labelled: 200
+  drain_s: 30                  # the old version retires this long after the last step
 
 ray:
   address:                     # empty: RAY_ADDRESS, a running local cluster, or a new one
