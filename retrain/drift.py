@@ -38,6 +38,10 @@ from scipy import special
 Kind = Literal["numeric", "categorical"]
 
 OTHER = "__other__"  # the pooled bucket of categories beyond the reference's top K
+UNSEEN = "__unseen__"  # the bucket of new values outside a complete reference vocabulary
+#: categories kept per categorical feature in `Shares` (the rest pooled into OTHER): a person
+#: reads about 20 bars, and the report's JSON stays small when top_k is 200
+_SHOWN_CATEGORIES = 20
 FORMAT = 1  # version of the to_dict layout, for readers of sketches stored long ago
 _EPS = 1e-4  # share given to an empty bin in PSI, so that one empty bin does not make it inf
 _MIN_EXPECTED = 5.0  # chi-square cells expected below this are pooled (the usual rule)
@@ -92,7 +96,7 @@ class NumericSketch(_Counted):
 
     kind: Kind = field(default="numeric", init=False)
 
-    @property
+    @cached_property  # read on every comparison, for `Shares`
     def edges(self) -> tuple[float, ...]:
         """Inner PSI bin edges, de-duplicated (the outer edges are -inf and +inf)."""
         return tuple(sorted(set(self._edges.tolist())))
@@ -129,6 +133,13 @@ class NumericSketch(_Counted):
     @cached_property
     def _edges(self) -> np.ndarray:
         return self.grid_array[self.edge_index]
+
+    @cached_property
+    def distinct_bins(self) -> tuple[int, ...] | None:
+        """Positions of the PSI bins of non-zero width (None: all), the bins of `edges`."""
+        # bin i > 0 is (edge[i-1], edge[i]]: empty on both sides when the two edges are equal
+        wide = np.diff(self._edges) > 0
+        return None if wide.all() else (0, *(np.flatnonzero(wide) + 1).tolist(), len(wide) + 1)
 
     @cached_property
     def cdf(self) -> np.ndarray:
@@ -585,6 +596,32 @@ DEFAULT_POLICY = DriftPolicy()
 
 
 @dataclass(frozen=True)
+class Shares:
+    """A feature's reference and new distributions, as shares of its non-missing values, for a
+    person to look at (a plot); the statistics are computed from the full counts.
+
+    numeric: over the reference's PSI bins, ``edges`` being the inner edges: bin i holds values
+    in (edges[i-1], edges[i]], the first bin from -inf, the last to +inf (zero-width bins of
+    repeated edges are left out). categorical: over ``categories``, the reference's most
+    frequent ones (at most 20, those with the larger share on either side, in the reference's
+    order), then OTHER (all the rest, the reference's pooled tail included) and UNSEEN (values
+    the reference never had; 0 when its vocabulary was truncated, as they count as OTHER).
+    """
+
+    reference: tuple[float, ...]
+    new: tuple[float, ...]
+    edges: tuple[float, ...] = ()
+    categories: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        # five decimals are plenty for a bar, and keep a report of 100 features small
+        return {"reference": [round(v, 5) for v in self.reference],
+                "new": [round(v, 5) for v in self.new],
+                "edges": [_json_number(v) for v in self.edges],
+                "categories": list(self.categories)}
+
+
+@dataclass(frozen=True)
 class FeatureDrift:
     """Every statistic of one feature, whether it drifted, and why in words.
 
@@ -614,6 +651,8 @@ class FeatureDrift:
     unseen_share: float | None = None
     other_share_ref: float | None = None
     other_share_new: float | None = None
+    #: the two distributions side by side, for a plot (None when one side has no values)
+    shares: Shares | None = None
 
     @property
     def effect(self) -> float | None:
@@ -622,6 +661,7 @@ class FeatureDrift:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["causes"] = list(self.causes)
+        out["shares"] = None if self.shares is None else self.shares.to_dict()
         return {k: _json_float(v) for k, v in out.items()}
 
 
@@ -742,8 +782,11 @@ def _numeric_raws(sketches: dict[str, NumericSketch],
         with np.errstate(divide="ignore", invalid="ignore"):
             cdf = table[:, :m] / valid[:, None]
             ref_cdf = np.stack([s.cdf for s in refs])
-            shares = np.maximum(_bin_shares(cdf, refs[0].edge_index), _EPS)
-            ref_shares = np.maximum(_bin_shares(ref_cdf, refs[0].edge_index), _EPS)
+            new_bins = _bin_shares(cdf, refs[0].edge_index)
+            ref_bins = _bin_shares(ref_cdf, refs[0].edge_index)
+            shares = np.maximum(new_bins, _EPS)
+            ref_shares = np.maximum(ref_bins, _EPS)
+            ref_bins, new_bins = ref_bins.tolist(), new_bins.tolist()  # one conversion
             psi = np.sum((shares - ref_shares) * np.log(shares / ref_shares), axis=1)
             # The sup over the grid is <= the sup over all points: the test is conservative.
             gap = np.abs(cdf - ref_cdf)
@@ -761,7 +804,8 @@ def _numeric_raws(sketches: dict[str, NumericSketch],
         for i, name in enumerate(group):
             stats: dict[str, Any] = {}
             if testable[i]:
-                stats.update(psi=float(psi[i]), ks_statistic=float(d[i]))
+                stats.update(psi=float(psi[i]), ks_statistic=float(d[i]),
+                             shares=_numeric_shares(refs[i], ref_bins[i], new_bins[i]))
             if math.isfinite(mean_shift[i]):
                 stats.update(mean_shift=float(mean_shift[i]), std_ratio=float(std_ratio[i]))
             yield _Raw(name, "numeric", int(valid[i]), refs[i].missing_rate,
@@ -779,6 +823,7 @@ def _categorical_raw(name: str, sketch: CategoricalSketch, vector: np.ndarray) -
     p = None
     if valid > 0 and sketch.valid > 0:
         stat, dof = _chi2(ref, new)
+        stats["shares"] = _categorical_shares(sketch, ref / ref.sum(), new / valid)
         p = float(special.chdtrc(dof, stat)) if dof else 1.0  # chi2.sf as a bare ufunc
         stats.update(
             chi2=stat,
@@ -790,6 +835,32 @@ def _categorical_raw(name: str, sketch: CategoricalSketch, vector: np.ndarray) -
         )
     return _Raw(name, "categorical", int(valid), sketch.missing_rate,
                 missing / rows if rows else 0.0, p, stats)
+
+
+def _numeric_shares(sketch: NumericSketch, ref: list[float], new: list[float]) -> Shares:
+    keep = sketch.distinct_bins
+    if keep is None:
+        return Shares(tuple(ref), tuple(new), sketch.edges)
+    return Shares(tuple(ref[i] for i in keep), tuple(new[i] for i in keep), sketch.edges)
+
+
+def _categorical_shares(sketch: CategoricalSketch, ref: np.ndarray, new: np.ndarray) -> Shares:
+    """Shares in the layout values..., OTHER, UNSEEN, the values cut to the largest few."""
+    k = len(sketch.values)
+    keep = np.arange(k)
+    if k > _SHOWN_CATEGORIES:
+        larger = np.maximum(ref[:k], new[:k])
+        # stable: ties keep the reference's order, so the same counts give the same shares
+        keep = np.sort(np.argsort(-larger, kind="stable")[:_SHOWN_CATEGORIES])
+    rest = np.ones(k, dtype=bool)
+    rest[keep] = False
+
+    def cut(shares: np.ndarray) -> tuple[float, ...]:
+        pooled = float(shares[:k][rest].sum() + shares[k])
+        return (*shares[keep].tolist(), pooled, float(shares[k + 1]))
+
+    categories = (*(sketch.values[i] for i in keep.tolist()), OTHER, UNSEEN)
+    return Shares(cut(ref), cut(new), categories=categories)
 
 
 def _raws(sketches: dict[str, Sketch], vectors: dict[str, np.ndarray]) -> list[_Raw]:
