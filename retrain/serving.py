@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -16,6 +17,7 @@ from serve.settings import ServeSettings
 
 def serve_settings(config: Config) -> ServeSettings:
     s = config.serving
+    log = config.inference_log
     return ServeSettings(
         tracking_uri=config.tracking_uri,
         model_name=config.model_name,
@@ -29,6 +31,14 @@ def serve_settings(config: Config) -> ServeSettings:
         max_body_bytes=s.max_body_bytes,
         max_rows=s.max_rows,
         access_log=s.access_log,
+        inference_log_path=config.inference_log_path,
+        log_predictions=log.enabled,
+        flush_rows=log.flush_rows,
+        flush_interval_s=log.flush_interval_s,
+        max_buffer_rows=log.max_buffer_rows,
+        # Read when serving starts, not at config load: the secret never sits in the Config.
+        admin_token=os.environ.get(s.admin_token_env) or None,
+        admin_token_env=s.admin_token_env,
     )
 
 
