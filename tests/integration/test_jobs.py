@@ -56,3 +56,34 @@ def test_job_with_a_bad_config_fails_with_the_message(ray_cluster, tmp_path):
     output = done.stdout + done.stderr
     assert "data.partition_column: required but missing" in output
     assert "task: required but missing" in output
+
+
+def test_on_demand_request_and_the_controller_run_as_ray_jobs(ray_cluster, tmp_path):
+    from retrain.ledger import EventKind, Ledger
+    from serve.inference_log import pending_requests
+
+    project = tmp_path / "project"
+    write_partitions(project / "data", [1, 2, 3], rows=600)
+    store = tmp_path / "store"
+    raw = config_dict(str(project / "data"), store)
+    raw["search"].update(num_samples=2, num_boost_round=10)
+    (project / "retrain.yaml").write_text(yaml.safe_dump(raw))
+
+    def job(*command: str) -> str:
+        submit = [_ray_cli(), "job", "submit", "--address", ray_cluster["dashboard"],
+                  "--working-dir", str(project), "--", "retrain", *command,
+                  "--config", "retrain.yaml"]
+        done = subprocess.run(submit, env=ray_cluster["env"], capture_output=True, text=True,
+                              timeout=400)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout
+
+    job("request", "--reason", "from a ray job")
+    (request,) = pending_requests(store / "inference")
+    assert request.reason == "from a ray job"
+    out = job("watch", "--once")
+    assert "on_demand fired" in out and "after starting 1 cycle(s)" in out, out[-3000:]
+    assert pending_requests(store / "inference") == []
+    cycles = Ledger(store / "ledger.db").events(kinds=[EventKind.CYCLE])
+    assert [c.details["outcome"] for c in cycles] == ["started", "finished"]
+    assert cycles[-1].details["verdict"] == "promote"
