@@ -1,10 +1,25 @@
-"""Model families and search spaces as data: config space -> Tune space -> XGBoost params."""
+"""Model families and their search spaces as data: config -> `Family` -> trial params -> model.
+
+Four families compete in one search:
+
+- ``xgboost``: XGBoost from scratch over ``search.space``;
+- ``xgboost_warm_start``: the champion's booster, boosted on for a few more rounds on the
+  training rows it has not seen (continual learning); valid only when the champion's feature
+  spec equals this cycle's, see `warm_start_problem`;
+- ``hist_gradient_boosting`` and ``linear``: scikit-learn estimators, see `build_sklearn`.
+
+Everything here is pure or a thin constructor; Ray Tune is driven by `retrain.search`.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from retrain.config import ParamRange
+import pandas as pd
+
+from retrain.config import ParamRange, SearchConfig
+from serve.features import FeatureSpec
 
 #: our metric name -> (XGBoost eval_metric, convert XGBoost's value into ours)
 XGB_METRICS: dict[str, tuple[str, Any]] = {
@@ -16,24 +31,93 @@ XGB_METRICS: dict[str, tuple[str, Any]] = {
 }
 OBJECTIVES = {"classification": "binary:logistic", "regression": "reg:squarederror"}
 
+XGBOOST = "xgboost"
+WARM_START = "xgboost_warm_start"
+HIST_GRADIENT_BOOSTING = "hist_gradient_boosting"
+LINEAR = "linear"
+#: family -> how its models are stored, logged and served
+FLAVORS = {XGBOOST: "xgboost", WARM_START: "xgboost", HIST_GRADIENT_BOOSTING: "sklearn",
+           LINEAR: "sklearn"}
+#: the key of a trial's config that names its family
+FAMILY_KEY = "family"
 
-def tune_space(space: dict[str, Any]) -> dict[str, Any]:
-    """Ray Tune sampling domains for the searched entries; fixed values pass through."""
-    from ray import tune
 
-    out: dict[str, Any] = {}
-    for name, entry in space.items():
-        if not isinstance(entry, ParamRange):
-            out[name] = entry
-        elif entry.type == "categorical":
-            out[name] = tune.choice(list(entry.choices))
-        elif entry.type == "int":
-            low, high = int(entry.low), int(entry.high) + 1  # Tune's upper bound is exclusive
-            out[name] = tune.lograndint(low, high) if entry.log else tune.randint(low, high)
-        else:
-            low, high = float(entry.low), float(entry.high)
-            out[name] = tune.loguniform(low, high) if entry.log else tune.uniform(low, high)
-    return out
+@dataclass(frozen=True)
+class Family:
+    """One candidate family as the search sees it."""
+
+    name: str
+    #: parameter -> `ParamRange` (searched) or a fixed value
+    space: dict[str, Any]
+    #: boosting rounds of one trial; scikit-learn families fit once and report once
+    rounds: int
+
+    @property
+    def flavor(self) -> str:
+        return FLAVORS[self.name]
+
+    @property
+    def warm_start(self) -> bool:
+        return self.name == WARM_START
+
+    @property
+    def searched(self) -> bool:
+        return any(isinstance(v, ParamRange) for v in self.space.values())
+
+
+def families(search: SearchConfig) -> tuple[Family, ...]:
+    """The enabled families, in a fixed order (the order trials are handed out in)."""
+    f = search.families
+    out = []
+    if f.xgboost.enabled:
+        out.append(Family(XGBOOST, dict(search.space), search.num_boost_round))
+    if f.xgboost_warm_start.enabled:
+        w = f.xgboost_warm_start
+        out.append(Family(WARM_START, dict(w.space), w.num_boost_round))
+    if f.hist_gradient_boosting.enabled:
+        out.append(Family(HIST_GRADIENT_BOOSTING, dict(f.hist_gradient_boosting.space), 1))
+    if f.linear.enabled:
+        out.append(Family(LINEAR, dict(f.linear.space), 1))
+    return tuple(out)
+
+
+def _suggest(trial: Any, name: str, entry: ParamRange) -> Any:
+    if entry.type == "categorical":
+        return trial.suggest_categorical(name, list(entry.choices))
+    if entry.type == "int":
+        return trial.suggest_int(name, int(entry.low), int(entry.high), log=entry.log)
+    return trial.suggest_float(name, float(entry.low), float(entry.high), log=entry.log)
+
+
+@dataclass(frozen=True)
+class FamilySpace:
+    """An Optuna define-by-run space over several families.
+
+    Trial ``n`` belongs to family ``n mod k``: every active family gets its share of the
+    samples whatever TPE believes early on, and the choice needs no state (a resumed search
+    hands out the same families). Parameters are named ``<family>/<param>``, so families
+    never share an Optuna distribution (``eta`` may have different ranges in two families);
+    Ray Tune turns the ``/`` into a nested config: ``{"family": f, f: {param: value}}``.
+    """
+
+    families: tuple[Family, ...]
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        family = self.families[trial.number % len(self.families)]
+        fixed = {}
+        for name, entry in family.space.items():
+            key = f"{family.name}/{name}"
+            if isinstance(entry, ParamRange):
+                _suggest(trial, key, entry)
+            else:
+                fixed[key] = entry
+        return {FAMILY_KEY: family.name, **fixed}
+
+
+def trial_family(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A trial config's family and that family's parameters."""
+    name = config.get(FAMILY_KEY, XGBOOST)
+    return name, dict(config.get(name) or {})
 
 
 def xgb_params(
@@ -49,3 +133,97 @@ def xgb_params(
         "seed": seed,
         **params,
     }
+
+
+def warm_start_problem(
+    champion_spec: FeatureSpec | None, champion_flavor: str | None, spec: FeatureSpec
+) -> str | None:
+    """Why the champion cannot be boosted on with this cycle's features, or None when it can.
+
+    New trees are appended to the champion's, so both must read the same columns in the same
+    order with the same category codes: any difference in the feature spec would make the
+    old trees split on the wrong values.
+    """
+    if champion_spec is None:
+        return "no champion yet"
+    if champion_flavor != "xgboost":
+        return f"the champion is a {champion_flavor} model; only an XGBoost champion can be " \
+               "boosted on"
+    if champion_spec == spec:
+        return None
+    old, new = champion_spec, spec
+    if old.names != new.names:
+        added = [n for n in new.names if n not in old.names]
+        removed = [n for n in old.names if n not in new.names]
+        what = (f"features added {added}" if added else "") + (
+            f"{', ' if added else ''}features removed {removed}" if removed else "")
+        return f"the features changed since the champion was trained: {what or 'reordered'}"
+    kinds = [n for n, a, b in zip(new.names, old.kinds, new.kinds, strict=True) if a != b]
+    if kinds:
+        return f"feature kinds changed since the champion was trained: {kinds}"
+    changed = {
+        name: sorted(set(new.categories.get(name, ())) ^ set(old.categories.get(name, ())))
+        for name in new.names
+        if new.categories.get(name, ()) != old.categories.get(name, ())
+    }
+    return (f"category vocabularies changed since the champion was trained "
+            f"(the champion's codes would be wrong): {changed}")
+
+
+def build_sklearn(
+    family: str, task: str, params: dict[str, Any], *, frame: pd.DataFrame, seed: int
+):
+    """An unfitted scikit-learn estimator for ``family`` that takes frames shaped by
+    `FeatureSpec.frame` (numeric float columns, pandas categoricals) as they are."""
+    classification = task == "classification"
+    if family == HIST_GRADIENT_BOOSTING:
+        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+        estimator = HistGradientBoostingClassifier if classification \
+            else HistGradientBoostingRegressor
+        # our validation split ranks trials; an inner random split would waste rows and seed
+        # noise, so early stopping is off unless the space turns it on
+        return estimator(**{"categorical_features": "from_dtype", "early_stopping": False,
+                            "random_state": seed, **params})
+    if family == LINEAR:
+        from sklearn.compose import ColumnTransformer
+        from sklearn.impute import SimpleImputer
+        from sklearn.linear_model import LogisticRegression, Ridge
+        from sklearn.pipeline import Pipeline, make_pipeline
+        from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+        params = dict(params)
+        alpha = float(params.pop("alpha", 1.0))
+        categorical = [c for c in frame.columns
+                       if isinstance(frame[c].dtype, pd.CategoricalDtype)]
+        numeric = [c for c in frame.columns if c not in categorical]
+        prepare = ColumnTransformer([
+            ("numeric", make_pipeline(SimpleImputer(strategy="median",
+                                                    keep_empty_features=True),
+                                      StandardScaler()), numeric),
+            # values outside the spec's vocabulary arrive as missing: a category of its own
+            ("categorical", OneHotEncoder(handle_unknown="ignore"), categorical),
+        ])
+        model = (LogisticRegression(**{"C": 1.0 / alpha, "max_iter": 1000, **params})
+                 if classification else Ridge(**{"alpha": alpha, **params}))
+        return Pipeline([("prepare", prepare), ("model", model)])
+    raise ValueError(f"{family!r} is not a scikit-learn family; known: "
+                     f"{sorted(k for k, v in FLAVORS.items() if v == 'sklearn')}")
+
+
+def check_sklearn_space(family: Family, task: str) -> str | None:
+    """A problem with a scikit-learn family's parameter names, or None. Checked before the
+    search starts, so a typo fails once, at once, rather than in every trial."""
+    params = {name: entry.choices[0] if isinstance(entry, ParamRange) and entry.choices
+              else entry.low if isinstance(entry, ParamRange) else entry
+              for name, entry in family.space.items()}
+    if family.name == LINEAR:
+        params.pop("alpha", None)  # translated by build_sklearn
+    estimator = build_sklearn(family.name, task, {}, frame=pd.DataFrame({"x": [0.0]}), seed=0)
+    target = estimator.named_steps["model"] if family.name == LINEAR else estimator
+    try:
+        target.set_params(**params)
+    except ValueError as exc:
+        return str(exc).splitlines()[0]
+    return None
+

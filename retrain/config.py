@@ -172,7 +172,7 @@ class AshaConfig(_Section):
 def _default_warm_start_space() -> dict[str, SpaceEntry]:
     # the added trees correct the champion: small steps, modest depth
     return {
-        "eta": ParamRange(type="float", low=0.01, high=0.2, log=True),
+        "eta": ParamRange(type="float", low=0.01, high=0.1, log=True),
         "max_depth": ParamRange(type="int", low=3, high=8),
         "subsample": ParamRange(type="float", low=0.6, high=1.0),
         "lambda": ParamRange(type="float", low=0.1, high=10.0, log=True),
@@ -205,6 +205,11 @@ class WarmStartFamilyConfig(_Section):
     enabled: bool = False
     #: rounds added to the champion's trees (counted from the warm start)
     num_boost_round: int = Field(default=20, ge=1)
+    #: new: boost on only the training rows of partitions the champion did not train on
+    #: (continual learning: its cost follows the new data, not the window); new rows that all
+    #: fall into the validation share (data.validation_fraction) leave nothing to boost on,
+    #: and the family sits out saying so. all: every training row, as from-scratch trials use
+    rows: Literal["new", "all"] = "new"
     #: parameters of the added trees; objective and metric stay the champion's
     space: dict[str, SpaceEntry] = Field(default_factory=_default_warm_start_space)
 
@@ -373,6 +378,20 @@ class ServingConfig(_Section):
     #: the environment variable holding the bearer token of /feedback and /admin/* (read
     #: where `retrain serve` runs; without it those endpoints answer 403)
     admin_token_env: str = Field(default="RETRAIN_ADMIN_TOKEN", min_length=1)
+    #: requests one replica holds at once (Serve's max_ongoing_requests)
+    max_ongoing_requests: int = Field(default=32, ge=1)
+    #: each model version predicts in its own pool of this many threads per replica ...
+    version_threads: int = Field(default=2, ge=1)
+    #: ... with at most this many requests waiting for it (more: 503) ...
+    version_queue: int = Field(default=64, ge=0)
+    #: ... each for at most this long (longer: 504, counted as that version's error)
+    version_timeout_s: float = Field(default=10.0, gt=0)
+    #: shadow copies in flight per replica; more are dropped (and counted), never waited for
+    shadow_max_pending: int = Field(default=64, ge=1)
+    #: > 1: concurrent requests to one version are predicted together (Serve batching), up
+    #: to this many, waiting at most batch_wait_s for a batch to fill; 0: off
+    batch_max_size: int = Field(default=0, ge=0)
+    batch_wait_s: float = Field(default=0.002, ge=0)
 
 
 class InferenceLogConfig(_Section):
@@ -734,8 +753,9 @@ search:
     xgboost_warm_start:        # continue the champion's booster on the new data (needs a
       enabled: true            # champion with the same features; skipped, with the reason, if not)
       num_boost_round: 20      # rounds added to the champion's trees
+      rows: new                # new: only rows the champion never trained on; or all
       space:
-        eta: {{type: float, low: 0.01, high: 0.2, log: true}}
+        eta: {{type: float, low: 0.01, high: 0.1, log: true}}
         max_depth: {{type: int, low: 3, high: 8}}
     hist_gradient_boosting:    # scikit-learn HistGradientBoosting (categoricals natively)
       enabled: false

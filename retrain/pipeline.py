@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from retrain.admission_report import render_admission_report
 from retrain.admit import AdmissionReport, admit
 from retrain.config import Config
 from retrain.data import Split, list_partitions, load_split, read_partition
@@ -24,7 +25,7 @@ from retrain.quarantine import QuarantineRecord
 from retrain.registry import CHAMPION, MlflowRegistry
 from retrain.report import render_report
 from retrain.runtime import ensure_ray, quiet_defaults
-from retrain.search import SearchResult, TrainData, load_booster, run_search
+from retrain.search import SearchResult, TrainData, WarmStart, load_model, run_search
 from serve.loader import LoadedModel
 from serve.schemas import InvalidInput
 
@@ -57,7 +58,7 @@ class CycleResult:
 def _footprints(split: Split, models: dict[str, LoadedModel]):
     """Time every finalist and the champion together, so their latency ratios are fair."""
     return measure_footprints(
-        {name: (lambda rows, m=m: m.predict(m.spec.frame(rows)), len(m.booster.save_raw("ubj")))
+        {name: (lambda rows, m=m: m.predict(m.spec.frame(rows)), m.size_bytes())
          for name, m in models.items()},
         split.holdout_raw,
     )
@@ -80,9 +81,10 @@ def _finalists(config: Config, search: SearchResult, split: Split):
     """The top trials by validation score, their boosters and their holdout predictions."""
     boosters, models, finalists = {}, {}, []
     for trial in search.finalists(config.evaluation.finalists):
-        booster = load_booster(trial)
+        booster = load_model(trial)  # an XGBoost booster or a scikit-learn estimator
         model = LoadedModel(name=config.model_name, version=f"trial-{trial.trial_id}",
-                            task=config.task.type, spec=split.spec, booster=booster)
+                            task=config.task.type, spec=split.spec, booster=booster,
+                            flavor=trial.flavor)
         boosters[trial.trial_id] = booster
         models[f"trial-{trial.trial_id}"] = model
         finalists.append(Finalist(
@@ -155,8 +157,18 @@ def _run_cycle(config: Config, *, echo=None) -> CycleResult:
     tags = {**lineage, "retrain.cycle_id": cycle_id}
     with registry.cycle_run(f"cycle-{cycle_id}", tags) as run_id:
         data = TrainData(split.x_train, split.y_train, split.x_valid, split.y_valid)
+        # warm-start trials continue the champion's booster on the rows it never trained on;
+        # WarmStart says why not if they cannot (other features, a scikit-learn champion, no
+        # new rows), and the search reports it
+        warm = (WarmStart.of(registry.load(champion_version), split, version=champion_version,
+                             seen=registry.version_partitions(champion_version,
+                                                              trained_only=True),
+                             rows=config.search.families.xgboost_warm_start.rows)
+                if champion_version is not None
+                and config.search.families.xgboost_warm_start.enabled else None)
         search = run_search(
-            config, data, name=f"{config.project.name}-{cycle_id}", progress=echo is not None
+            config, data, name=f"{config.project.name}-{cycle_id}", progress=echo is not None,
+            warm_start=warm,
         )
         registry.log_trials(run_id, search)  # failed trials too, before giving up on them
         boosters, models, finalists = _finalists(config, search, split)
@@ -210,6 +222,16 @@ def _run_cycle(config: Config, *, echo=None) -> CycleResult:
         report_path = Path(config.project.workdir) / "reports" / f"cycle-{cycle_id}.html"
         report_path.parent.mkdir(parents=True, exist_ok=True)
         report_path.write_text(report)
+        files = {"report.html": str(report_path)}
+        if admission is not None:  # the person's view of admission.json, plots included
+            admission_path = report_path.with_name(f"admission-{cycle_id}.html")
+            admission_path.write_text(render_admission_report(
+                admission, title=f"{config.project.name} admission, cycle {cycle_id}",
+                reference={"champion version": str(champion_version), "cycle": cycle_id},
+                policy=config.admission.policy(),
+                record=str(Path(config.project.workdir) / "quarantine.jsonl"),
+            ))
+            files["admission.html"] = str(admission_path)
         registry.log_cycle(
             run_id,
             params=_cycle_params(config, comparison),
@@ -233,7 +255,7 @@ def _run_cycle(config: Config, *, echo=None) -> CycleResult:
                 },
                 **({"admission.json": admission.to_dict()} if admission else {}),
             },
-            files={"report.html": str(report_path)},
+            files=files,
         )
     return CycleResult(
         cycle_id=cycle_id,

@@ -155,7 +155,10 @@ class MlflowRegistry:
                 if trial.score is not None:
                     metrics.append(Metric(f"final_valid_{search.metric}", trial.score, now, 0))
                 metrics.append(Metric("train_seconds", trial.train_seconds, now, 0))
-                tags = [RunTag("retrain.trial_status", trial.status)]
+                if trial.fit_seconds is not None:
+                    metrics.append(Metric("fit_seconds", trial.fit_seconds, now, 0))
+                tags = [RunTag("retrain.trial_status", trial.status),
+                        RunTag("retrain.family", trial.family)]
                 if trial.error:
                     tags.append(RunTag("retrain.error", trial.error[:5000]))
                 self.client.log_batch(
@@ -165,12 +168,20 @@ class MlflowRegistry:
                     tags=tags,
                 )
                 self.client.set_terminated(run.info.run_id, status=status_map[trial.status])
+            # which families competed, and why an enabled one sat out (warm start without a
+            # usable champion, say)
+            self.client.log_batch(parent_run_id, tags=[
+                RunTag("retrain.families", ",".join(search.families)),
+                *(RunTag(f"retrain.skipped.{family}", why[:5000])
+                  for family, why in search.skipped.items()),
+            ])
 
     # -- models --------------------------------------------------------------------------------
     def log_model(
         self, run_id: str, booster, spec: FeatureSpec, *, task: str, metric: str
     ) -> str:
-        """Log the booster in XGBoost's own format (UBJ) with signature and feature spec."""
+        """Log the model with signature and feature spec: a booster in XGBoost's own format
+        (UBJ), a scikit-learn estimator with skops (never pickle)."""
         import mlflow
         import mlflow.xgboost
         import xgboost as xgb
@@ -183,6 +194,10 @@ class MlflowRegistry:
         ])
         signature = ModelSignature(inputs=inputs, outputs=Schema([ColSpec("double")]))
         self._use_globally()
+        if not isinstance(booster, xgb.Booster):
+            return self._log_sklearn(run_id, booster, signature,
+                                     {"feature_spec": spec.to_dict(), "task": task,
+                                      "metric": metric})
         with _translated("logging the model"), mlflow.start_run(run_id=run_id):
             info = mlflow.xgboost.log_model(
                 booster,
@@ -192,6 +207,29 @@ class MlflowRegistry:
                 # Naming the requirement skips MLflow's slow inference subprocess.
                 pip_requirements=[f"xgboost=={xgb.__version__}"],
                 metadata={"feature_spec": spec.to_dict(), "task": task, "metric": metric},
+            )
+        return info.model_uri
+
+    def _log_sklearn(self, run_id: str, estimator, signature, metadata: dict) -> str:
+        import mlflow
+        import mlflow.sklearn
+        import sklearn
+        import skops
+
+        from serve.loader import SKLEARN_TRUSTED_TYPES
+
+        with _translated("logging the scikit-learn model"), mlflow.start_run(run_id=run_id):
+            info = mlflow.sklearn.log_model(
+                estimator,
+                name="model",
+                signature=signature,
+                serialization_format="skops",
+                # MLflow reloads the file to check it; serve/loader.py loads it against the
+                # same list, kept in code rather than trusted from the artifact
+                skops_trusted_types=list(SKLEARN_TRUSTED_TYPES),
+                pip_requirements=[f"scikit-learn=={sklearn.__version__}",
+                                  f"skops=={skops.__version__}"],
+                metadata=metadata,
             )
         return info.model_uri
 
@@ -238,12 +276,14 @@ class MlflowRegistry:
                 local = self.client.download_artifacts(run_id, self.REFERENCE, tmp)
                 return ReferenceSketch.from_dict(json.loads(Path(local).read_text()))
 
-    def version_partitions(self, version: str) -> set[str]:
-        """The partitions a version was trained and evaluated on (from its lineage tags)."""
+    def version_partitions(self, version: str, *, trained_only: bool = False) -> set[str]:
+        """The partitions a version was trained and evaluated on (from its lineage tags);
+        ``trained_only``: those it was trained on (what a warm start need not see again)."""
         with _translated(f"reading the lineage of version {version}"):
             tags = self.client.get_model_version(self.model_name, version).tags
-        return {value for key in ("data.train_partitions", "data.holdout_partitions")
-                for value in tags.get(key, "").split(",") if value}
+        keys = ("data.train_partitions",) if trained_only else (
+            "data.train_partitions", "data.holdout_partitions")
+        return {value for key in keys for value in tags.get(key, "").split(",") if value}
 
     def registered_at(self, version: str) -> float:
         """Unix seconds when the version was registered: it served nothing before."""

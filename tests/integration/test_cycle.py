@@ -205,7 +205,9 @@ def test_status_shows_champion_and_decisions(project, capsys):
     assert "promote" in out and "holdout=3" in out
 
 
-def test_a_bad_new_partition_is_quarantined_and_left_on_disk(project, client):
+def test_a_bad_new_partition_is_quarantined_and_left_on_disk(project, client, tmp_path):
+    from pathlib import Path
+
     from tests.synthetic import frame
 
     root = project["root"]
@@ -230,6 +232,14 @@ def test_a_bad_new_partition_is_quarantined_and_left_on_disk(project, client):
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert "admission.json" in artifacts
     assert "quarantined" in __import__("pathlib").Path(result.report_path).read_text()
+    # the admission page: written to the workdir and logged on the cycle's run, with x2's plot
+    assert "admission.html" in artifacts
+    page = (Path(config.project.workdir) / "reports" / f"admission-{result.cycle_id}.html")
+    text = page.read_text()
+    assert "outside the reference range" in text and "left on disk" in text
+    assert '<figure data-partition="5" data-feature="x2">' in text
+    logged = client.download_artifacts(result.run_id, "admission.html", str(tmp_path))
+    assert Path(logged).read_text() == text
 
 
 def test_a_search_where_every_trial_fails_leaves_the_champion(project, client):

@@ -1,0 +1,224 @@
+"""Candidate families on a real Ray cluster, a real SQLite MLflow store and real HTTP.
+
+Warm start: a champion is trained on a large history; then retention drops the old months and
+a new one arrives. The cycle's training window is now one small partition, so a model from
+scratch learns from few rows, while the warm-started candidate keeps everything the champion
+learned and adds a few trees on the new rows. The warm-started trials must train faster, and
+the evaluator must pick one of them because its holdout score is better.
+
+scikit-learn: a project whose only families are HistGradientBoosting and the linear pipeline
+promotes a scikit-learn model, which MLflow stores with skops and Serve answers over HTTP.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from retrain import Verdict, load_config, run_cycle
+from retrain.candidates import HIST_GRADIENT_BOOSTING, LINEAR, WARM_START, XGBOOST
+from retrain.registry import MlflowRegistry
+from retrain.serving import start_serving
+from tests.conftest import wait_until
+from tests.synthetic import config_dict, write_partitions
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+SCRATCH_ROUNDS, WARM_ROUNDS = 300, 10
+
+
+def _config(root, name, **overrides):
+    raw = config_dict(root / "data", root / "work", **overrides)
+    raw["project"]["name"] = name
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_config(path)
+
+
+def _search(**families):
+    return {
+        "num_boost_round": SCRATCH_ROUNDS, "report_every": 50, "early_stopping": False,
+        "families": {"xgboost_warm_start": {"enabled": True, "num_boost_round": WARM_ROUNDS,
+                                            "space": {"eta": {"type": "float", "low": 0.01,
+                                                              "high": 0.05, "log": True},
+                                                      "max_depth": 3}},
+                     **families},
+    }
+
+
+@pytest.fixture(scope="module")
+def warm(ray_cluster, tmp_path_factory):
+    root = tmp_path_factory.mktemp("warm")
+    write_partitions(root / "data", [1, 2, 3], rows=12000, seed=3)
+    write_partitions(root / "data", [4], rows=5000, seed=3)
+    first = run_cycle(_config(
+        root, "warm",
+        search={**_search(), "num_samples": 1,
+                "space": {"max_depth": 4, "eta": 0.1}},
+        resources={"cpus_per_trial": 0.9},
+    ))
+    # retention drops the old months; a new month arrives
+    for old in (1, 2, 3):
+        shutil.rmtree(root / "data" / f"period={old}")
+    write_partitions(root / "data", [5], rows=3000, seed=3)
+    config = _config(
+        root, "warm",
+        search={**_search(), "num_samples": 4,
+                "space": {"max_depth": {"type": "int", "low": 3, "high": 5}, "eta": 0.1}},
+        resources={"cpus_per_trial": 0.9},
+        # refresh at no loss; latency ratios are a coin toss on two busy cores
+        evaluation={"mode": "non_inferiority", "non_inferiority_margin": 0.01,
+                    "guardrails": {"max_latency_ratio": None, "max_batch_latency_ratio": None}},
+    )
+    return {"first": first, "second": run_cycle(config), "config": config}
+
+
+def test_the_first_cycle_has_no_champion_to_start_from(warm):
+    first = warm["first"]
+    assert first.decision.verdict is Verdict.PROMOTE and first.model_version == "1"
+    assert first.search.families == (XGBOOST,)
+    assert first.search.skipped == {WARM_START: "no champion yet"}
+
+
+def test_both_families_share_the_search_and_rounds_count_from_the_warm_start(warm):
+    search = warm["second"].search
+    assert search.families == (XGBOOST, WARM_START) and search.skipped == {}
+    by_family = {f: [t for t in search.trials if t.family == f] for f in search.families}
+    assert [len(v) for v in by_family.values()] == [2, 2]
+    assert all(t.status == "completed" for t in search.trials)
+    for trial in by_family[WARM_START]:
+        assert trial.rounds == WARM_ROUNDS
+        assert [h["round"] for h in trial.history] == [WARM_ROUNDS]
+        assert set(trial.params) == {"eta", "max_depth"} and 0.01 <= trial.params["eta"] <= 0.05
+    for trial in by_family[XGBOOST]:
+        assert [h["round"] for h in trial.history] == list(range(50, SCRATCH_ROUNDS + 1, 50))
+
+
+def test_warm_started_trials_train_faster_than_from_scratch(warm):
+    trials = warm["second"].search.trials
+    fit = {f: [t.fit_seconds for t in trials if t.family == f] for f in (XGBOOST, WARM_START)}
+    assert all(s is not None and s > 0 for v in fit.values() for s in v), fit
+    ratio = np.mean(fit[WARM_START]) / np.mean(fit[XGBOOST])
+    # a warm start still scores the champion's trees on its rows once; the rest is 10 rounds
+    # against 300
+    assert ratio < 0.6, fit
+
+
+def test_the_evaluator_picks_the_warm_start_because_it_scores_better(warm):
+    second = warm["second"]
+    family = {t.trial_id: t.family for t in second.search.trials}
+    comparison = second.comparison
+    assert family[comparison.challenger.trial_id] == WARM_START
+    scratch = [f for f in comparison.finalists if family[f.trial_id] == XGBOOST]
+    assert scratch, "a from-scratch trial should be among the finalists"
+    best_scratch = max(f.metrics["auc"] for f in scratch)
+    assert comparison.challenger.metrics["auc"] > best_scratch
+    # the evidence, not the family, decided: the champion and the warm start are close,
+    # a model from the few new rows alone is clearly worse
+    assert comparison.champion.metrics["auc"] > best_scratch
+
+
+def test_the_promoted_warm_start_is_the_champion_plus_its_new_rounds(warm):
+    second = warm["second"]
+    assert second.decision.verdict is Verdict.PROMOTE and second.model_version == "2"
+    registry = MlflowRegistry.from_config(warm["config"])
+    v1, v2 = registry.load("1"), registry.load("2")
+    assert v2.flavor == "xgboost"
+    assert v2.booster.num_boosted_rounds() == v1.booster.num_boosted_rounds() + WARM_ROUNDS
+    client = MlflowClient(tracking_uri=warm["config"].tracking_uri)
+    parent = client.get_run(second.run_id)
+    assert parent.data.tags["retrain.families"] == f"{XGBOOST},{WARM_START}"
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{second.run_id}'")
+    assert sorted(c.data.tags["retrain.family"] for c in children) == sorted(
+        [WARM_START, WARM_START, XGBOOST, XGBOOST])
+    assert all("fit_seconds" in c.data.metrics for c in children)
+
+
+def test_warm_start_is_skipped_when_the_features_changed(warm, tmp_path):
+    """A new category changes the feature spec: the warm start sits out and says why."""
+    from tests.synthetic import frame
+
+    config = warm["config"]
+    data = tmp_path / "data"
+    for source in sorted(config.data.path.iterdir()):
+        shutil.copytree(source, data / source.name)
+    # month 6 brings a new category into the training window; month 7 is the holdout
+    write_partitions(data, [7], rows=1500, seed=4)
+    folder = data / "period=6"
+    folder.mkdir()
+    frame(1500, 66).assign(cat=lambda f: f["cat"].replace("c", "d")).to_parquet(
+        folder / "part-0.parquet", index=False)
+    shifted = config.model_copy(update={
+        "data": config.data.model_copy(update={"path": data}),
+        "admission": config.admission.model_copy(update={"enabled": False}),
+        "search": config.search.model_copy(update={"num_samples": 1, "num_boost_round": 20,
+                                                   "space": {"eta": 0.1}}),
+    })
+    result = run_cycle(shifted)
+    assert result.search.families == (XGBOOST,)
+    why = result.search.skipped[WARM_START]
+    assert why.startswith("champion version 2: category vocabularies changed") and "'d'" in why
+    tags = MlflowClient(tracking_uri=config.tracking_uri).get_run(result.run_id).data.tags
+    assert tags[f"retrain.skipped.{WARM_START}"] == why
+
+
+@pytest.fixture(scope="module")
+def sklearn_project(ray_cluster, serve_port, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sklearn")
+    write_partitions(root / "data", [1, 2, 3], rows=1500)
+    config = _config(
+        root, "sk",
+        search={"num_samples": 2, "families": {
+            "xgboost": {"enabled": False},
+            "hist_gradient_boosting": {"enabled": True, "space": {
+                "learning_rate": {"type": "float", "low": 0.05, "high": 0.2}, "max_iter": 30}},
+            "linear": {"enabled": True}}},
+        resources={"cpus_per_trial": 0.9},
+        serving={"port": serve_port, "app_name": "sk", "route_prefix": "/sk",
+                 "cpus_per_replica": 0.2, "poll_interval_s": 0.5},
+    )
+    return {"config": config, "result": run_cycle(config)}
+
+
+def test_sklearn_families_compete_and_the_winner_is_registered_with_skops(sklearn_project):
+    result, config = sklearn_project["result"], sklearn_project["config"]
+    assert sorted(t.family for t in result.search.trials) == [HIST_GRADIENT_BOOSTING, LINEAR]
+    assert all(t.status == "completed" and t.rounds == 1 for t in result.search.trials)
+    assert result.decision.verdict is Verdict.PROMOTE and result.model_version == "1"
+    loaded = MlflowRegistry.from_config(config).load("1")
+    assert loaded.flavor == "sklearn"
+    family = {t.trial_id: t.family for t in result.search.trials}[
+        result.comparison.challenger.trial_id]
+    step = loaded.booster.named_steps["model"] if family == LINEAR else loaded.booster
+    assert type(step).__name__ in ("LogisticRegression", "HistGradientBoostingClassifier")
+
+
+def test_a_served_sklearn_model_answers_over_http(sklearn_project):
+    from ray import serve
+
+    config = sklearn_project["config"]
+    url = start_serving(config)
+    try:
+        wait_until(lambda: _health(url).get("model_version") == "1", timeout=120)
+        response = httpx.post(f"{url}/invocations", json={"dataframe_records": [
+            {"x1": 0.3, "x2": 4.0, "cat": "b"}, {"x1": -1.0, "x2": 9.0, "cat": "zz"}]})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["model_version"] == "1"
+        assert len(body["predictions"]) == 2 and all(0 < p < 1 for p in body["predictions"])
+        assert body["predictions"][0] > body["predictions"][1]  # x1 up and x2 down: more likely
+    finally:
+        serve.delete(config.serving.app_name)
+
+
+def _health(url: str) -> dict:
+    try:
+        return httpx.get(f"{url}/health", timeout=5).json()
+    except (httpx.HTTPError, ValueError):
+        return {}
