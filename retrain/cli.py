@@ -207,6 +207,94 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rollout_line(rollout) -> str:
+    split = " ".join(f"v{v}={w:.0%}" for v, w in rollout.split.weights.items())
+    shadow = f" shadow v{rollout.split.shadow}" if rollout.split.shadow else ""
+    return (f"rollout of v{rollout.challenger} over v{rollout.champion}: {rollout.stage} "
+            f"(step {rollout.step + 1}/{len(rollout.plan.steps)}), traffic {split}{shadow}; "
+            f"{rollout.reason}")
+
+
+def _cmd_rollout(args: argparse.Namespace) -> int:
+    from retrain.config import load_config
+    from retrain.ledger import EventKind, LedgerEvent
+    from retrain.registry import CHAMPION
+    from retrain.traffic_control import RolloutDriver
+    from serve.traffic import TrafficSplit
+
+    config = load_config(args.config)
+    driver = RolloutDriver(config, url=args.url, echo=print)
+    action = args.action
+    if action == "status":
+        rollout = driver.load()
+        print(f"champion: v{driver.registry.alias_version(CHAMPION)}")
+        split = driver.store.read()
+        print("registry split: " + ("none (all traffic to the champion)" if split is None
+                                     else json.dumps(split.to_dict())))
+        print(_rollout_line(rollout) if rollout else "no rollout yet")
+        if rollout is not None:
+            for gate in rollout.gates:
+                print(f"  {gate.name}: {gate.status} - {gate.reason}")
+        return 0
+    if action in ("start", "promote") and not args.version:
+        raise ConfigError(f"rollout {action} needs a VERSION, e.g. `retrain rollout {action} 4`")
+    if action == "start":
+        rollout = driver.start(args.version)
+        print(_rollout_line(rollout))
+        if args.no_wait:
+            return 0
+        rollout = driver.run(poll_s=args.poll_s, timeout_s=args.timeout_s)
+        print(_rollout_line(rollout))
+        return 0 if rollout.stage.value == "completed" else 1
+    if action == "step":
+        print(_rollout_line(driver.step()))
+        return 0
+    if action == "rollback":
+        if driver.active() is not None:
+            print(_rollout_line(driver.roll_back(f"operator: {args.reason}")))
+            return 0
+        print(driver.reconcile())
+        return 0
+    if action == "reconcile":
+        print(driver.reconcile())
+        return 0
+    if action == "promote":
+        if driver.active() is not None:
+            raise ConfigError("a rollout is in progress; roll it back first, or let it finish")
+        before = driver.registry.alias_version(CHAMPION)
+        driver.registry.client.get_model_version(config.model_name, args.version)
+        driver.registry.set_alias(CHAMPION, args.version)
+        driver.store.write(None)
+        driver.ledger.append(LedgerEvent(
+            kind=EventKind.ALIAS_MOVE if before is None or int(args.version) > int(before)
+            else EventKind.ROLLBACK,
+            model_name=config.model_name, alias=CHAMPION, version=args.version,
+            previous_version=before, reasons=(f"operator: {args.reason}",)))
+        print(f"champion: v{before} -> v{args.version} (all traffic, no gates)")
+        return 0
+    # traffic: a manual split, e.g. 3=0.9 4=0.1 [--shadow 5]
+    if driver.active() is not None:
+        raise ConfigError("a rollout is in progress and owns the split; roll it back first")
+    weights = {}
+    for item in ([args.version] if args.version else []) + args.weights:
+        version, _, weight = item.partition("=")
+        try:
+            weights[version] = float(weight)
+        except ValueError:
+            raise ConfigError(f"traffic {item!r}: expected VERSION=WEIGHT, e.g. 3=0.9") from None
+    try:
+        split = TrafficSplit(weights, shadow=args.shadow, sticky_key=config.rollout.sticky_key)
+    except ValueError as exc:
+        raise ConfigError(f"traffic: {exc}") from None
+    driver.store.write(split)
+    driver.ledger.append(LedgerEvent(
+        kind=EventKind.TRAFFIC_STEP, model_name=config.model_name,
+        traffic={v: w for v, w in split.weights.items() if w > 0},
+        reasons=(f"operator: {args.reason}",), details={"split": split.to_dict()}))
+    print(f"registry split: {json.dumps(split.to_dict())}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from retrain.demo import run_demo
 
@@ -282,6 +370,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time between partitions, for the schedule, cooldown and cap")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_backtest)
+
+    p = sub.add_parser("rollout", help="traffic between versions: status, start, step, "
+                       "promote, rollback, traffic, reconcile")
+    p.add_argument("action", choices=["status", "start", "step", "promote", "rollback",
+                                      "traffic", "reconcile"])
+    p.add_argument("version", nargs="?", help="start/promote: the version")
+    p.add_argument("weights", nargs="*", help="traffic: VERSION=WEIGHT ... (summing to 1)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--url", help="the Serve app (default: from the config's serving section)")
+    p.add_argument("--shadow", help="traffic: a version that gets mirrored requests")
+    p.add_argument("--reason", default="manual", help="recorded in the ledger")
+    p.add_argument("--no-wait", action="store_true", help="start: return after starting")
+    p.add_argument("--poll-s", type=float, default=2.0)
+    p.add_argument("--timeout-s", type=float, default=None,
+                   help="start: roll back if not completed within this time")
+    p.set_defaults(func=_cmd_rollout)
 
     p = sub.add_parser("demo", help="the whole loop on NYC flights 2013, locally")
     p.add_argument("--workdir", default="retrain-demo")

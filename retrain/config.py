@@ -566,6 +566,11 @@ class GatesConfig(_Section):
 class RolloutConfig(_Section):
     """How a promoted version reaches live traffic: smoke, shadow, canary steps, gates."""
 
+    #: false: a promoted version takes all traffic at once (the alias moves in the cycle);
+    #: true: the cycle registers it under the ``challenger`` alias and `retrain watch` (or
+    #: `retrain rollout start`) walks it through the steps below; the ``champion`` alias
+    #: moves only when the last step passes
+    enabled: bool = False
     #: a request header (or body field) whose value keeps one caller on one version
     sticky_key: str | None = Field(default=None, pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
     smoke: SmokeConfig = SmokeConfig()
@@ -826,6 +831,7 @@ triggers:                      # when `retrain watch` starts a cycle
   check_interval_s: 60
 
 rollout:                       # how a promoted version reaches live traffic on Ray Serve
+  enabled: false               # true: champion moves only after smoke, shadow and canaries
   sticky_key:                  # e.g. x-user-id: header/body field; one caller, one version
   smoke:
     requests: 50               # a sample batch to champion and challenger: errors, latency

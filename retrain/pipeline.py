@@ -22,7 +22,7 @@ from retrain.evaluate import Comparison, Finalist, compare, measure_footprints
 from retrain.ledger import EventKind, Ledger, LedgerEvent
 from retrain.locks import cycle_lock
 from retrain.quarantine import QuarantineRecord
-from retrain.registry import CHAMPION, MlflowRegistry
+from retrain.registry import CHALLENGER, CHAMPION, MlflowRegistry
 from retrain.report import render_report
 from retrain.runtime import ensure_ray, quiet_defaults
 from retrain.search import SearchResult, TrainData, WarmStart, load_model, run_search
@@ -199,7 +199,9 @@ def _run_cycle(config: Config, *, echo=None) -> CycleResult:
                 tags={**lineage, "retrain.run_id": run_id, "retrain.cycle_id": cycle_id,
                       "retrain.search": search.experiment_path},
             )
-            registry.set_alias(CHAMPION, model_version)
+            # with a rollout, the champion alias moves only when the last canary step passes
+            alias = CHALLENGER if rolls_out(config, champion_version) else CHAMPION
+            registry.set_alias(alias, model_version)
         snapshot = {
             "partitions": [
                 {"value": p.value, "rows": p.rows, "sha256": p.digest,
@@ -209,7 +211,8 @@ def _run_cycle(config: Config, *, echo=None) -> CycleResult:
             "digest": lineage["data.digest"],
         }
         _record(config, decision, comparison, snapshot, search, run_id, champion_version,
-                model_version)
+                model_version,
+                alias=CHALLENGER if rolls_out(config, champion_version) else CHAMPION)
         report = render_report(
             title=f"{config.project.name} cycle {cycle_id}",
             decision=decision, comparison=comparison, search=search, lineage=lineage,
@@ -264,7 +267,8 @@ def _run_cycle(config: Config, *, echo=None) -> CycleResult:
         comparison=comparison,
         search=search,
         model_version=model_version,
-        champion_version=model_version or champion_version,
+        champion_version=champion_version if rolls_out(config, champion_version)
+        else model_version or champion_version,
         lineage=lineage,
         wall_seconds=time.perf_counter() - start,
         report_path=str(report_path),
@@ -281,8 +285,15 @@ def _reference(split: Split, target: str):
     return build_reference(frame, target=target)
 
 
+def rolls_out(config: Config, champion: str | None) -> bool:
+    """A promoted version goes through a rollout (not straight to the champion alias) when
+    rollouts are on and there is a champion serving to fall back to."""
+    return config.rollout.enabled and champion is not None
+
+
 def _record(config: Config, decision: Decision, comparison: Comparison, snapshot: dict,
-            search: SearchResult, run_id: str, before: str | None, promoted: str | None) -> None:
+            search: SearchResult, run_id: str, before: str | None, promoted: str | None,
+            *, alias: str = CHAMPION) -> None:
     """The ledger: the decision always, and the alias move when there is one."""
     ledger = Ledger(config.ledger_path)
     common = dict(model_name=config.model_name, data_snapshot=snapshot,
@@ -297,8 +308,9 @@ def _record(config: Config, decision: Decision, comparison: Comparison, snapshot
     ))
     if promoted is not None:
         ledger.append(LedgerEvent(
-            kind=EventKind.ALIAS_MOVE, alias=CHAMPION, version=promoted,
-            previous_version=before, reasons=decision.reasons, **common,
+            kind=EventKind.ALIAS_MOVE, alias=alias, version=promoted,
+            previous_version=before if alias == CHAMPION else None, reasons=decision.reasons,
+            **common,
         ))
 
 

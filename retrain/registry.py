@@ -19,6 +19,8 @@ from serve.features import FeatureSpec
 from serve.loader import LoadedModel, ModelUnavailable, alias_version, load_version
 
 CHAMPION = "champion"
+#: a promoted version waiting for (or in) its rollout
+CHALLENGER = "challenger"
 CYCLE_TAG = "retrain.kind"
 
 

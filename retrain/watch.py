@@ -11,6 +11,11 @@ Each check ("tick"):
 4. when one fired, the cycle runs (`retrain.pipeline.run_cycle`) and its start, end and
    verdict are recorded too.
 
+With ``rollout.enabled``, a promoted version does not take the champion alias in the cycle:
+the controller starts its rollout (`retrain.traffic_control.RolloutDriver`) and advances it
+one step per check (smoke, shadow, canary steps, each gated), and starts no other cycle
+while it runs. On start it reconciles the registry's traffic split with the saved rollout.
+
 Restart safety. The trigger state (debounce counts, cycle starts for the cap and cooldown,
 the schedule slot handled) lives in ``<workdir>/watch/state.json``, written atomically after
 every change. A cycle's start is persisted *before* the cycle runs, so a controller that dies
@@ -55,6 +60,8 @@ class Tick:
     monitor: MonitorReport
     #: the cycle's outcome when one ran: {"cycle_id", "verdict", "model_version", ...}
     cycle: dict[str, Any] | None = None
+    #: the rollout in progress (or just finished) after this check, when rollouts are on
+    rollout: Any = None
 
     def summary(self) -> str:
         when = self.evaluation.at.strftime("%Y-%m-%d %H:%M:%S")
@@ -98,6 +105,7 @@ class Controller:
         self.state = TriggerState()
         self._running: dict[str, Any] | None = None
         self._registry = None
+        self._driver = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     def __enter__(self) -> Controller:
@@ -105,6 +113,8 @@ class Controller:
         self._lock.__enter__()
         try:
             self._load()
+            if self.config.rollout.enabled:
+                self._echo(f"rollout: {self.driver().reconcile()}")
         except BaseException:
             self._lock.__exit__(None, None, None)
             raise
@@ -141,6 +151,27 @@ class Controller:
         self._running = running
         _atomic_json(self.state_path, {"triggers": self.state.to_dict(), "running": running})
 
+    def driver(self):
+        """The rollout driver (rollouts on only); created on first use."""
+        if self._driver is None:
+            from retrain.traffic_control import RolloutDriver
+
+            self._driver = RolloutDriver(self.config, clock=self._clock, echo=self._echo)
+        return self._driver
+
+    def _advance_rollout(self):
+        """Step the rollout in progress, if any; None when there is none."""
+        if not self.config.rollout.enabled:
+            return None
+        driver = self.driver()
+        if driver.active() is None:
+            return None
+        try:
+            return driver.step()
+        except RetrainError as exc:
+            self._echo(f"rollout step failed: {exc}; retrying at the next check")
+            return driver.active()
+
     # -- one check ----------------------------------------------------------------------------
     def _monitor_report(self) -> MonitorReport:
         if self._monitor is not None:
@@ -160,6 +191,7 @@ class Controller:
     def tick(self) -> Tick:
         """Check once; run a cycle when a trigger fires. Cycle errors are recorded, not raised."""
         now = datetime.fromtimestamp(self._clock(), tz=timezone.utc)
+        rollout = self._advance_rollout()
         report = self._monitor_report()
         drift = report.drift
         signals = MonitorSignals(
@@ -183,9 +215,19 @@ class Controller:
         ))
         self._save(running=None)
         cycle = None
-        if evaluation.fired is not None:
+        if evaluation.fired is not None and rollout is not None and not rollout.done:
+            self._echo(f"{evaluation.fired} fired, but the rollout of v{rollout.challenger} is "
+                       "in progress: no cycle until it completes or rolls back")
+        elif evaluation.fired is not None:
             cycle = self._start_cycle(evaluation, now)
-        tick = Tick(evaluation, report, cycle)
+            version = cycle.get("model_version")
+            if (version and cycle.get("verdict") == "promote" and self.config.rollout.enabled
+                    and self.driver().active() is None):
+                from retrain.registry import CHAMPION
+
+                if self.driver().registry.alias_version(CHAMPION) != version:
+                    rollout = self.driver().start(version)
+        tick = Tick(evaluation, report, cycle, rollout)
         self._echo(tick.summary())
         return tick
 
