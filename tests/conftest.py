@@ -1,5 +1,6 @@
 """Shared fixtures. Ray-backed tests share one cluster per test session, started here with
-`ray start --head` (so Ray job submission is tested against it too) and stopped at the end.
+`ray start` (so Ray job submission is tested against it too) and stopped at the end by the
+processes it started, never by `ray stop`.
 """
 
 from __future__ import annotations
@@ -7,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,26 +32,25 @@ def _ray_cli() -> str:
 
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
-    """A real single-node Ray cluster (2 CPUs) started with `ray start --head`.
+    """A real single-node Ray cluster (2 CPUs) started with `ray start`, stopped at the end.
 
-    Yields the dashboard URL (for job submission); the test process is connected to it.
+    It is `cluster/local_cluster.py`'s cluster: its own temp dir and free ports, and stopped
+    by the process group it started (never `ray stop`, which would end every Ray cluster on
+    the machine). Yields its address and dashboard URL (for job submission); the test
+    process is connected to it.
     """
     import ray
 
-    gcs_port, dashboard_port = free_port(), free_port()
+    from cluster.local_cluster import start_cluster, stop_cluster
+
+    cluster = start_cluster(workers=0, head_cpus=2, dashboard=True)
     # The cluster's job drivers find this interpreter's console scripts (`retrain`) first.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = {**os.environ, "PATH": path}
-    start = [
-        _ray_cli(), "start", "--head", "--num-cpus", "2", "--num-gpus", "0",
-        "--port", str(gcs_port), "--dashboard-host", "127.0.0.1",
-        "--dashboard-port", str(dashboard_port), "--disable-usage-stats",
-    ]
-    subprocess.run(start, check=True, env=env, capture_output=True, timeout=180)
+    env = {**os.environ, **cluster.client_env(), "PATH": path}
+    env.pop("RAY_ADDRESS")  # `ray job submit` is told its address; the tests' own drivers too
     try:
-        ray.init(address=f"127.0.0.1:{gcs_port}", logging_level="WARNING")
-        yield {"address": f"127.0.0.1:{gcs_port}",
-               "dashboard": f"http://127.0.0.1:{dashboard_port}", "env": env}
+        ray.init(address=cluster.address, logging_level="WARNING")
+        yield {"address": cluster.address, "dashboard": cluster.dashboard_url, "env": env}
     finally:
         try:
             from ray import serve
@@ -60,8 +59,7 @@ def ray_cluster(tmp_path_factory):
         except Exception:
             pass  # serve was never started in this session
         ray.shutdown()
-        # `ray stop` ends the cluster this fixture started with `ray start`.
-        subprocess.run([_ray_cli(), "stop"], env=env, capture_output=True, timeout=180)
+        stop_cluster(cluster)
 
 
 @pytest.fixture(scope="session")
