@@ -202,7 +202,8 @@ def backtest(config: Config, *, initial: int = 2, period_s: float = 30 * 86_400.
             now=now, metric=metric, champion_metric=served.evaluated,
             monitor=MonitorSignals(
                 drift_detected=None if drift.insufficient_data else drift.dataset_drifted,
-                drifted_features=tuple(drift.drifted), drift_summary=drift.summary(),
+                drifted_features=tuple(drift.drifted),
+                drift_summary=drift.summary().splitlines()[0],
                 rows=len(frame), live_metric=metrics["triggers"], labelled=len(frame)),
         ))
         state = evaluation.state

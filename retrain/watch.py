@@ -197,7 +197,7 @@ class Controller:
         signals = MonitorSignals(
             drift_detected=report.drift_detected,
             drifted_features=tuple(drift.drifted) if drift else (),
-            drift_summary=drift.summary() if drift else "; ".join(report.notes),
+            drift_summary=drift.summary().splitlines()[0] if drift else "; ".join(report.notes),
             rows=report.rows,
             live_metric=report.live.value,
             labelled=report.live.labelled,
