@@ -39,6 +39,13 @@ def serve_settings(config: Config) -> ServeSettings:
         # Read when serving starts, not at config load: the secret never sits in the Config.
         admin_token=os.environ.get(s.admin_token_env) or None,
         admin_token_env=s.admin_token_env,
+        max_ongoing_requests=s.max_ongoing_requests,
+        version_threads=s.version_threads,
+        version_queue=s.version_queue,
+        version_timeout_s=s.version_timeout_s,
+        shadow_max_pending=s.shadow_max_pending,
+        batch_max_size=s.batch_max_size,
+        batch_wait_s=s.batch_wait_s,
     )
 
 
@@ -49,12 +56,17 @@ def base_url(config: Config) -> str:
 
 def start_serving(config: Config) -> str:
     """Deploy (or update) the app on the connected Ray cluster; returns its base URL."""
+    ensure_ray(config.ray)
+    deploy(serve_settings(config))
+    return base_url(config)
+
+
+def deploy(settings: ServeSettings) -> None:
+    """Deploy (or update) the app described by ``settings`` on the connected Ray cluster."""
     from ray import serve
 
     from serve.app import build_app
 
-    ensure_ray(config.ray)
-    settings = serve_settings(config)
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
         serve.run(
@@ -68,7 +80,6 @@ def start_serving(config: Config) -> str:
             f"cannot start serving on {settings.host}:{settings.port}: {exc}. Is the port "
             "free? Change serving.port"
         ) from exc
-    return base_url(config)
 
 
 def get_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:

@@ -22,6 +22,7 @@ from serve.settings import ServeSettings
 def build_app(settings: ServeSettings) -> Application:
     return ModelServer.options(
         num_replicas=settings.num_replicas,
+        max_ongoing_requests=settings.max_ongoing_requests,
         ray_actor_options={"num_cpus": settings.cpus_per_replica},
         # Access logs cost about 13 % of throughput here; every answer carries a request id.
         logging_config={"enable_access_log": settings.access_log},

@@ -59,8 +59,20 @@ PREDICTION_COLUMNS = pa.schema(
         ("ts", TIMESTAMP),
         ("model_version", pa.string()),
         ("prediction", pa.float64()),
+        # the version's own time for the request (queue in its pool + predict), one value
+        # on every row of the request: the rollout's p99 gate reads it
+        ("latency_ms", pa.float64()),
+        # True: a copy of a live request that the shadow version computed, never served
+        ("shadow", pa.bool_()),
+        # null when the version answered; "<Type>: message" on its one row (row -1) when it
+        # failed on the request
+        ("error", pa.string()),
     ]
 )
+#: what files written before these columns existed read back as
+_ADDED_DEFAULTS = {"latency_ms": float("nan"), "shadow": False, "error": None}
+#: the ``row`` of the one row logged for a request that a version failed on
+FAILED_ROW = -1
 FEEDBACK_COLUMNS = pa.schema(
     [("request_id", pa.string()), ("row", pa.int64()), ("label", pa.float64()), ("ts", TIMESTAMP)]
 )
@@ -209,6 +221,10 @@ class _PredictionEntry:
     #: the request's parsed rows as sent (before category encoding); extra columns ignored
     frame: pd.DataFrame
     predictions: np.ndarray
+    latency_ms: float = math.nan
+    shadow: bool = False
+    #: set on a failed request's single entry (no features, one NaN prediction, row -1)
+    error: str | None = None
 
     @property
     def rows(self) -> int:
@@ -226,6 +242,8 @@ class _FeedbackEntry:
 
 
 _Entry = _PredictionEntry | _FeedbackEntry
+_NO_FEATURES = pd.DataFrame(index=pd.RangeIndex(1))  # a failed request's row: features null
+_FAILED_ROWS = np.full(1, FAILED_ROW, dtype=np.int64)
 
 
 def new_writer_id() -> str:
@@ -293,15 +311,42 @@ class InferenceLog:
         spec: _Spec,
         frame: pd.DataFrame,
         predictions: Sequence[float] | np.ndarray,
+        latency_ms: float = math.nan,
+        shadow: bool = False,
     ) -> bool:
-        """Buffer one answered request's rows; False when they were dropped (buffer full)."""
+        """Buffer one answered request's rows; False when they were dropped (buffer full).
+
+        ``latency_ms`` is the version's own time for the request; ``shadow`` marks the rows
+        of a mirrored copy computed by the shadow version.
+        """
         entry = _PredictionEntry(
             ts_ms=self._now_ms(), request_id=request_id, model_version=model_version,
             spec=spec, frame=frame, predictions=np.asarray(predictions, dtype=np.float64),
+            latency_ms=float(latency_ms), shadow=bool(shadow),
         )
         if len(frame) != entry.rows:
             raise ValueError(f"{len(frame)} feature rows but {entry.rows} predictions")
         return self._add(entry)
+
+    def log_failure(
+        self,
+        *,
+        request_id: str,
+        model_version: str,
+        spec: _Spec,
+        error: str,
+        latency_ms: float = math.nan,
+        shadow: bool = False,
+    ) -> bool:
+        """Buffer the one row of a request that ``model_version`` failed on: row -1, NaN
+        prediction, no features, ``error`` as "<Type>: message"."""
+        if not error:
+            raise ValueError("a failure needs its error message, but got an empty one")
+        return self._add(_PredictionEntry(
+            ts_ms=self._now_ms(), request_id=request_id, model_version=model_version,
+            spec=spec, frame=_NO_FEATURES, predictions=np.full(1, np.nan),
+            latency_ms=float(latency_ms), shadow=bool(shadow), error=error,
+        ))
 
     def log_feedback(self, items: Iterable[FeedbackItem]) -> bool:
         """Buffer labels (validated by `parse_feedback`); False when they were dropped."""
@@ -476,14 +521,23 @@ def _prediction_table(group: list[_Entry]) -> pa.Table:
     entries: list[_PredictionEntry] = group  # type: ignore[assignment]
     spec = entries[0].spec
     counts = [e.rows for e in entries]
+    errors = [e.error for e in entries]
     columns: dict[str, pa.Array] = {
         "request_id": pa.array(np.repeat([e.request_id for e in entries], counts), pa.string()),
-        "row": pa.array(np.concatenate([np.arange(n, dtype=np.int64) for n in counts])),
+        "row": pa.array(np.concatenate([
+            _FAILED_ROWS if e.error is not None else np.arange(e.rows, dtype=np.int64)
+            for e in entries
+        ])),
         "ts": pa.array(np.repeat([e.ts_ms for e in entries], counts), pa.int64()).cast(TIMESTAMP),
         "model_version": pa.array(
             np.repeat([e.model_version for e in entries], counts), pa.string()
         ),
         "prediction": pa.array(np.concatenate([e.predictions for e in entries]), pa.float64()),
+        "latency_ms": pa.array(np.repeat([e.latency_ms for e in entries], counts), pa.float64()),
+        "shadow": pa.array(np.repeat([e.shadow for e in entries], counts), pa.bool_()),
+        # almost always all null: one cheap array then, without repeating Python objects
+        "error": (pa.nulls(sum(counts), pa.string()) if not any(errors) else pa.array(
+            np.repeat(np.array(errors, dtype=object), counts), pa.string(), from_pandas=True)),
     }
     # One concat of the whole frames (pandas' fast path when requests share their columns),
     # then one vectorised conversion per feature: per-request column access cost 5x more.
@@ -551,11 +605,17 @@ def _atomic_write(
 def read_predictions(
     path: str | os.PathLike[str], *, since: Any = None, limit: int | None = None
 ) -> pd.DataFrame:
-    """Logged predictions, oldest first: ``request_id, row, ts, model_version, prediction``
-    and one column per feature (float64 for numeric, string for categorical features, raw as
-    sent). ``since`` (datetime, pandas Timestamp or epoch seconds; naive means UTC) keeps rows
-    at or after it; ``limit`` keeps the newest N rows. Only the hour partitions needed are
-    read. Columns of features that a file's model version lacked are missing (NaN/None).
+    """Logged predictions, oldest first: ``request_id, row, ts, model_version, prediction,
+    latency_ms, shadow, error`` and one column per feature (float64 for numeric, string for
+    categorical features, raw as sent). ``since`` (datetime, pandas Timestamp or epoch
+    seconds; naive means UTC) keeps rows at or after it; ``limit`` keeps the newest N rows.
+    Only the hour partitions needed are read. Columns of features that a file's model version
+    lacked are missing (NaN/None).
+
+    Rows with ``shadow`` True are copies computed by a shadow version and were never served;
+    a row with an ``error`` (row -1, prediction NaN, no features) is a request its version
+    failed on. Readers of what callers were answered (drift, live metric) skip both. Files
+    written before these columns existed read as latency NaN, shadow False, error None.
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0 or None, but got {limit=}")
@@ -584,7 +644,8 @@ def _read(
     # Hour partitions hold disjoint time ranges: newest first, stop once `limit` rows are in.
     for key in sorted(hours, reverse=True):
         # within an hour, file order (writer, sequence) breaks ties between equal timestamps
-        by_hour.append([pq.read_table(file, filesystem=fs) for file in sorted(hours[key])])
+        by_hour.append([_upgraded(kind, pq.read_table(file, filesystem=fs))
+                        for file in sorted(hours[key])])
         rows += sum(t.num_rows for t in by_hour[-1])
         if limit is not None and rows >= limit:
             break
@@ -598,6 +659,23 @@ def _read(
     if limit is not None:
         frame = frame.tail(limit)
     return frame.reset_index(drop=True)
+
+
+def _upgraded(kind: str, table: pa.Table) -> pa.Table:
+    """A prediction file in today's layout: columns added since it was written get their
+    defaults, and the fixed columns come first, in order."""
+    if kind != PREDICTIONS:
+        return table
+    names = table.column_names
+    for name, value in _ADDED_DEFAULTS.items():
+        if name not in names:
+            kind_of = PREDICTION_COLUMNS.field(name).type
+            table = table.append_column(name, pa.array([value] * table.num_rows, kind_of,
+                                                       from_pandas=True))
+    if table.column_names[: len(PREDICTION_COLUMNS)] == PREDICTION_COLUMNS.names:
+        return table
+    fixed = PREDICTION_COLUMNS.names
+    return table.select(fixed + [n for n in table.column_names if n not in fixed])
 
 
 def _concat(tables: list[pa.Table]) -> pd.DataFrame:

@@ -1,26 +1,35 @@
-"""The model deployment: answers HTTP predictions with the version the registry alias names.
+"""The ingress deployment: the model versions the registry names, side by side, and the split.
 
-Each replica loads the aliased version once at start and then checks the alias every
-``poll_interval_s``. A new version is downloaded and warmed in a background thread while the
-old one keeps answering; the swap is one reference assignment, so no request ever sees a
-half-loaded model and none fails during a promotion. The registry stays the source of truth:
-a replica never serves a version the alias did not name.
+Each replica holds every version the registry's traffic split names (serve/versions.py):
+a request reads the current `Routing` once, is routed by the split (weighted, or sticky on
+a header), predicted in its version's own bounded pool, answered, and then mirrored to the
+shadow version if there is one. The split lives in the registry as the registered model's
+tag ``retrain.traffic``; without it everything goes to the version the ``champion`` alias
+names. Every ``poll_interval_s`` the replica reads aliases and tags in one call and, when
+they ask for something new, loads and warms the new versions in a background thread while
+the old routing keeps answering; the swap is one reference assignment, so no request sees a
+half-applied split and none fails during a change. A version that cannot be loaded keeps
+the previous routing in place and is reported in ``/health``: a replica never serves a
+version the registry does not name.
 
 Every answered request is appended to the inference log (serve/inference_log.py) off the
-critical path: the append only buffers references, a background thread writes Parquet.
-``POST /feedback`` (late labels) and ``POST /admin/retrain`` (an on-demand cycle for
-``retrain watch``) need ``Authorization: Bearer <token>``.
+critical path, with the version's own latency; a failed one as one error row; shadow copies
+as rows marked ``shadow``. ``POST /feedback``, ``POST /admin/retrain``, the ``/admin/traffic``
+endpoints and pinning a request to a version (header ``x-retrain-version``) need
+``Authorization: Bearer <token>``.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations
 # (`request: Request`) at run time inside the replica, where string annotations of a class
 # that Serve shipped by value do not resolve, and the endpoint would answer 422.
 import hmac
+import importlib
 import json
 import logging
+import random
 import threading
-import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -30,29 +39,54 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from starlette.concurrency import run_in_threadpool
 
-from serve.inference_log import InferenceLog, InvalidFeedback, parse_feedback, request_retrain
-from serve.loader import LoadedModel, ModelUnavailable, alias_version, load_version
+from serve.inference_log import InferenceLog, parse_feedback, request_retrain
+from serve.loader import (
+    LoadedModel,
+    ModelUnavailable,
+    registry_state,
+    unknown_versions,
+    write_traffic_tag,
+)
+from serve.oip import infer_response, model_metadata, parse_infer
 from serve.schemas import InvalidInput, parse_invocation
 from serve.settings import ServeSettings
+from serve.traffic import TrafficSplit
+from serve.versions import Limits, Outcome, Routing, VersionRunner, VersionSet
 
 logger = logging.getLogger("retrain.serve")
 
+#: a request with this header and the admin token is answered by that version (smoke tests)
+PIN_HEADER = "x-retrain-version"
+# Bodies up to this size are parsed on the event loop: a thread hop costs more than parsing
+# them. Bigger ones go to a worker thread so that they do not hold up other requests.
+_INLINE_BYTES = 64 * 1024
+_ADMIN_BODY_BYTES = 64 * 1024
+
 api = FastAPI(
     title="retrain inference",
-    description="Predictions from the model version that the registry alias names.",
+    description="Predictions from the model versions the registry names, split as it says.",
 )
 
 
-def _error(status: int, message: str, request_id: str) -> JSONResponse:
-    return JSONResponse(
-        {"error": message, "request_id": request_id},
-        status_code=status,
-        headers={"x-request-id": request_id},
-    )
+class _BadBody(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _error(status: int, message: str, request_id: str,
+           version: str | None = None) -> JSONResponse:
+    headers: dict[str, str] = {}
+    body: dict[str, Any] = {"error": message, "request_id": request_id}
+    if version is not None:
+        headers["x-model-version"] = version
+        body["model_version"] = version
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _score(model: LoadedModel, body: Any, max_rows: int) -> tuple[pd.DataFrame, np.ndarray]:
-    """The request's rows as parsed (what the log keeps) and their predictions."""
+    """The request's rows as parsed (what the log keeps) and their predictions, in the
+    caller's thread (benchmarks/inference_log_overhead.py measures this path)."""
     raw = parse_invocation(body, max_rows=max_rows)
     return raw, model.predict(model.spec.frame(raw))
 
@@ -68,21 +102,47 @@ async def _body(request: Request, limit: int, request_id: str) -> bytes | JSONRe
     return raw
 
 
-def _authorize(settings: ServeSettings, header: str | None, request_id: str) -> JSONResponse | None:
-    """None when the bearer token matches; otherwise the 403 or 401 answer to send."""
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _BadBody(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _BadBody(400, "request body is nested too deeply") from None
+
+
+async def _parsed(raw: bytes, parse: Callable[[Any], Any]) -> Any:
+    """``parse(json)`` of the body: inline when small, in a worker thread when big."""
+    def run() -> Any:
+        body = _json(raw)
+        try:
+            return parse(body)
+        except InvalidInput as exc:
+            raise _BadBody(getattr(exc, "status", 400), str(exc)) from None
+
+    return run() if len(raw) <= _INLINE_BYTES else await run_in_threadpool(run)
+
+
+def _token_ok(settings: ServeSettings, header: str | None) -> bool:
     expected = settings.admin_token
     if not expected:
+        return False
+    scheme, _, given = (header or "").partition(" ")
+    # compare_digest: the time taken does not reveal how much of a guess was right
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), expected.encode())
+
+
+def _authorize(settings: ServeSettings, header: str | None, request_id: str) -> JSONResponse | None:
+    """None when the bearer token matches; otherwise the 403 or 401 answer to send."""
+    if not settings.admin_token:
         return _error(
             403,
             f"this endpoint is off: no admin token is configured. Set the environment variable "
             f"{settings.admin_token_env} where serving starts (e.g. `retrain serve`) and restart",
             request_id,
         )
-    scheme, _, given = (header or "").partition(" ")
-    # compare_digest: the time taken does not reveal how much of a guess was right
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), expected.encode()
-    ):
+    if not _token_ok(settings, header):
         response = _error(
             401, "missing or wrong token; send the header 'Authorization: Bearer <token>'",
             request_id,
@@ -109,42 +169,47 @@ def _open_log(settings: ServeSettings) -> tuple[InferenceLog | None, str | None]
     return log, None
 
 
-def _warm(model: LoadedModel) -> None:
-    """One prediction before the swap, so the first real request pays no lazy set-up."""
-    start = time.perf_counter()
-    model.predict(model.spec.frame(parse_invocation({"dataframe_records": [model.spec.example()]})))
-    logger.info("warmed version %s in %.3fs", model.version, time.perf_counter() - start)
+def _import(path: str) -> Callable[..., LoadedModel]:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
-@serve.deployment(max_ongoing_requests=16, health_check_period_s=5)
+def _request_id(request: Request) -> str:
+    """Serve's proxy gives every request an ``x-request-id`` header (the caller's own, or a
+    new one) and echoes it on the answer, so the app never sets that header itself: a second
+    copy would read as "id, id". The fallback is for calls that bypass the HTTP proxy."""
+    return request.headers.get("x-request-id") or uuid.uuid4().hex
+
+
+@serve.deployment(max_ongoing_requests=32, health_check_period_s=5)
 @serve.ingress(api)
 class ModelServer:
     def __init__(self, settings: dict[str, Any]) -> None:
-        self.settings = ServeSettings(**settings)
-        self._model: LoadedModel | None = None
-        self._last_error: str | None = None
+        self.settings = s = ServeSettings(**settings)
+        load = _import(s.model_loader)
+        self._versions = VersionSet(
+            lambda version: load(s.tracking_uri, s.model_name, version),
+            alias=s.alias,
+            limits=Limits(threads=s.version_threads, queue=s.version_queue,
+                          timeout_s=s.version_timeout_s, shadow_pending=s.shadow_max_pending,
+                          batch_max_size=s.batch_max_size, batch_wait_s=s.batch_wait_s),
+        )
         self._stop = threading.Event()
-        self._log, self._log_error = _open_log(self.settings)
+        self._log, self._log_error = _open_log(s)
         self._refresh()
-        self._poller = threading.Thread(target=self._poll, name="alias-poller", daemon=True)
+        self._poller = threading.Thread(target=self._poll, name="registry-poller", daemon=True)
         self._poller.start()
 
     # -- registry watch -------------------------------------------------------------------
     def _refresh(self) -> None:
         s = self.settings
         try:
-            version = alias_version(s.tracking_uri, s.model_name, s.alias)
-            current = self._model.version if self._model else None
-            if version is None or version == current:
-                return
-            model = load_version(s.tracking_uri, s.model_name, version)
-            _warm(model)
-            self._model = model  # atomic swap: in-flight requests keep the old reference
-            self._last_error = None
-            logger.info("serving %s version %s", s.model_name, version)
-        except Exception as exc:  # keep serving the loaded version; report through /health
-            self._last_error = f"{type(exc).__name__}: {exc}"
-            logger.warning("could not refresh model: %s", self._last_error)
+            state = registry_state(s.tracking_uri, s.model_name)
+        except Exception as exc:  # keep serving what is loaded; report through /health
+            self._versions.note_error(f"cannot read the registry: {type(exc).__name__}: {exc}")
+            logger.warning("could not read the registry: %s", exc)
+            return
+        self._versions.refresh(state)
 
     def _poll(self) -> None:
         while not self._stop.wait(self.settings.poll_interval_s):
@@ -153,23 +218,200 @@ class ModelServer:
     def __del__(self) -> None:
         # Serve 2.60 calls this once per replica after draining in-flight requests, within the
         # deployment's graceful_shutdown_timeout_s (20 s by default): write what is buffered.
-        self._stop.set()
-        log = getattr(self, "_log", None)  # absent when __init__ failed early
+        stop = getattr(self, "_stop", None)  # absent when __init__ failed early
+        if stop is not None:
+            stop.set()
+        log = getattr(self, "_log", None)
         if log is not None:
             log.close(timeout=10.0)
 
-    # -- HTTP -------------------------------------------------------------------------------
+    # -- routing and predicting -------------------------------------------------------------
+    def _route(self, request: Request, routing: Routing,
+               request_id: str) -> tuple[VersionRunner, bool] | JSONResponse:
+        """The runner that answers, and whether the request was pinned to it."""
+        pin = request.headers.get(PIN_HEADER)
+        if pin is not None:
+            if not _token_ok(self.settings, request.headers.get("authorization")):
+                return _error(
+                    403, f"the {PIN_HEADER} header pins a request to a model version, which "
+                    "needs the admin token: send 'Authorization: Bearer <token>' too, or drop "
+                    "the header", request_id)
+            runner = routing.runners.get(pin.strip())
+            if runner is None:
+                return _error(409, f"version {pin.strip()!r} is not loaded by this replica; "
+                              f"loaded: {routing.loaded}", request_id)
+            return runner, True
+        split = routing.split
+        key = request.headers.get(split.sticky_key) if split.sticky_key else None
+        return routing.runners[split.choose(key, random.random())], False
+
+    async def _predict(self, routing: Routing, runner: VersionRunner, pinned: bool,
+                       rows: pd.DataFrame, request_id: str) -> Outcome:
+        outcome = await runner.predict(rows)
+        runner.counters.record(outcome, pinned=pinned)
+        if outcome.invalid is not None:
+            return outcome  # the caller's fault: a 4xx, not the version's error, not logged
+        self._log_outcome(request_id, runner.model, rows, outcome, shadow=False)
+        shadow = routing.split.shadow
+        target = routing.runners.get(shadow) if shadow and not pinned else None
+        if target is not None and target is not runner:
+            model = target.model
+            # after the answer is computed, in the shadow's own pool: it costs the live
+            # answer only this submit, and is dropped (counted) when the shadow lags
+            target.mirror(rows, lambda done: self._log_outcome(request_id, model, rows, done,
+                                                               shadow=True))
+        return outcome
+
+    def _log_outcome(self, request_id: str, model: LoadedModel, rows: pd.DataFrame,
+                     outcome: Outcome, *, shadow: bool) -> None:
+        log = self._log
+        if log is None:
+            return
+        try:  # a buffer append: microseconds, and it never waits for the disk
+            if outcome.ok:
+                log.log_predictions(
+                    request_id=request_id, model_version=model.version, spec=model.spec,
+                    frame=rows, predictions=outcome.predictions, latency_ms=outcome.latency_ms,
+                    shadow=shadow,
+                )
+            elif outcome.error is not None:
+                log.log_failure(
+                    request_id=request_id, model_version=model.version, spec=model.spec,
+                    error=outcome.error, latency_ms=outcome.latency_ms, shadow=shadow,
+                )
+        except Exception:  # logging must never cost an answer
+            logger.exception("could not log request %s", request_id)
+
+    @staticmethod
+    def _failed(outcome: Outcome, request_id: str) -> JSONResponse:
+        version = outcome.version
+        if outcome.invalid is not None:
+            return _error(400, outcome.invalid, request_id, version)
+        response = _error(outcome.status, f"model version {version} failed on this request: "
+                          f"{outcome.error}", request_id, version)
+        if outcome.status == 503:
+            response.headers["retry-after"] = "1"
+        return response
+
+    @staticmethod
+    def _answer(body: dict[str, Any], version: str) -> JSONResponse:
+        return JSONResponse(body, headers={"x-model-version": version})
+
+    # -- HTTP: predictions ---------------------------------------------------------------------
+    @api.post("/invocations")
+    async def invocations(self, request: Request) -> JSONResponse:
+        request_id = _request_id(request)
+        raw = await _body(request, self.settings.max_body_bytes, request_id)
+        if isinstance(raw, JSONResponse):
+            return raw
+        routing = self._versions.routing  # one routing for the whole request
+        if routing is None:
+            return _error(503, "no model version is registered under the alias yet", request_id)
+        max_rows = self.settings.max_rows
+        try:
+            rows = await _parsed(raw, lambda body: parse_invocation(body, max_rows=max_rows))
+        except _BadBody as exc:
+            return _error(exc.status, str(exc), request_id)
+        chosen = self._route(request, routing, request_id)
+        if isinstance(chosen, JSONResponse):
+            return chosen
+        runner, pinned = chosen
+        outcome = await self._predict(routing, runner, pinned, rows, request_id)
+        if not outcome.ok:
+            return self._failed(outcome, request_id)
+        return self._answer({"predictions": outcome.predictions.tolist(),
+                             "model_version": outcome.version, "request_id": request_id},
+                            outcome.version)
+
+    @api.post("/v2/models/{name}/infer")
+    async def infer(self, name: str, request: Request) -> JSONResponse:
+        """Open Inference Protocol (v2) inference; see serve/oip.py for the body."""
+        request_id = _request_id(request)
+        if name != self.settings.model_name:
+            return self._unknown_model(name, request_id)
+        raw = await _body(request, self.settings.max_body_bytes, request_id)
+        if isinstance(raw, JSONResponse):
+            return raw
+        routing = self._versions.routing
+        if routing is None:
+            return _error(503, "no model version is registered under the alias yet", request_id)
+        chosen = self._route(request, routing, request_id)
+        if isinstance(chosen, JSONResponse):
+            return chosen
+        runner, pinned = chosen
+        names, max_rows = runner.model.spec.names, self.settings.max_rows
+        try:
+            parsed = await _parsed(raw, lambda body: parse_infer(body, names, max_rows=max_rows))
+        except _BadBody as exc:
+            return _error(exc.status, str(exc), request_id)
+        outcome = await self._predict(routing, runner, pinned, parsed.rows, request_id)
+        if not outcome.ok:
+            return self._failed(outcome, request_id)
+        # "id" echoes the body's own id (the protocol's rule); the log, and so feedback, key
+        # on x-request-id, as for /invocations
+        return self._answer(infer_response(name, outcome.version, parsed.id or request_id,
+                                           outcome.predictions), outcome.version)
+
+    def _unknown_model(self, name: str, request_id: str) -> JSONResponse:
+        return _error(404, f"no model named {name!r:.100} here; this server serves "
+                      f"{self.settings.model_name!r}", request_id)
+
+    @api.get("/v2")
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "retrain", "version": "2", "extensions": []}
+
+    @api.get("/v2/health/live")
+    def live(self) -> dict[str, Any]:
+        return {"live": True}
+
+    @api.get("/v2/health/ready")
+    def ready(self) -> JSONResponse:
+        ready = self._versions.routing is not None
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @api.get("/v2/models/{name}/ready")
+    def model_ready(self, name: str, request: Request) -> JSONResponse:
+        if name != self.settings.model_name:
+            return self._unknown_model(name, _request_id(request))
+        ready = self._versions.routing is not None
+        return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
+
+    @api.get("/v2/models/{name}")
+    def metadata(self, name: str, request: Request) -> JSONResponse:
+        request_id = _request_id(request)
+        if name != self.settings.model_name:
+            return self._unknown_model(name, request_id)
+        routing = self._versions.routing
+        if routing is None:
+            return _error(503, "no model version is registered under the alias yet", request_id)
+        model = routing.runners[routing.primary].model
+        return JSONResponse(model_metadata(name, routing.loaded, model.spec, model.flavor),
+                            headers={"x-model-version": model.version})
+
+    # -- HTTP: state ---------------------------------------------------------------------------
+    def _traffic(self) -> dict[str, Any]:
+        routing, versions = self._versions.routing, self._versions
+        pending = versions.pending
+        return {
+            "traffic": routing.split.to_dict() if routing else None,
+            "traffic_source": routing.source if routing else None,
+            "loaded_versions": routing.loaded if routing else [],
+            "pending_traffic": pending.to_dict() if pending else None,
+            "last_error": versions.last_error,
+        }
+
     @api.get("/health")
     def health(self) -> JSONResponse:
-        model = self._model
+        routing = self._versions.routing
         body = {
-            "status": "ok" if model else "no model",
+            "status": "ok" if routing else "no model",
             "model_name": self.settings.model_name,
-            "model_version": model.version if model else None,
-            "last_error": self._last_error,
+            # the version taking the largest share: the alias' version when there is no split
+            "model_version": routing.primary if routing else None,
+            **self._traffic(),
             "inference_log": self._log_status(),
         }
-        return JSONResponse(body, status_code=200 if model else 503)
+        return JSONResponse(body, status_code=200 if routing else 503)
 
     def _log_status(self) -> dict[str, Any]:
         if self._log is not None:
@@ -178,53 +420,21 @@ class ModelServer:
 
     @api.get("/version")
     def version(self) -> dict[str, Any]:
-        model = self._model
+        routing = self._versions.routing
+        model = routing.runners[routing.primary].model if routing else None
         return {
             "model_name": self.settings.model_name,
             "alias": self.settings.alias,
             "model_version": model.version if model else None,
+            "traffic": routing.split.to_dict() if routing else None,
             "features": model.spec.example() if model else None,
         }
 
-    @api.post("/invocations")
-    async def invocations(self, request: Request) -> JSONResponse:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        raw = await _body(request, self.settings.max_body_bytes, request_id)
-        if isinstance(raw, JSONResponse):
-            return raw
-        model = self._model  # one model for the whole request, even if a swap happens now
-        if model is None:
-            return _error(503, "no model version is registered under the alias yet", request_id)
-        try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return _error(400, f"request body is not valid JSON: {exc}", request_id)
-        try:
-            rows, scores = await run_in_threadpool(_score, model, body, self.settings.max_rows)
-        except InvalidInput as exc:
-            return _error(400, str(exc), request_id)
-        log = self._log
-        if log is not None:
-            try:  # a buffer append: microseconds, and it never waits for the disk
-                log.log_predictions(
-                    request_id=request_id, model_version=model.version, spec=model.spec,
-                    frame=rows, predictions=scores,
-                )
-            except Exception:  # logging must never cost an answer
-                logger.exception("could not log request %s", request_id)
-        return JSONResponse(
-            {
-                "predictions": scores.tolist(),
-                "model_version": model.version,
-                "request_id": request_id,
-            },
-            headers={"x-request-id": request_id, "x-model-version": model.version},
-        )
-
+    # -- HTTP: labels and admin ------------------------------------------------------------
     @api.post("/feedback")
     async def feedback(self, request: Request) -> JSONResponse:
         """Late true labels: ``{"labels": [{"request_id": "...", "row": 0, "label": 1}]}``."""
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = _request_id(request)
         denied = _authorize(self.settings, request.headers.get("authorization"), request_id)
         if denied is not None:
             return denied
@@ -240,28 +450,26 @@ class ModelServer:
                 "inference_log in the project config and restart serving",
                 request_id,
             )
+        max_items = self.settings.max_rows
         try:
-            items = parse_feedback(json.loads(raw), max_items=self.settings.max_rows)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return _error(400, f"request body is not valid JSON: {exc}", request_id)
-        except InvalidFeedback as exc:
+            items = await _parsed(raw, lambda body: parse_feedback(body, max_items=max_items))
+        except _BadBody as exc:
             return _error(exc.status, str(exc), request_id)
         if not log.log_feedback(items):
             return _error(
                 503, "the inference log's buffer is full (its store is slow or unreachable); "
                 "retry later", request_id,
             )
-        return JSONResponse({"accepted": len(items), "request_id": request_id},
-                            headers={"x-request-id": request_id})
+        return JSONResponse({"accepted": len(items), "request_id": request_id})
 
     @api.post("/admin/retrain")
     async def admin_retrain(self, request: Request) -> JSONResponse:
         """Ask ``retrain watch`` for a cycle now; optional body ``{"reason": "..."}``."""
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = _request_id(request)
         denied = _authorize(self.settings, request.headers.get("authorization"), request_id)
         if denied is not None:
             return denied
-        raw = await _body(request, 64 * 1024, request_id)
+        raw = await _body(request, _ADMIN_BODY_BYTES, request_id)
         if isinstance(raw, JSONResponse):
             return raw
         path = self.settings.inference_log_path
@@ -271,9 +479,9 @@ class ModelServer:
                 request_id,
             )
         try:
-            body = json.loads(raw) if raw.strip() else {}
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return _error(400, f"request body is not valid JSON: {exc}", request_id)
+            body = _json(raw) if raw.strip() else {}
+        except _BadBody as exc:
+            return _error(exc.status, str(exc), request_id)
         reason = body.get("reason", "") if isinstance(body, dict) else None
         if not isinstance(body, dict) or set(body) - {"reason"} or not isinstance(reason, str):
             return _error(
@@ -291,15 +499,83 @@ class ModelServer:
             {"retrain_request_id": made.id, "status": "pending",
              "requested_at": made.requested_at, "request_id": request_id},
             status_code=202,
-            headers={"x-request-id": request_id},
+        )
+
+    @api.get("/admin/traffic")
+    def get_traffic(self, request: Request) -> JSONResponse:
+        """The split this replica applies, what it has loaded, and per-version counters."""
+        request_id = _request_id(request)
+        denied = _authorize(self.settings, request.headers.get("authorization"), request_id)
+        if denied is not None:
+            return denied
+        return JSONResponse({**self._traffic(), "counters": self._versions.counters_dict(),
+                             "request_id": request_id})
+
+    @api.put("/admin/traffic")
+    async def put_traffic(self, request: Request) -> JSONResponse:
+        """Write a new split (body: a `TrafficSplit` dict) to the registry; replicas apply it
+        once every version it names is loaded."""
+        request_id = _request_id(request)
+        denied = _authorize(self.settings, request.headers.get("authorization"), request_id)
+        if denied is not None:
+            return denied
+        raw = await _body(request, _ADMIN_BODY_BYTES, request_id)
+        if isinstance(raw, JSONResponse):
+            return raw
+        try:
+            split = TrafficSplit.from_dict(_json(raw))
+        except _BadBody as exc:
+            return _error(exc.status, str(exc), request_id)
+        except (ValueError, TypeError) as exc:
+            return _error(400, str(exc), request_id)
+        s = self.settings
+        try:
+            missing = await run_in_threadpool(unknown_versions, s.tracking_uri, s.model_name,
+                                              split.deployed)
+            if missing:
+                return _error(409, f"version(s) {missing} of model {s.model_name!r} are not "
+                              "registered; a split may only name registered versions",
+                              request_id)
+            await run_in_threadpool(write_traffic_tag, s.tracking_uri, s.model_name,
+                                    json.dumps(split.to_dict()))
+        except Exception as exc:  # the registry is unreachable or refused the write
+            return _error(503, f"cannot write the split to the registry: "
+                          f"{type(exc).__name__}: {exc}", request_id)
+        return JSONResponse(
+            {"traffic": split.to_dict(), "request_id": request_id,
+             "note": f"replicas apply it within {s.poll_interval_s:g} s once every version it "
+                     "names is loaded; GET /admin/traffic shows what they apply"},
+        )
+
+    @api.post("/admin/rollback")
+    async def rollback(self, request: Request) -> JSONResponse:
+        """All traffic back to the alias' version: removes the registry's split tag."""
+        request_id = _request_id(request)
+        denied = _authorize(self.settings, request.headers.get("authorization"), request_id)
+        if denied is not None:
+            return denied
+        s = self.settings
+        try:
+            state = await run_in_threadpool(registry_state, s.tracking_uri, s.model_name)
+            champion = state.aliases.get(s.alias)
+            if champion is None:
+                return _error(409, f"no version has the alias {s.alias!r}: there is nothing to "
+                              "roll back to; the split is left as it is", request_id)
+            await run_in_threadpool(write_traffic_tag, s.tracking_uri, s.model_name, None)
+        except Exception as exc:  # the registry is unreachable or refused the write
+            return _error(503, f"cannot change the registry: {type(exc).__name__}: {exc}",
+                          request_id)
+        return JSONResponse(
+            {"traffic": TrafficSplit.single(champion).to_dict(), "champion": champion,
+             "request_id": request_id},
         )
 
     def check_health(self) -> None:
-        # Serve restarts a replica whose check raises; a dead poller would freeze the version.
+        # Serve restarts a replica whose check raises; a dead poller would freeze the split.
         if not self._poller.is_alive():
             raise RuntimeError("the registry poller thread stopped")
         if self._log is not None and not self._log.alive:
             raise RuntimeError("the inference log's writer thread stopped")
 
 
-__all__ = ["ModelServer", "ModelUnavailable"]
+__all__ = ["PIN_HEADER", "ModelServer", "ModelUnavailable"]

@@ -37,6 +37,43 @@ class ServeSettings:
     admin_token: str | None = field(default=None, repr=False)
     #: the environment variable the token was read from, named in the 403 message
     admin_token_env: str = "RETRAIN_ADMIN_TOKEN"
+    #: requests one replica holds at once (Serve's ``max_ongoing_requests``); versions
+    #: predict in their own pools, so waiting requests cost the replica little
+    max_ongoing_requests: int = 32
+    #: threads per model version in a replica (its own pool: a slow version queues only
+    #: its own requests)
+    version_threads: int = 2
+    #: requests that may wait for a busy version beyond its threads; more get a 503
+    version_queue: int = 64
+    #: a request waiting longer than this for its version fails with a 504 (its error)
+    version_timeout_s: float = 10.0
+    #: shadow copies in flight per replica at most; more are dropped and counted
+    shadow_max_pending: int = 64
+    #: > 1: concurrent requests to the same version are predicted together (``serve.batch``,
+    #: up to this many, waiting at most ``batch_wait_s`` for a batch to fill); 0 or 1: off
+    batch_max_size: int = 0
+    batch_wait_s: float = 0.002
+    #: ``module:function`` that loads one version: ``(tracking_uri, model_name, version) ->
+    #: serve.loader.LoadedModel``; the seam for other model stores and for fault injection
+    model_loader: str = "serve.loader:load_version"
+
+    def __post_init__(self) -> None:
+        for name in ("num_replicas", "max_ongoing_requests", "version_threads",
+                     "shadow_max_pending", "max_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, but got {name}={getattr(self, name)}")
+        for name in ("version_queue", "batch_max_size"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, but got {name}={getattr(self, name)}")
+        for name in ("poll_interval_s", "version_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, but got {name}={getattr(self, name)}")
+        if not self.batch_wait_s >= 0:
+            raise ValueError(f"batch_wait_s must be >= 0, but got {self.batch_wait_s}")
+        module, _, function = self.model_loader.partition(":")
+        if not module or not function:
+            raise ValueError("model_loader must be 'module:function' (e.g. "
+                             f"'serve.loader:load_version'), but got {self.model_loader!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -101,7 +101,7 @@ def test_every_prediction_lands_in_parquet_with_version_and_raw_typed_features(s
 
     (frame,) = wait_until(logged, timeout=30)
     assert list(frame.columns) == ["request_id", "row", "ts", "model_version", "prediction",
-                                   "x1", "x2", "cat"]
+                                   "latency_ms", "shadow", "error", "x1", "x2", "cat"]
     mine = frame[frame["request_id"] == rid].sort_values("row")
     assert mine["row"].tolist() == [0, 1]
     assert set(mine["model_version"]) == {"1"}

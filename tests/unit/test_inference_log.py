@@ -226,7 +226,7 @@ def test_feature_columns_are_typed_by_the_spec_and_raw_as_sent(tmp_path):
     log.flush()
     frame = read_predictions(tmp_path)
     assert list(frame.columns) == ["request_id", "row", "ts", "model_version", "prediction",
-                                   "x1", "x2", "cat"]
+                                   "latency_ms", "shadow", "error", "x1", "x2", "cat"]
     assert frame["x1"].dtype == "float64" and frame["x2"].dtype == "float64"
     assert pd.api.types.is_string_dtype(frame["cat"])
     assert str(frame["ts"].dtype) == "datetime64[ms, UTC]"
@@ -258,6 +258,63 @@ def test_a_feature_named_like_a_fixed_column_is_prefixed(tmp_path):
     log.flush()
     frame = read_predictions(tmp_path)
     assert frame["feature_ts"].tolist() == [3.0] and str(frame["ts"].dtype).startswith("datetime")
+
+
+def test_latency_shadow_and_failures_round_trip(tmp_path):
+    log = InferenceLog(tmp_path, start=False)
+    log.log_predictions(request_id="live", model_version="1", spec=SPEC, frame=rows(2),
+                        predictions=[0.1, 0.2], latency_ms=3.5)
+    log.log_predictions(request_id="live", model_version="2", spec=SPEC, frame=rows(2),
+                        predictions=[0.3, 0.4], latency_ms=7.25, shadow=True)
+    log.log_failure(request_id="bad", model_version="2", spec=SPEC,
+                    error="ValueError: x1 out of range", latency_ms=1.5)
+    log.flush()
+    frame = read_predictions(tmp_path)
+    assert frame["request_id"].tolist() == ["live", "live", "live", "live", "bad"]
+    assert frame["latency_ms"].tolist() == [3.5, 3.5, 7.25, 7.25, 1.5]
+    assert frame["latency_ms"].dtype == "float64" and frame["shadow"].dtype == bool
+    assert frame["shadow"].tolist() == [False, False, True, True, False]
+    assert frame["prediction"].tolist()[:4] == [0.1, 0.2, 0.3, 0.4]
+    assert frame["error"].iloc[:4].isna().all()
+    failed = frame.iloc[4]
+    assert failed["row"] == il.FAILED_ROW == -1 and np.isnan(failed["prediction"])
+    assert failed["error"] == "ValueError: x1 out of range" and failed["model_version"] == "2"
+    assert np.isnan(failed["x1"]) and pd.isna(failed["cat"])  # no features on a failure
+
+
+def test_a_group_of_only_failures_is_written(tmp_path):
+    log = InferenceLog(tmp_path, start=False)
+    log.log_failure(request_id="a", model_version="3", spec=SPEC, error="TimeoutError: slow")
+    log.flush()
+    frame = read_predictions(tmp_path)
+    assert frame["row"].tolist() == [-1] and frame["error"].tolist() == ["TimeoutError: slow"]
+    assert np.isnan(frame["latency_ms"][0]) and not frame["shadow"][0]
+    assert log.stats().rows_dropped == 0
+    with pytest.raises(ValueError, match="error message"):
+        log.log_failure(request_id="a", model_version="3", spec=SPEC, error="")
+
+
+def test_files_without_the_newer_columns_read_with_defaults(tmp_path):
+    log = InferenceLog(tmp_path, start=False)
+    log.log_predictions(request_id="new", model_version="2", spec=SPEC, frame=rows(1),
+                        predictions=[0.5], latency_ms=2.0, shadow=True)
+    log.flush()
+    # a file as the log wrote it before latency_ms, shadow and error existed
+    folder = next((tmp_path / "predictions").glob("date=*/hour=*"))
+    old = pd.DataFrame({"request_id": ["old"], "row": [0],
+                        "ts": pd.to_datetime([T0 - 60], unit="s", utc=True).as_unit("ms"),
+                        "model_version": ["1"], "prediction": [0.7], "x1": [1.0],
+                        "x2": [2.0], "cat": ["a"]})
+    pq.write_table(__import__("pyarrow").Table.from_pandas(old, preserve_index=False),
+                   folder / "aaa-old-00000001.parquet")
+    frame = read_predictions(tmp_path)
+    assert list(frame.columns)[:8] == ["request_id", "row", "ts", "model_version",
+                                       "prediction", "latency_ms", "shadow", "error"]
+    mine = frame.set_index("request_id")
+    assert np.isnan(mine.loc["old", "latency_ms"]) and mine.loc["new", "latency_ms"] == 2.0
+    assert frame["shadow"].dtype == bool
+    assert not mine.loc["old", "shadow"] and mine.loc["new", "shadow"]
+    assert mine["error"].isna().all() and mine.loc["old", "x1"] == 1.0
 
 
 def _three_hours(tmp_path) -> None:
@@ -303,7 +360,8 @@ def test_readers_skip_partitions_they_do_not_need(tmp_path):
 def test_empty_log_reads_as_empty_frames_with_the_columns(tmp_path):
     predictions = read_predictions(tmp_path / "nothing-yet")
     assert predictions.empty
-    assert list(predictions.columns) == ["request_id", "row", "ts", "model_version", "prediction"]
+    assert list(predictions.columns) == ["request_id", "row", "ts", "model_version", "prediction",
+                                         "latency_ms", "shadow", "error"]
     feedback = read_feedback(tmp_path)
     assert feedback.empty and list(feedback.columns) == ["request_id", "row", "label", "ts"]
 
