@@ -117,6 +117,17 @@ def live_metric(task: str, metric: str, predictions: pd.DataFrame, feedback: pd.
     return LiveMetric(metric, float(score(metric, y, p)), len(joined), evaluated)
 
 
+def answered(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows live callers got: no shadow copies (the same inputs again) and no failed
+    predictions (they carry no features and would read as missing values)."""
+    keep = pd.Series(True, index=rows.index)
+    if "shadow" in rows.columns:
+        keep &= ~rows["shadow"].fillna(False).astype(bool)
+    if "error" in rows.columns:
+        keep &= rows["error"].isna()
+    return rows[keep]
+
+
 def drift_of(reference: ReferenceSketch | None, inputs: pd.DataFrame,
              policy: DriftPolicy) -> tuple[DriftReport | None, tuple[str, ...]]:
     """Live inputs against the reference; None with the reason when it cannot be judged."""
@@ -143,7 +154,7 @@ def check(config: Config, *, registry: MlflowRegistry | None = None,
     champion = registry.alias_version(CHAMPION)
     path = config.inference_log_path
     since = None if m.window_s is None else pd.Timestamp(now - m.window_s, unit="s", tz="UTC")
-    window = read_predictions(path, since=since, limit=m.window_rows)
+    window = answered(read_predictions(path, since=since, limit=m.window_rows))
     if champion is None:
         return MonitorReport(now, None, len(window), None,
                              LiveMetric(task.primary_metric, None, 0, None),
@@ -151,7 +162,7 @@ def check(config: Config, *, registry: MlflowRegistry | None = None,
     drift, notes = drift_of(registry.load_reference(champion), window, m.policy())
     feedback = read_feedback(path)
     # the champion answered nothing before it was registered: read no older hours than that
-    labelled = (read_predictions(path, since=registry.registered_at(champion))
+    labelled = (answered(read_predictions(path, since=registry.registered_at(champion)))
                 if not feedback.empty else window.iloc[:0])
     live = live_metric(task.type, task.primary_metric, labelled, feedback, version=champion,
                        evaluated=registry.evaluated_score(champion), max_rows=m.metric_rows)

@@ -48,10 +48,8 @@ from retrain.rollout import (
     VersionStats,
     ledger_event,
 )
-from serve.traffic import TrafficSplit
-
-TRAFFIC_TAG = "retrain.traffic"
-PIN_HEADER = "x-retrain-version"
+from serve.loader import TRAFFIC_TAG
+from serve.traffic import PIN_HEADER, TrafficSplit
 
 
 class TrafficStore:

@@ -50,13 +50,12 @@ from serve.loader import (
 from serve.oip import infer_response, model_metadata, parse_infer
 from serve.schemas import InvalidInput, parse_invocation
 from serve.settings import ServeSettings
-from serve.traffic import TrafficSplit
+from serve.traffic import PIN_HEADER, TrafficSplit
 from serve.versions import Limits, Outcome, Routing, VersionRunner, VersionSet
 
 logger = logging.getLogger("retrain.serve")
 
 #: a request with this header and the admin token is answered by that version (smoke tests)
-PIN_HEADER = "x-retrain-version"
 # Bodies up to this size are parsed on the event loop: a thread hop costs more than parsing
 # them. Bigger ones go to a worker thread so that they do not hold up other requests.
 _INLINE_BYTES = 64 * 1024

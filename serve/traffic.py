@@ -41,6 +41,10 @@ _KEY_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 _FIELDS = ("weights", "shadow", "sticky_key")
 _SCALE = 2.0**64
 
+#: a request header that pins a request to one loaded version (admin token required): the
+#: rollout's smoke test sends its sample batches this way
+PIN_HEADER = "x-retrain-version"
+
 
 def _check_version(what: str, version: Any) -> str:
     if not isinstance(version, str) or not _VERSION.fullmatch(version):

@@ -79,3 +79,16 @@ def test_report_summary_and_dict_say_what_was_seen():
     assert report.drift_detected is None
     assert "live auc 0.7100 on 250 labels (holdout 0.8000)" in report.summary()
     assert report.to_dict()["live"]["labelled"] == 250
+
+
+def test_only_answered_rows_count_not_shadow_copies_or_failures():
+    from retrain.monitor import answered
+
+    rng = np.random.default_rng(4)
+    rows = pd.concat([_logged("1", 5, rng).assign(shadow=False, error=None),
+                      _logged("2", 5, rng).assign(shadow=True, error=None),
+                      _logged("1", 2, rng, start=10).assign(shadow=False, error="ValueError: x",
+                                                             prediction=np.nan)])
+    kept = answered(rows)
+    assert len(kept) == 5 and set(kept["model_version"]) == {"1"}
+    assert len(answered(_logged("1", 3, rng))) == 3  # files from before these columns
