@@ -17,9 +17,10 @@ adapter to the world:
   changed, so a driver that dies between the two re-applies the saved split when it starts
   again (`RolloutDriver.reconcile`).
 
-The smoke step sends a sample batch pinned to each version (header ``x-retrain-version``,
-admin token) through the live app; to be pinnable the challenger is loaded as the shadow
-during the smoke step.
+The smoke step sends a sample batch (real rows of the newest partition) pinned to each
+version (header ``x-retrain-version``, admin token) through the live app and judges both on
+exactly those rows; to be pinnable the challenger is named in the split with weight 0
+(standby: loaded and warmed, never routed or mirrored to).
 """
 
 from __future__ import annotations
@@ -125,9 +126,7 @@ def observe(rollout: Rollout, rows: pd.DataFrame, *, since: float,
     split = rollout.split
     stats = {}
     for version in (rollout.champion, rollout.challenger):
-        # the smoke step's pinned answers are live rows, even though the challenger is
-        # loaded as the shadow to be pinnable
-        as_shadow = split.shadow == version and rollout.stage is not Stage.SMOKE
+        as_shadow = split.shadow == version
         s = version_stats(rows, version, shadow=as_shadow, labels=labels, task=task,
                           metric=metric)
         if healthy is not None and version in healthy:
@@ -167,6 +166,9 @@ class RolloutDriver:
         self.clock = clock
         self.echo = echo or (lambda line: None)
         self.state_path = Path(config.project.workdir) / "rollout" / "state.json"
+        #: the smoke step's pinned requests (their log rows are what the step is judged on)
+        self._smoke_ids: set[str] = set()
+        self._batch: list[dict[str, Any]] | None = None
 
     # -- state ------------------------------------------------------------------------------
     def load(self) -> Rollout | None:
@@ -189,8 +191,12 @@ class RolloutDriver:
         """What the registry should say for this rollout state."""
         if rollout.done:
             return None  # the alias says it all: the tag goes
-        if rollout.stage is Stage.SMOKE:  # loaded (as shadow) so that it can be pinned
-            return replace(rollout.split, shadow=rollout.challenger)
+        if rollout.stage is Stage.SMOKE:
+            # standby (weight 0): loaded and warmed so that the smoke test can pin it, but
+            # neither routed nor mirrored to
+            return TrafficSplit({**rollout.split.weights, rollout.challenger: 0.0},
+                                shadow=rollout.split.shadow,
+                                sticky_key=rollout.split.sticky_key)
         return rollout.split
 
     def _record(self, before: Rollout, after: Rollout) -> None:
@@ -299,10 +305,46 @@ class RolloutDriver:
         path = self.config.inference_log_path
         since = rollout.step_started_at
         rows = read_predictions(path, since=since)
+        if rollout.stage is Stage.SMOKE:
+            # only the pinned sample batches: both versions on the very same rows
+            rows = rows[rows["request_id"].isin(self._smoke_ids)]
         task = self.config.task
         labels = read_feedback(path, since=since) if rollout.plan.gates.min_labelled else None
         return observe(rollout, rows, since=since, labels=labels, task=task.type,
                        metric=task.primary_metric, healthy=healthy)
+
+    def _smoke_batch(self, rollout: Rollout) -> list[dict[str, Any]]:
+        """Up to 64 real rows of the newest partition (the same for both versions); one
+        example row of the champion's features if the data cannot be read here."""
+        from retrain.data import list_partitions, read_partition
+
+        spec = self.registry.load(rollout.champion).spec
+        try:
+            newest = list_partitions(self.config.data)[-1]
+            rows = read_partition(self.config.data, newest, spec.names)
+            rows = rows.sample(min(64, len(rows)), random_state=0)
+            return json.loads(rows.to_json(orient="records"))
+        except (RetrainError, OSError, ValueError, IndexError):
+            return [spec.example()]
+
+    def _pinned(self, http, version: str, sample: dict, *, load_timeout_s: float = 60.0):
+        """One pinned request. 409 means a replica has not loaded the version yet (it loads
+        and warms it in the background once the split names it): ask again until it has."""
+        import httpx
+
+        deadline = time.monotonic() + load_timeout_s
+        while True:
+            try:
+                r = http.post(f"{self.url}/invocations", json=sample, headers={
+                    PIN_HEADER: version, "authorization": f"Bearer {self.token}"})
+            except httpx.HTTPError:
+                return None, {}
+            if r.status_code != 409 or time.monotonic() > deadline:
+                try:
+                    return r, (r.json() if r.status_code == 200 else {})
+                except ValueError:
+                    return r, {}
+            time.sleep(0.25)
 
     def _smoke(self, rollout: Rollout) -> dict[str, bool]:
         """Pinned sample batches to both versions through the live app; True if all 200."""
@@ -312,8 +354,9 @@ class RolloutDriver:
             raise ConfigError(
                 f"the smoke test pins requests to a version, which needs the admin token: set "
                 f"{self.config.serving.admin_token_env}")
-        model = self.registry.load(rollout.champion)
-        sample = {"dataframe_records": [model.spec.example()] * 8}
+        if self._batch is None:
+            self._batch = self._smoke_batch(rollout)
+        sample = {"dataframe_records": self._batch}
         step = rollout.current_step
         need = step.min_requests if step is not None else 1
         healthy = {}
@@ -321,13 +364,10 @@ class RolloutDriver:
             for version in (rollout.champion, rollout.challenger):
                 ok = True
                 for _ in range(need):
-                    try:
-                        r = http.post(f"{self.url}/invocations", json=sample, headers={
-                            PIN_HEADER: version, "authorization": f"Bearer {self.token}"})
-                        answer = r.json() if r.status_code == 200 else {}
-                    except (httpx.HTTPError, ValueError):
-                        r, answer = None, {}
+                    r, answer = self._pinned(http, version, sample)
                     values = np.asarray(answer.get("predictions", []), dtype=np.float64)
+                    if answer.get("request_id"):
+                        self._smoke_ids.add(answer["request_id"])
                     if (r is None or r.status_code != 200
                             or answer.get("model_version") != version
                             or not values.size or not np.isfinite(values).all()):

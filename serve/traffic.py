@@ -136,8 +136,10 @@ class TrafficSplit:
 
     @property
     def deployed(self) -> tuple[str, ...]:
-        """Every version the split needs running: those that take traffic and the shadow."""
-        out = set(self.versions) | ({self.shadow} if self.shadow else set())
+        """Every version the split needs running: those that take traffic, the shadow, and
+        any named with weight 0 (standby: loaded and warmed, so a pinned request such as the
+        rollout's smoke test reaches it, but no live request and no mirrored copy does)."""
+        out = set(self.weights) | ({self.shadow} if self.shadow else set())
         return tuple(sorted(out, key=int))
 
     def weight(self, version: str) -> float:

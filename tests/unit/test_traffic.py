@@ -46,6 +46,9 @@ def test_valid_split_keeps_weights_read_only_and_knows_its_versions():
     split = TrafficSplit({"12": 0.0, "3": 0.75, "10": 0.25}, shadow="12", sticky_key="x-user")
     assert split.versions == ("3", "10")  # numeric order, zero weight left out
     assert split.deployed == ("3", "10", "12")
+    standby = TrafficSplit({"3": 1.0, "4": 0.0})
+    assert standby.versions == ("3",) and standby.deployed == ("3", "4")
+    assert {standby.choose(None, r / 10) for r in range(10)} == {"3"}
     assert split.weight("10") == 0.25 and split.weight("99") == 0.0
     with pytest.raises(TypeError):
         split.weights["3"] = 1.0  # type: ignore[index]
