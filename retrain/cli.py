@@ -48,11 +48,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from retrain.pipeline import run_cycle
 
     config = load_config(args.config)
-    result = run_cycle(config, echo=None if args.quiet or args.json else print)
+    result = run_cycle(config, echo=None if args.quiet or args.json else print,
+                       resume=args.resume)
     if args.json:
         print(json.dumps({
             "cycle_id": result.cycle_id,
             "run_id": result.run_id,
+            "resumed_from": result.resumed_from,
             "decision": result.decision.to_dict(),
             "model_version": result.model_version,
             "champion_version": result.champion_version,
@@ -72,6 +74,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from retrain.serving import start_serving
 
     config = load_config(args.config)
+    if args.write_config:
+        import yaml
+
+        from retrain.serving import serve_config
+
+        Path(args.write_config).write_text(yaml.safe_dump(serve_config(config), sort_keys=False))
+        print(f"wrote {args.write_config}; deploy it with `serve deploy {args.write_config}` "
+              f"(set {config.serving.admin_token_env} where the app is built)")
+        return 0
     url = start_serving(config)
     print(f"serving {config.model_name}@champion at {url}/invocations (health: {url}/health)")
     if args.detach:
@@ -325,12 +336,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--quiet", action="store_true", help="print only the decision")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the newest cycle if it did not finish (its driver died), "
+                        "from the stage it reached; finished trials are not run again")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("serve", help="serve the champion over HTTP with Ray Serve")
     p.add_argument("--config", required=True)
     p.add_argument("--detach", action="store_true",
                    help="deploy and return (the app lives on in the Ray cluster)")
+    p.add_argument("--write-config", metavar="FILE",
+                   help="write a `serve deploy` config of the app instead of deploying it")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("status", help="show the champion and the last decisions")

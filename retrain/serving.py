@@ -49,6 +49,29 @@ def serve_settings(config: Config) -> ServeSettings:
     )
 
 
+def serve_config(config: Config) -> dict[str, Any]:
+    """A `serve deploy` / RayService ``serveConfigV2`` config of the project's app.
+
+    Everything comes from the project config except the admin token: `serve.app.app_builder`
+    reads it from the environment variable ``admin_token_env`` where the app is built, so the
+    secret never sits in the file.
+    """
+    from dataclasses import asdict
+
+    settings = asdict(serve_settings(config))
+    settings.pop("admin_token")
+    host, port = settings.pop("host"), settings.pop("port")
+    return {
+        "http_options": {"host": host, "port": port},
+        "applications": [{
+            "name": settings["app_name"],
+            "route_prefix": settings["route_prefix"],
+            "import_path": "serve.app:app_builder",
+            "args": {k: v for k, v in settings.items() if v is not None},
+        }],
+    }
+
+
 def base_url(config: Config) -> str:
     prefix = config.serving.route_prefix.rstrip("/")
     return f"http://{config.serving.host}:{config.serving.port}{prefix}"

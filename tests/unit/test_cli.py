@@ -58,3 +58,22 @@ def test_request_leaves_an_on_demand_request_for_the_controller(tmp_path, capsys
     (request,) = pending_requests(tmp_path / "work" / "inference")
     assert request.reason == "labels fixed" and request.requested_by == "cli"
     assert request.id in capsys.readouterr().out
+
+
+def test_serve_writes_a_serve_deploy_config_that_serve_accepts(tmp_path, capsys):
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve.app import app_builder
+
+    path = tmp_path / "retrain.yaml"
+    path.write_text(yaml.safe_dump(config_dict("data", "work", serving={"port": 8123})))
+    out = tmp_path / "serve.yaml"
+    assert main(["serve", "--config", str(path), "--write-config", str(out)]) == 0
+    assert "serve deploy" in capsys.readouterr().out
+    raw = yaml.safe_load(out.read_text())
+    ServeDeploySchema.model_validate(raw)
+    (app,) = raw["applications"]
+    assert app["import_path"] == "serve.app:app_builder" and "admin_token" not in app["args"]
+    assert raw["http_options"]["port"] == 8123
+    assert app["args"]["inference_log_path"].endswith("work/inference")
+    app_builder(app["args"])  # the graph builds from exactly these arguments
