@@ -1,0 +1,189 @@
+"""A full canary promotion and a rollback under steady load: what callers see.
+
+One run on a local Ray runtime (2 CPUs) and Serve: two registered versions of one model, the
+retrain app serving version 1, client threads posting single rows for the whole run. Then:
+
+- ``steady``    the baseline window before anything changes;
+- ``rollout``   `RolloutDriver.run`: smoke, shadow, canary 5/25/50 %, 100 %, completed
+                (the champion alias moves to version 2);
+- ``rollback``  the alias back to version 1 (`retrain rollout promote 1`), until the app
+                answers from version 1 only, plus a few seconds.
+
+Per window: requests, failures, p50/p99/max latency and the longest gap between answers
+(a stall), with p99 as a ratio of the steady window's. Targets: 0 failures, p99 <= 1.5x,
+no stall over 1 s.
+
+Usage: python benchmarks/rollout_under_load.py [--threads 3] [--steady-s 15] [--bake-s 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+TOKEN = "rollout-bench"
+ROW = {"x1": 0.3, "x2": 4.0, "cat": "b"}
+
+
+def _frame(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    x1, x2, cat = rng.normal(size=n), rng.uniform(0, 10, n), rng.choice(["a", "b", "c"], n)
+    logit = 1.5 * x1 - 0.3 * x2 + (cat == "b") + 1.0
+    y = (rng.uniform(size=n) < 1 / (1 + np.exp(-logit))).astype("int8")
+    return pd.DataFrame({"x1": x1, "x2": x2, "cat": cat, "label": y})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TimedLoad:
+    """Client threads posting one row each; (start, seconds, status, version) per request."""
+
+    def __init__(self, url: str, threads: int) -> None:
+        self.url, self.records, self._stop = f"{url}/invocations", [], threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def __enter__(self):
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+    def _run(self) -> None:
+        import httpx
+
+        with httpx.Client(timeout=30) as http:
+            while not self._stop.is_set():
+                start = time.monotonic()
+                try:
+                    r = http.post(self.url, json={"dataframe_records": [ROW]})
+                    status, version = r.status_code, r.headers.get("x-model-version")
+                except httpx.HTTPError:
+                    status, version = 0, None
+                with self._lock:
+                    self.records.append((start, time.monotonic() - start, status, version))
+
+
+def _window(records, start: float, end: float) -> dict:
+    rows = [r for r in records if start <= r[0] < end]
+    ok = np.array([r[1] for r in rows if r[2] == 200]) * 1000
+    done = sorted(r[0] + r[1] for r in rows)
+    gaps = [b - a for a, b in itertools.pairwise(done)] or [0.0]
+    return {"requests": len(rows), "failed": sum(r[2] != 200 for r in rows),
+            "p50": float(np.percentile(ok, 50)) if ok.size else float("nan"),
+            "p99": float(np.percentile(ok, 99)) if ok.size else float("nan"),
+            "max": float(ok.max()) if ok.size else float("nan"), "stall": max(gaps) * 1000,
+            "versions": sorted({r[3] for r in rows if r[3]})}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=3)
+    parser.add_argument("--steady-s", type=float, default=15.0)
+    parser.add_argument("--bake-s", type=float, default=3.0)
+    args = parser.parse_args()
+
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    import ray
+    import xgboost as xgb
+    from ray import serve
+
+    from retrain.cli import main as cli
+    from retrain.config import config_from_dict
+    from retrain.registry import CHAMPION, MlflowRegistry
+    from retrain.serving import deploy, serve_settings, wait_for_version
+    from retrain.traffic_control import RolloutDriver
+    from serve.features import FeatureSpec
+
+    root = Path(tempfile.mkdtemp(prefix="rollout-bench-"))
+    for month in (1, 2):
+        folder = root / "data" / f"period={month}"
+        folder.mkdir(parents=True)
+        _frame(2000, month).to_parquet(folder / "part-0.parquet", index=False)
+    port = _free_port()
+    config = config_from_dict({
+        "project": {"name": "bench", "workdir": str(root / "work")},
+        "data": {"path": str(root / "data"), "partition_column": "period", "target": "label"},
+        "task": {"type": "classification", "metric": "auc"},
+        "serving": {"port": port, "cpus_per_replica": 0.5, "poll_interval_s": 0.5},
+        "inference_log": {"flush_interval_s": 0.5},
+        "rollout": {"enabled": True, "smoke": {"requests": 3},
+                    "shadow": {"duration_s": args.bake_s, "min_requests": 50},
+                    "canary": {"steps": [5, 25, 50, 100], "bake_s": args.bake_s,
+                               "min_requests": 50},
+                    "gates": {"max_latency_ratio": 3.0, "latency_slack_ms": 20}},
+    })
+    ray.init(num_cpus=2, logging_level="ERROR", include_dashboard=False)
+    try:
+        registry = MlflowRegistry.from_config(config)
+        for seed in (1, 2):
+            data = _frame(3000, seed)
+            spec = FeatureSpec.learn(data, ("x1", "x2", "cat"))
+            booster = xgb.train({"objective": "binary:logistic", "max_depth": 4, "nthread": 1},
+                                xgb.DMatrix(spec.frame(data), data["label"],
+                                            enable_categorical=True), 50)
+            with registry.cycle_run(f"bench-v{seed}", {}) as run_id:
+                uri = registry.log_model(run_id, booster, spec, task="classification",
+                                         metric="auc")
+                registry.register(uri, tags={})
+        registry.set_alias(CHAMPION, "1")
+        deploy(replace(serve_settings(config), admin_token=TOKEN))
+        url = f"http://127.0.0.1:{port}"
+        wait_for_version(url, "1", timeout=120)
+        (root / "retrain.yaml").write_text("")  # the CLI below reads the config from a file
+        import yaml
+
+        (root / "retrain.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
+        driver = RolloutDriver(config, url=url, token=TOKEN)
+        marks = {}
+        with TimedLoad(url, args.threads) as load:
+            marks["steady"] = time.monotonic()
+            time.sleep(args.steady_s)
+            marks["rollout"] = time.monotonic()
+            rollout = driver.start("2")
+            rollout = driver.run(poll_s=0.5, timeout_s=600)
+            wait_for_version(url, "2", timeout=60)
+            marks["rollback"] = time.monotonic()
+            cli(["rollout", "promote", "1", "--config", str(root / "retrain.yaml"),
+                 "--reason", "benchmark"])
+            wait_for_version(url, "1", timeout=60)
+            time.sleep(3)
+            marks["end"] = time.monotonic()
+        steady = _window(load.records, marks["steady"], marks["rollout"])
+        print(f"rollout: {rollout.stage} ({rollout.reason}); "
+              f"{len(rollout.history)} transitions")
+        print(f"{'window':<10}{'s':>6}{'requests':>10}{'failed':>8}{'p50 ms':>9}{'p99 ms':>9}"
+              f"{'p99/steady':>12}{'max ms':>9}{'stall ms':>10}  versions")
+        for name, start, end in (("steady", marks["steady"], marks["rollout"]),
+                                 ("rollout", marks["rollout"], marks["rollback"]),
+                                 ("rollback", marks["rollback"], marks["end"])):
+            w = _window(load.records, start, end)
+            print(f"{name:<10}{end - start:>6.1f}{w['requests']:>10}{w['failed']:>8}"
+                  f"{w['p50']:>9.1f}{w['p99']:>9.1f}{w['p99'] / steady['p99']:>12.2f}"
+                  f"{w['max']:>9.1f}{w['stall']:>10.1f}  {','.join(w['versions'])}")
+        serve.delete(config.serving.app_name)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
