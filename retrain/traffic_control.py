@@ -49,7 +49,7 @@ from retrain.rollout import (
     VersionStats,
     ledger_event,
 )
-from serve.loader import TRAFFIC_TAG
+from serve.loader import ROLLOUT_TAG, TRAFFIC_TAG
 from serve.traffic import PIN_HEADER, TrafficSplit
 
 
@@ -72,6 +72,19 @@ class TrafficStore:
         except ValueError as exc:
             raise RetrainError(f"the registry's {TRAFFIC_TAG} tag is unreadable ({exc}); "
                                "`retrain rollout rollback` resets it") from exc
+
+    def write_summary(self, rollout: Rollout) -> None:
+        """Where the rollout stands, for the app's GET /admin/rollout and its promote check."""
+        from retrain.registry import _translated
+
+        summary = {"champion": rollout.champion, "challenger": rollout.challenger,
+                   "stage": rollout.stage.value, "step": rollout.step,
+                   "steps": [s.name for s in rollout.plan.steps],
+                   "split": rollout.split.to_dict(), "reason": rollout.reason[:1000],
+                   "started_at": rollout.started_at, "step_started_at": rollout.step_started_at}
+        with _translated("writing the rollout summary"):
+            self.registry.client.set_registered_model_tag(
+                self.registry.model_name, ROLLOUT_TAG, json.dumps(summary))
 
     def write(self, split: TrafficSplit | None) -> None:
         """Apply ``split``; None removes the tag (all traffic to the champion alias)."""
@@ -186,6 +199,7 @@ class RolloutDriver:
 
     def _save(self, rollout: Rollout) -> None:
         _atomic_json(self.state_path, rollout.to_dict())
+        self.store.write_summary(rollout)
 
     def _applied(self, rollout: Rollout) -> TrafficSplit | None:
         """What the registry should say for this rollout state."""
@@ -249,6 +263,13 @@ class RolloutDriver:
         rollout = self.active()
         if rollout is None:
             raise ConfigError("no rollout in progress; start one with `retrain rollout start`")
+        applied = self.store.read()
+        if applied != self._applied(rollout):
+            # POST /admin/rollback, `retrain rollout traffic` or a hand edit changed the split
+            # under the rollout: an operator's word, so the rollout stops there
+            return self._commit(rollout, rollout.roll_back(
+                "operator: the traffic split was changed outside the rollout (found "
+                f"{None if applied is None else applied.to_dict()})", self.clock()))
         healthy = self._smoke(rollout) if rollout.stage is Stage.SMOKE else None
         observation = self._observe(rollout, healthy)
         advanced = rollout.advance(observation, self.clock())
@@ -297,6 +318,24 @@ class RolloutDriver:
         self.store.write(wanted)
         return (f"re-applied the split of the rollout of v{rollout.challenger} at "
                 f"{rollout.stage}")
+
+    def record_outside_moves(self) -> str | None:
+        """An alias move the ledger does not know (POST /admin/promote, the MLflow UI) is
+        recorded when seen, so that the ledger keeps answering "which version served when"."""
+        from retrain.registry import CHAMPION
+
+        champion = self.registry.alias_version(CHAMPION)
+        known = self.ledger.served_at(self.config.model_name, self.clock())
+        if champion is None or (known is not None and known.version == champion):
+            return None
+        self.ledger.append(LedgerEvent(
+            kind=EventKind.ALIAS_MOVE, model_name=self.config.model_name, alias=CHAMPION,
+            version=champion, previous_version=None if known is None else known.version,
+            reasons=("observed: the champion alias was moved outside retrain (admin endpoint "
+                     "or the registry directly); recorded when seen",),
+            details={"observed": True},
+        ))
+        return f"recorded an outside move of the champion alias to v{champion}"
 
     # -- the world --------------------------------------------------------------------------
     def _observe(self, rollout: Rollout, healthy: dict[str, bool] | None) -> Observation:

@@ -165,6 +165,9 @@ class Controller:
             return None
         driver = self.driver()
         if driver.active() is None:
+            moved = driver.record_outside_moves()
+            if moved:
+                self._echo(moved)
             return None
         try:
             return driver.step()

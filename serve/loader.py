@@ -142,6 +142,9 @@ def load_version(tracking_uri: str, name: str, version: str) -> LoadedModel:
 #: the registered-model tag holding ``json.dumps(TrafficSplit.to_dict())`` (the rollout
 #: driver writes it; no tag means all traffic to the alias' version)
 TRAFFIC_TAG = "retrain.traffic"
+#: the rollout driver's summary of the rollout in progress (stage, step, reason), for
+#: GET /admin/rollout and POST /admin/promote's check; JSON
+ROLLOUT_TAG = "retrain.rollout"
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,10 @@ def unknown_versions(tracking_uri: str, name: str, versions: tuple[str, ...]) ->
                 raise
             missing.append(version)
     return missing
+
+
+def set_alias(tracking_uri: str, name: str, alias: str, version: str) -> None:
+    _client(tracking_uri).set_registered_model_alias(name, alias, version)
 
 
 def write_traffic_tag(tracking_uri: str, name: str, value: str | None) -> None:

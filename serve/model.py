@@ -41,9 +41,11 @@ from starlette.concurrency import run_in_threadpool
 
 from serve.inference_log import InferenceLog, parse_feedback, request_retrain
 from serve.loader import (
+    ROLLOUT_TAG,
     LoadedModel,
     ModelUnavailable,
     registry_state,
+    set_alias,
     unknown_versions,
     write_traffic_tag,
 )
@@ -120,6 +122,15 @@ async def _parsed(raw: bytes, parse: Callable[[Any], Any]) -> Any:
             raise _BadBody(getattr(exc, "status", 400), str(exc)) from None
 
     return run() if len(raw) <= _INLINE_BYTES else await run_in_threadpool(run)
+
+
+def _rollout_summary(state) -> dict[str, Any] | None:
+    """The driver's summary from the registry tag; None when there is none (or unreadable)."""
+    raw = state.tags.get(ROLLOUT_TAG)
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
 
 
 def _token_ok(settings: ServeSettings, header: str | None) -> bool:
@@ -568,6 +579,67 @@ class ModelServer:
             {"traffic": TrafficSplit.single(champion).to_dict(), "champion": champion,
              "request_id": request_id},
         )
+
+    @api.get("/admin/rollout")
+    async def rollout_status(self, request: Request) -> JSONResponse:
+        """The rollout in progress as the driver last recorded it in the registry, and the
+        split this replica applies."""
+        request_id = _request_id(request)
+        denied = _authorize(self.settings, request.headers.get("authorization"), request_id)
+        if denied is not None:
+            return denied
+        s = self.settings
+        try:
+            state = await run_in_threadpool(registry_state, s.tracking_uri, s.model_name)
+        except Exception as exc:  # the registry is unreachable
+            return _error(503, f"cannot read the registry: {type(exc).__name__}: {exc}",
+                          request_id)
+        return JSONResponse({"rollout": _rollout_summary(state), "champion":
+                             state.aliases.get(s.alias), **self._traffic(),
+                             "request_id": request_id})
+
+    @api.post("/admin/promote")
+    async def promote(self, request: Request) -> JSONResponse:
+        """Move the alias to a version (body: {"version": "4"}): all traffic to it, no gates.
+        Refused (409) while a rollout is in progress: roll it back or let it finish."""
+        request_id = _request_id(request)
+        denied = _authorize(self.settings, request.headers.get("authorization"), request_id)
+        if denied is not None:
+            return denied
+        raw = await _body(request, _ADMIN_BODY_BYTES, request_id)
+        if isinstance(raw, JSONResponse):
+            return raw
+        try:
+            body = _json(raw)
+        except _BadBody as exc:
+            return _error(exc.status, str(exc), request_id)
+        version = body.get("version") if isinstance(body, dict) else None
+        if isinstance(version, int) and not isinstance(version, bool):
+            version = str(version)
+        if not isinstance(version, str) or not version.isdigit():
+            return _error(400, 'the body must be {"version": "<registered version>"}',
+                          request_id)
+        s = self.settings
+        try:
+            state = await run_in_threadpool(registry_state, s.tracking_uri, s.model_name)
+            active = _rollout_summary(state)
+            if active and active.get("stage") not in ("completed", "rolled_back"):
+                return _error(409, f"a rollout of version {active.get('challenger')} is in "
+                              f"progress ({active.get('stage')}); roll it back first",
+                              request_id)
+            missing = await run_in_threadpool(unknown_versions, s.tracking_uri, s.model_name,
+                                              (version,))
+            if missing:
+                return _error(409, f"version {version} of model {s.model_name!r} is not "
+                              "registered", request_id)
+            await run_in_threadpool(set_alias, s.tracking_uri, s.model_name, s.alias, version)
+            await run_in_threadpool(write_traffic_tag, s.tracking_uri, s.model_name, None)
+        except Exception as exc:  # the registry is unreachable or refused the write
+            return _error(503, f"cannot change the registry: {type(exc).__name__}: {exc}",
+                          request_id)
+        return JSONResponse({"champion": version, "previous": state.aliases.get(s.alias),
+                             "traffic": TrafficSplit.single(version).to_dict(),
+                             "request_id": request_id})
 
     def check_health(self) -> None:
         # Serve restarts a replica whose check raises; a dead poller would freeze the split.

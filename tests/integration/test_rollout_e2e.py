@@ -200,3 +200,44 @@ def test_a_driver_that_died_mid_rollout_is_reconciled_with_the_registry(project)
     fresh.store.write(TrafficSplit({"1": 0.5, "2": 0.5}))
     assert "stale" in fresh.reconcile() and fresh.store.read() is None
     _serving_only(project, "1")
+
+
+def test_admin_http_status_rollback_and_promote_agree_with_driver_and_ledger(project):
+    import httpx
+
+    url, auth = project["url"], {"authorization": f"Bearer {TOKEN}"}
+    driver = _driver(project)
+    with Load(url, threads=2) as load:
+        time.sleep(0.5)
+        driver.start("2")
+        rollout = driver.step()  # smoke: pinned batches
+        status = httpx.get(f"{url}/admin/rollout", headers=auth, timeout=10).json()
+        assert status["rollout"]["challenger"] == "2" and status["champion"] == "1"
+        assert status["rollout"]["stage"] == rollout.stage.value
+        refused = httpx.post(f"{url}/admin/promote", json={"version": "2"}, headers=auth)
+        assert refused.status_code == 409 and "in progress" in refused.json()["error"]
+        assert httpx.post(f"{url}/admin/rollback", timeout=10).status_code in (401, 403)
+        assert driver.active() is not None  # a refused request changed nothing
+        assert httpx.post(f"{url}/admin/rollback", headers=auth, timeout=10).status_code == 200
+        stopped = driver.step()  # the driver sees the split changed under it
+        assert stopped.stage is Stage.ROLLED_BACK and "outside the rollout" in stopped.reason
+        _serving_only(project, "1")
+        # no rollout now: the app may move the alias; the ledger learns it when seen
+        moved = httpx.post(f"{url}/admin/promote", json={"version": "2"}, headers=auth)
+        assert moved.status_code == 200 and moved.json()["previous"] == "1"
+        _serving_only(project, "2")
+        assert "outside move" in driver.record_outside_moves()
+        assert driver.record_outside_moves() is None  # recorded once
+        assert httpx.post(f"{url}/admin/promote", json={"version": "99"},
+                          headers=auth).status_code == 409
+        assert httpx.post(f"{url}/admin/promote", json={"version": "1"},
+                          headers=auth).status_code == 200
+        _serving_only(project, "1")
+        driver.record_outside_moves()
+    assert not load.failures(), load.failures()[:5]
+    ledger = Ledger(project["config"].ledger_path)
+    assert ledger.served_at("rollout", time.time()).version == "1"
+    observed = [e for e in ledger.events(model_name="rollout", kinds=[EventKind.ALIAS_MOVE])
+                if e.details.get("observed")]
+    assert [e.version for e in observed][-2:] == ["2", "1"]
+    assert observed[-1].previous_version == "2"
