@@ -241,3 +241,44 @@ def test_admin_http_status_rollback_and_promote_agree_with_driver_and_ledger(pro
                 if e.details.get("observed")]
     assert [e.version for e in observed][-2:] == ["2", "1"]
     assert observed[-1].previous_version == "2"
+
+
+def test_a_driver_process_killed_between_steps_is_resumed_by_the_next(project):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    config = project["config"]
+    state = config.project.workdir / "rollout" / "state.json"
+    env = {**os.environ, config.serving.admin_token_env: TOKEN}
+    # no load: the shadow step waits for traffic, so the driver sits between steps
+    child = subprocess.Popen(
+        [sys.executable, "-m", "retrain.cli", "rollout", "start", "2", "--config",
+         str(project["path"]), "--poll-s", "0.3"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: state.exists()
+                   and json.loads(state.read_text())["stage"] == "shadow"
+                   and json.loads(state.read_text())["history"][-1]["to_stage"] == "shadow",
+                   timeout=120)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)  # the process this test started, by its id
+        child.wait()
+    fresh = _driver(project)
+    # killed after saving the step: either the split was written too, or it is re-applied
+    said = fresh.reconcile()
+    assert "in agreement" in said or "re-applied" in said, said
+    assert fresh.store.read() == fresh._applied(fresh.load())
+    wait_until(lambda: _health(project["url"]).get("traffic", {}).get("shadow") == "2",
+               timeout=30)  # and the app applies it
+    with Load(project["url"], threads=2) as load:
+        rollout = fresh.run(poll_s=0.5, timeout_s=180)
+        _serving_only(project, "2")
+    assert rollout.stage is Stage.COMPLETED, rollout.reason
+    stages = [t.to_stage.value for t in rollout.history]
+    assert stages == ["smoke", "shadow", "canary", "canary", "completed"]  # smoke not re-run
+    assert not load.failures(), load.failures()[:5]
+    assert main(["rollout", "promote", "1", "--config", str(project["path"])]) == 0
+    _serving_only(project, "1")
