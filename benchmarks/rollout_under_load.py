@@ -22,6 +22,8 @@ import argparse
 import itertools
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -158,8 +160,15 @@ def main() -> None:
             marks["steady"] = time.monotonic()
             time.sleep(args.steady_s)
             marks["rollout"] = time.monotonic()
-            rollout = driver.start("2")
-            rollout = driver.run(poll_s=0.5, timeout_s=600)
+            # the driver in its own process, as `retrain rollout start` runs in production
+            # (in this one it would share the load threads' interpreter lock)
+            subprocess.run(
+                [sys.executable, "-m", "retrain.cli", "rollout", "start", "2", "--config",
+                 str(root / "retrain.yaml"), "--url", url, "--poll-s", "0.5",
+                 "--timeout-s", "600"],
+                env={**os.environ, config.serving.admin_token_env: TOKEN},
+                stdout=subprocess.DEVNULL, check=False)
+            rollout = driver.load()
             wait_for_version(url, "2", timeout=60)
             marks["rollback"] = time.monotonic()
             cli(["rollout", "promote", "1", "--config", str(root / "retrain.yaml"),
