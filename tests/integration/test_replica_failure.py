@@ -28,10 +28,11 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 APP = "replica-kill"
 
 
-def _replica_pids() -> dict[str, int]:
+def _replica_pids(dashboard: str) -> dict[str, int]:
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+    # the session cluster's own API server: never "whichever Ray runs on this machine"
+    actors = list_actors(address=dashboard, filters=[("state", "=", "ALIVE")], limit=1000)
     return {a.actor_id: a.pid for a in actors
             if a.class_name.startswith(f"ServeReplica:{APP}:")}
 
@@ -52,17 +53,21 @@ def test_killing_one_replica_under_load_loses_almost_nothing_and_heals(
     registry.set_alias(CHAMPION, _register(registry, 1, None))
     deploy(replace(serve_settings(config), inference_log_path=None))
     url = f"http://127.0.0.1:{serve_port}/kill"
+
+    def replicas() -> dict[str, int]:
+        return _replica_pids(ray_cluster["dashboard"])
+
     try:
         wait_until(lambda: _health(url).get("model_version") == "1", timeout=120)
-        wait_until(lambda: len(_replica_pids()) == 2, timeout=60)
+        wait_until(lambda: len(replicas()) == 2, timeout=60)
         with Load(url, threads=3) as load:
-            time.sleep(10)
-            victim_id, victim = next(iter(_replica_pids().items()))
+            time.sleep(5)
+            victim_id, victim = next(iter(replicas().items()))
             killed = time.monotonic()
             os.kill(victim, signal.SIGKILL)
             # healed: two live replicas again, the new one a different actor
-            wait_until(lambda: len(_replica_pids()) == 2
-                       and victim_id not in _replica_pids(), timeout=60, interval=0.2)
+            wait_until(lambda: len(replicas()) == 2 and victim_id not in replicas(),
+                       timeout=60, interval=0.2)
             healed = time.monotonic() - killed
             time.sleep(30)  # enough requests that a rate of 0.1 % means something
     finally:
