@@ -12,29 +12,16 @@ the training rows of partitions the champion was not trained on (`WarmStart`, `n
 its cost follows the new data, while every family is ranked on the same validation rows. An
 XGBoost trial reports every ``report_every`` boosting rounds (counted from its own start, also
 when warm-started), so ASHA can stop weak ones early, and checkpoints its booster (UBJ) at its
-last round only; a scikit-learn trial fits once and reports once (skops). A trial that raises
-is recorded as failed with its error; the search fails only when no trial completes.
-
-Where the time goes (measured with benchmarks/search_benchmark.py): Tune reuses each trial
-actor for the next trial, and the actor keeps its XGBoost matrices (`_matrices`), so the
-frames are converted and the histogram index built once per actor, not once per trial (on
-1M rows that was ~4 s of a 20-round trial's ~8 s); a trial scores the validation rows only
-when it reports, not every round (`evals` computed the AUC over every validation row each
-round: ~20 % of the training). What is left is Ray's start of the two trial actors (new
-processes importing Ray, retrain and XGBoost: ~5 s here, more on a busy machine) and ~0.1 s
-between trials.
-
-A search whose driver died resumes from its saved Tune experiment (see `run_search`).
+last round; a scikit-learn trial fits once and reports once (skops). A trial that raises is
+recorded as failed with its error; the search fails only when no trial completes.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
 import time
-import uuid
 import warnings
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -82,8 +69,6 @@ class TrialSettings:
     seed: int
     #: the active families by name
     families: dict[str, Family]
-    #: names this search's data in a worker's matrix cache (see `_matrices`)
-    data_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -145,8 +130,7 @@ class TrialResult:
     score: float | None
     rounds: int
     train_seconds: float
-    #: one entry per report: {"round": n, "score": validation score, "trained": the trial's
-    #: training seconds so far, "at": unix time of the report}
+    #: one entry per report: {"round": n, "<metric>": value}
     history: tuple[dict[str, float], ...] = ()
     error: str | None = None
     #: whether XGBoost trained on a GPU (device="cuda")
@@ -208,13 +192,8 @@ class SearchResult:
 
 MODEL_FILE = "model.ubj"
 SKLEARN_FILE = "model.skops"
-#: a final checkpoint's own copy of its last report, replayed when Tune restores a trial from it
-METRICS_FILE = "metrics.json"
 SCORE_KEY = "valid_score"
 FIT_KEY = "fit_seconds"
-#: every report: the trial's own training seconds so far, and when it reported (unix time)
-TRAINED_KEY = "trained_seconds"
-AT_KEY = "reported_at"
 
 
 def load_model(trial: TrialResult):
@@ -240,9 +219,6 @@ def _trial(
     import ray
     from ray import tune
 
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None and _replay(checkpoint):
-        return
     name, params = trial_family(config)
     family = settings.families[name]
     resources = tune.get_context().get_trial_resources().required_resources
@@ -257,60 +233,6 @@ def _trial(
            champion if family.warm_start else None)
 
 
-def _report_final(metrics: dict[str, Any], save) -> None:
-    """Report a trial's last result with its final checkpoint: the model (written by
-    ``save(folder)``) and a copy of the result that `_replay` reads back."""
-    from ray import tune
-
-    with tempfile.TemporaryDirectory() as tmp:
-        save(tmp)
-        Path(tmp, METRICS_FILE).write_text(json.dumps(metrics))
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
-
-
-def _replay(checkpoint) -> bool:
-    """Report a finished trial's final result again instead of training it again.
-
-    Tune restores a trial from its latest checkpoint when a resumed search finds it unfinished
-    (the driver died after the trial's last report but before the experiment state recorded
-    it as terminated). Only final checkpoints exist (see `_boost`), so this is a finished
-    trial: its model and result are in the checkpoint. False for a checkpoint without them.
-    """
-    from ray import tune
-
-    with checkpoint.as_directory() as folder:
-        saved = Path(folder, METRICS_FILE)
-        if not saved.exists():
-            return False
-        metrics = json.loads(saved.read_text())
-    tune.report(metrics, checkpoint=checkpoint)
-    return True
-
-
-#: this worker's XGBoost matrices, kept across the trials it runs (Tune reuses the actor):
-#: XGBoost then converts the frames and builds its histogram index (the quantile sketch, a
-#: large share of a short trial on big data) once per actor rather than once per trial.
-#: Keyed by (search, which rows); a new search drops the previous one's.
-_MATRICES: dict[tuple[str, str], Any] = {}
-
-
-def _matrices(data: TrainData, key: str, rows: np.ndarray | None, nthread: int):
-    """The training (all rows, or the warm start's ``rows``) and validation DMatrix."""
-    import xgboost as xgb
-
-    for stale in [k for k in _MATRICES if k[0] != key]:
-        del _MATRICES[stale]
-    which = "all" if rows is None else "rows"
-    if (key, which) not in _MATRICES:
-        x, y = (data.x_train, data.y_train) if rows is None \
-            else (data.x_train.iloc[rows], data.y_train[rows])
-        _MATRICES[key, which] = xgb.DMatrix(x, y, enable_categorical=True, nthread=nthread)
-    if (key, "valid") not in _MATRICES:
-        _MATRICES[key, "valid"] = xgb.DMatrix(data.x_valid, data.y_valid,
-                                              enable_categorical=True, nthread=nthread)
-    return _MATRICES[key, which], _MATRICES[key, "valid"]
-
-
 def _boost(family: Family, config: dict[str, Any], data: TrainData, settings: TrialSettings,
            nthread: int, device: str, champion: WarmStart | None) -> None:
     """Train XGBoost (continuing the champion's booster when given, on its rows), report per
@@ -322,8 +244,11 @@ def _boost(family: Family, config: dict[str, Any], data: TrainData, settings: Tr
     params = xgb_params(
         settings.task, settings.metric, config, nthread=nthread, device=device, seed=settings.seed
     )
-    dtrain, dvalid = _matrices(data, settings.data_key,
-                               None if champion is None else champion.rows, nthread)
+    x, y = data.x_train, data.y_train
+    if champion is not None and champion.rows is not None:
+        x, y = x.iloc[champion.rows], y[champion.rows]
+    dtrain = xgb.DMatrix(x, y, enable_categorical=True, nthread=nthread)
+    dvalid = xgb.DMatrix(data.x_valid, data.y_valid, enable_categorical=True, nthread=nthread)
     base = None if champion is None else xgb.Booster(model_file=bytearray(champion.model))
     convert = XGB_METRICS[settings.metric][1]
     total, every = family.rounds, settings.report_every
@@ -335,17 +260,14 @@ def _boost(family: Family, config: dict[str, Any], data: TrainData, settings: Tr
             done = epoch + 1
             if done % every and done != total:
                 return False
-            # scored here, not by `evals` every round: the metric (an AUC sorts every
-            # validation row) would cost a fifth of the training on big data; the
-            # predictions on dvalid are cached by XGBoost and only new trees are added
-            line = model.eval(dvalid, "valid", epoch)
-            value = float(convert(float(line.rsplit(":", 1)[1])))
+            value = float(convert(evals_log["valid"][params["eval_metric"]][-1]))
+            metrics = {SCORE_KEY: value, "round": done, "gpu": int(device == "cuda")}
             began = time.perf_counter()
-            metrics = {SCORE_KEY: value, "round": done, "gpu": int(device == "cuda"),
-                       TRAINED_KEY: began - start - reporting[0], AT_KEY: time.time()}
             if done == total:
                 metrics[FIT_KEY] = began - start - reporting[0]
-                _report_final(metrics, lambda tmp: model.save_model(os.path.join(tmp, MODEL_FILE)))
+                with tempfile.TemporaryDirectory() as tmp:
+                    model.save_model(os.path.join(tmp, MODEL_FILE))
+                    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
             else:
                 tune.report(metrics)
             reporting[0] += time.perf_counter() - began
@@ -355,6 +277,7 @@ def _boost(family: Family, config: dict[str, Any], data: TrainData, settings: Tr
         params,
         dtrain,
         num_boost_round=total,
+        evals=[(dvalid, "valid")],
         callbacks=[Report()],
         verbose_eval=False,
         xgb_model=base,
@@ -365,6 +288,7 @@ def _fit_sklearn(family: Family, params: dict[str, Any], data: TrainData,
                  settings: TrialSettings, nthread: int) -> None:
     """Fit a scikit-learn family once, score it on the validation rows, report once."""
     import skops.io
+    from ray import tune
     from threadpoolctl import threadpool_limits
 
     from retrain.evaluate import score
@@ -378,10 +302,11 @@ def _fit_sklearn(family: Family, params: dict[str, Any], data: TrainData,
         model.fit(data.x_train, data.y_train)
         predictions = predict_with(model, "sklearn", settings.task, data.x_valid)
     value = score(settings.metric, data.y_valid, predictions)
-    fit = time.perf_counter() - start
-    metrics = {SCORE_KEY: float(value), "round": 1, "gpu": 0, FIT_KEY: fit, TRAINED_KEY: fit,
-               AT_KEY: time.time()}
-    _report_final(metrics, lambda tmp: skops.io.dump(model, os.path.join(tmp, SKLEARN_FILE)))
+    metrics = {SCORE_KEY: float(value), "round": 1, "gpu": 0,
+               FIT_KEY: time.perf_counter() - start}
+    with tempfile.TemporaryDirectory() as tmp:
+        skops.io.dump(model, os.path.join(tmp, SKLEARN_FILE))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
 def _cluster_totals() -> dict[str, float]:
@@ -457,13 +382,6 @@ def _progress_callback(num_samples: int):
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
             self._line(trial, "FAILED")
-
-        # saved with the experiment state, so a resumed search counts on
-        def get_state(self) -> dict:
-            return {"done": self.done}
-
-        def set_state(self, state: dict) -> None:
-            self.done = int(state.get("done", 0))
 
     return Progress()
 
@@ -552,18 +470,9 @@ def run_search(
     ``warm_start`` carries the champion's booster for the ``xgboost_warm_start`` family; when
     it is None or says why the champion cannot be continued, that family sits this search
     out and `SearchResult.skipped` says why.
-
-    Resuming: when ``<storage_path>/<name>`` already holds a Tune experiment of this name (a
-    driver died mid-search, or a cycle resumes after its search), it is restored instead of
-    started again. Finished trials keep their results and are not run again; trials that
-    were running are started again, errored ones too, and a trial that finished after the
-    last saved experiment state is restored from its final checkpoint and only reports again
-    (`_replay`). The searcher (TPE) continues from its saved state; the scheduler's rungs
-    and the search's settings are those of the first run (Tune keeps them), so a changed
-    config does not apply to a resumed search. Trial names are unique per cycle, so a name is
-    only ever reused to resume.
     """
     from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
 
     s, task = config.search, config.task
     metric, greater = task.primary_metric, task.greater_is_better
@@ -573,7 +482,7 @@ def run_search(
         for family, why in skipped.items():
             _say(f"  {family} skipped: {why}")
     settings = TrialSettings(task.type, metric, s.report_every, s.seed,
-                             {f.name: f for f in active}, data_key=uuid.uuid4().hex)
+                             {f.name: f for f in active})
     # every active family gets at least one trial; with nothing to search, one each is all
     samples = max(s.num_samples, len(active)) if any(f.searched for f in active) \
         else len(active)
@@ -586,15 +495,29 @@ def run_search(
     storage = config.storage_path
     if "://" not in storage:
         Path(storage).mkdir(parents=True, exist_ok=True)
-    path = f"{storage.rstrip('/')}/{name}"
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=SCORE_KEY,
+            mode=mode,
+            search_alg=OptunaSearch(space=FamilySpace(active), metric=SCORE_KEY, mode=mode,
+                                    seed=s.seed),
+            scheduler=_scheduler(config, active),
+            num_samples=samples,
+            max_concurrent_trials=s.max_concurrent,
+            time_budget_s=s.time_budget_s,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=s.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[_progress_callback(samples)] if progress else [],
+            verbose=0,
+        ),
+    )
     start = time.perf_counter()
-    if tune.Tuner.can_restore(path):
-        if progress:
-            _say(f"  resuming search {name}: finished trials keep their results")
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
-    else:
-        tuner = _tuner(trainable, config, name, storage, active, samples, mode, progress)
     grid = tuner.fit()
     wall = time.perf_counter() - start
     rounds = {f.name: f.rounds for f in active}
@@ -617,56 +540,11 @@ def run_search(
     )
 
 
-def _tuner(trainable, config: Config, name: str, storage: str, active: tuple[Family, ...],
-           samples: int, mode: str, progress: bool):
-    """A new Tune experiment: TPE over the families' space, ASHA per family, actor reuse."""
-    from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
-
-    s = config.search
-    return tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            metric=SCORE_KEY,
-            mode=mode,
-            search_alg=OptunaSearch(space=FamilySpace(active), metric=SCORE_KEY, mode=mode,
-                                    seed=s.seed),
-            scheduler=_scheduler(config, active),
-            num_samples=samples,
-            max_concurrent_trials=s.max_concurrent,
-            time_budget_s=s.time_budget_s,
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=storage,
-            failure_config=tune.FailureConfig(max_failures=s.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[_progress_callback(samples)] if progress else [],
-            verbose=0,
-        ),
-    )
-
-
 def _describe(error: BaseException) -> str:
     """The trial's own exception in one line (Ray wraps it in a RayTaskError with a traceback)."""
     cause = getattr(error, "cause", None) or error
     lines = [line for line in str(cause).splitlines() if line.strip()]
     return f"{type(cause).__name__}: {lines[0] if lines else ''}"[:1000]
-
-
-def _last_run(reports) -> tuple[dict[str, float], ...]:
-    """A trial's reports as one run: a trial run again after a resume (or a retry after a
-    failure) appends to the same result log, starting again from its first round, and a
-    trial restored from its final checkpoint reports its last round once more (`_replay`)."""
-    history: list[dict[str, float]] = []
-    for report in reports:
-        if history and report["round"] < history[-1]["round"]:
-            history = []
-        elif history and report["round"] == history[-1]["round"]:
-            history.pop()
-        history.append(report)
-    return tuple(history)
 
 
 def _trial_result(result, rounds_by_family: dict[str, int]) -> TrialResult:
@@ -675,13 +553,10 @@ def _trial_result(result, rounds_by_family: dict[str, int]) -> TrialResult:
     history: tuple[dict[str, float], ...] = ()
     frame = result.metrics_dataframe
     if frame is not None and SCORE_KEY in frame:
-        rows = frame.dropna(subset=["round", SCORE_KEY])
-        extra = {name: key for name, key in (("trained", TRAINED_KEY), ("at", AT_KEY))
-                 if key in rows}
-        history = _last_run(
-            {"round": int(row["round"]), "score": float(row[SCORE_KEY]),
-             **{name: float(row[key]) for name, key in extra.items()}}
-            for _, row in rows.iterrows()
+        rows = frame[["round", SCORE_KEY]].dropna()
+        history = tuple(
+            {"round": int(r), "score": float(v)}
+            for r, v in zip(rows["round"], rows[SCORE_KEY], strict=True)
         )
     rounds = int(metrics.get("round", 0) or 0)
     if result.error is not None:
