@@ -89,6 +89,30 @@ def _suggest(trial: Any, name: str, entry: ParamRange) -> Any:
     return trial.suggest_float(name, float(entry.low), float(entry.high), log=entry.log)
 
 
+def family_distributions(family: Family) -> dict[str, Any]:
+    """The Optuna distributions of a family's searched parameters, named as `FamilySpace`
+    names them: what `_suggest` asks for, for trials recorded without being suggested."""
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    out: dict[str, Any] = {}
+    for name, entry in family.space.items():
+        if not isinstance(entry, ParamRange):
+            continue
+        if entry.type == "categorical":
+            out[f"{family.name}/{name}"] = CategoricalDistribution(list(entry.choices))
+        elif entry.type == "int":
+            out[f"{family.name}/{name}"] = IntDistribution(int(entry.low), int(entry.high),
+                                                           log=entry.log)
+        else:
+            out[f"{family.name}/{name}"] = FloatDistribution(float(entry.low),
+                                                             float(entry.high), log=entry.log)
+    return out
+
+
 @dataclass(frozen=True)
 class FamilySpace:
     """An Optuna define-by-run space over several families.

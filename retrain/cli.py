@@ -48,11 +48,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from retrain.pipeline import run_cycle
 
     config = load_config(args.config)
-    result = run_cycle(config, echo=None if args.quiet or args.json else print)
+    result = run_cycle(config, echo=None if args.quiet or args.json else print,
+                       resume=args.resume)
     if args.json:
         print(json.dumps({
             "cycle_id": result.cycle_id,
             "run_id": result.run_id,
+            "resumed_from": result.resumed_from,
             "decision": result.decision.to_dict(),
             "model_version": result.model_version,
             "champion_version": result.champion_version,
@@ -334,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--quiet", action="store_true", help="print only the decision")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the newest cycle if it did not finish (its driver died), "
+                        "from the stage it reached; finished trials are not run again")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("serve", help="serve the champion over HTTP with Ray Serve")

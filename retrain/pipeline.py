@@ -1,13 +1,39 @@
 """One retraining cycle, composed from the stage functions: data -> search -> evaluate ->
 decide -> registry -> ledger and report. Plain functions and typed values; no state outside
-the arguments.
+the arguments, except the cycle's stage record.
+
+Resuming. A cycle writes ``<workdir>/cycles/<cycle_id>.json`` (`CycleStage`) once its MLflow
+run is open and again after each step with lasting effects: ``started`` (admission judged,
+quarantine recorded, the partitions, exclusions and champion fixed), ``searched`` (every
+trial finished and logged), ``decided`` (the decision and the challenger's logged model),
+``registered`` (a promoted version and the alias move), ``recorded`` (the ledger), ``done``.
+``run_cycle(config, resume=True)`` (`retrain run --resume`) continues the newest cycle when
+it is not done, in the same MLflow run:
+
+- the search resumes (`retrain.search.run_search`): trials that had finished are read back
+  from the first run's experiment and not run again, the rest of the budget runs as a new
+  experiment beside it, and a search that had finished is only read back;
+- steps with lasting effects are not repeated (quarantine records, trial runs, the logged
+  model, the registration and alias move, the ledger entry), and a decision once made is
+  kept;
+- steps without lasting effects are simply redone, because that is cheaper and safer than
+  storing their results: reading the split, judging admission again (pure, on the same
+  data), loading the finalists and scoring them on the holdout (deterministic; only the
+  measured latencies differ), the report.
+
+A cycle resumes only on the data it started with (same partitions, same content) and only
+while the champion it compared against still holds the alias; otherwise resuming would mix
+two cycles, and the error says to run a new one. An error inside a cycle (say MLflow was down
+after the search) leaves it resumable from the stage it reached.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +41,9 @@ from retrain.admission_report import render_admission_report
 from retrain.admit import AdmissionReport, admit
 from retrain.config import Config
 from retrain.data import Split, list_partitions, load_split, read_partition
-from retrain.decide import Decision, Verdict, decide
+from retrain.decide import Check, Decision, Verdict, decide
 from retrain.drift import build_reference
-from retrain.errors import DataError
+from retrain.errors import DataError, RegistryError
 from retrain.evaluate import Comparison, Finalist, compare, measure_footprints
 from retrain.ledger import EventKind, Ledger, LedgerEvent
 from retrain.locks import cycle_lock
@@ -49,10 +75,111 @@ class CycleResult:
     admission: AdmissionReport | None = None
     #: every partition left out of this cycle: quarantined now or before
     excluded: tuple[str, ...] = ()
+    #: the stage this cycle was resumed from (None: it ran in one go)
+    resumed_from: str | None = None
 
     @property
     def promoted(self) -> bool:
         return self.decision.verdict is Verdict.PROMOTE
+
+
+#: what a cycle records, in order; each stage is written once its lasting effects are done
+STAGES = ("started", "searched", "decided", "registered", "recorded", "done")
+
+
+@dataclass(frozen=True)
+class CycleStage:
+    """How far a cycle got: the content of ``<workdir>/cycles/<cycle_id>.json``."""
+
+    cycle_id: str
+    stage: str
+    run_id: str
+    #: the champion the cycle compares with (None for the first model)
+    champion_version: str | None
+    #: partition value -> content digest, as the cycle found the data
+    partitions: dict[str, str]
+    #: partitions left out (quarantined by this cycle or before) and those admission judged
+    excluded: tuple[str, ...] = ()
+    judged: tuple[str, ...] = ()
+    #: `Decision.to_dict()`, the challenger's trial and its logged model, once decided
+    decision: dict | None = None
+    challenger: str | None = None
+    model_uri: str | None = None
+    #: the registered version, once promoted
+    model_version: str | None = None
+    attempts: int = 1
+    #: why the last attempt stopped, when it raised
+    error: str | None = None
+    started_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+
+    def reached(self, stage: str) -> bool:
+        return STAGES.index(self.stage) >= STAGES.index(stage)
+
+    def kept_decision(self) -> Decision | None:
+        if self.decision is None:
+            return None
+        d = self.decision
+        return Decision(verdict=Verdict(d["verdict"]), reasons=tuple(d["reasons"]),
+                        metric=d["metric"], challenger_score=d["challenger_score"],
+                        champion_score=d["champion_score"],
+                        checks=tuple(Check(**c) for c in d["checks"]))
+
+
+def cycles_folder(config: Config) -> Path:
+    return Path(config.project.workdir) / "cycles"
+
+
+def save_stage(folder: Path, stage: CycleStage) -> CycleStage:
+    """Write the record atomically (a crash leaves the old one or the new one, whole)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stage = replace(stage, updated_at=time.time())
+    path = folder / f"{stage.cycle_id}.json"
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(asdict(stage), indent=1))
+    os.replace(partial, path)
+    return stage
+
+
+def read_stages(folder: Path) -> list[CycleStage]:
+    """Every recorded cycle, oldest first."""
+    stages = []
+    for path in folder.glob("*.json") if folder.exists() else ():
+        raw = json.loads(path.read_text())
+        raw["excluded"], raw["judged"] = tuple(raw["excluded"]), tuple(raw["judged"])
+        stages.append(CycleStage(**raw))
+    return sorted(stages, key=lambda s: (s.started_at, s.cycle_id))
+
+
+def unfinished_cycle(folder: Path) -> CycleStage | None:
+    """The newest cycle, when it is not done. An older unfinished one is not resumed: a
+    newer cycle has run since, on newer data."""
+    stages = read_stages(folder)
+    return stages[-1] if stages and not stages[-1].reached("done") else None
+
+
+def _check_resumable(stage: CycleStage, partitions: list, champion: str | None) -> None:
+    now = {p.value: p.digest for p in partitions}
+    if now != stage.partitions:
+        added = sorted(set(now) - set(stage.partitions))
+        removed = sorted(set(stage.partitions) - set(now))
+        changed = sorted(v for v in set(now) & set(stage.partitions)
+                         if now[v] != stage.partitions[v])
+        raise DataError(
+            f"cycle {stage.cycle_id} cannot resume: the data changed since it started "
+            f"(partitions added {added}, removed {removed}, changed {changed}); its trials "
+            "were trained on the old data. Run a new cycle (without --resume)"
+        )
+    # once registered, a promotion may have moved the alias to the cycle's own version
+    expected = {stage.champion_version}
+    if stage.reached("registered"):
+        expected.add(stage.model_version)
+    if champion not in expected:
+        raise RegistryError(
+            f"cycle {stage.cycle_id} cannot resume: the champion alias points at version "
+            f"{champion} but the cycle compared against {stage.champion_version}; it was "
+            "moved since. Run a new cycle (without --resume)"
+        )
 
 
 def _footprints(split: Split, models: dict[str, LoadedModel]):
@@ -97,49 +224,75 @@ def _finalists(config: Config, search: SearchResult, split: Split):
 
 
 def _admission(config: Config, registry: MlflowRegistry, champion: str | None, cycle_id: str,
-               partitions: list):
+               partitions: list, resumed: CycleStage | None = None):
     """Judge the partitions the champion never saw; returns the report and what to leave out.
 
-    Partitions quarantined before stay out while their content is unchanged.
+    Partitions quarantined before stay out while their content is unchanged. A resumed cycle
+    judges the partitions it judged the first time again (admission is pure and the data is
+    unchanged) and records nothing twice.
     """
     record = QuarantineRecord(Path(config.project.workdir) / "quarantine.jsonl")
-    held = record.held(partitions)
+    held = record.held(partitions) if resumed is None else frozenset(resumed.excluded)
     if champion is None or not config.admission.enabled:
         return None, held
     reference = registry.load_reference(champion)
     if reference is None:
         return None, held
-    known = registry.version_partitions(champion)
-    new = [p for p in partitions if p.value not in known and p.value not in held]
+    if resumed is None:
+        known = registry.version_partitions(champion)
+        new = [p for p in partitions if p.value not in known and p.value not in held]
+    else:
+        new = [p for p in partitions if p.value in resumed.judged]
     frames = {p.value: read_partition(config.data, p, reference.names) for p in new}
     report = admit(frames, reference, config.admission.policy())
-    record.add(report, partitions, cycle_id=cycle_id)
+    if resumed is None:
+        record.add(report, partitions, cycle_id=cycle_id)
     return report, held | frozenset(report.quarantined)
 
 
-def run_cycle(config: Config, *, echo=None) -> CycleResult:
+def _silent(line: str) -> None:
+    pass
+
+
+def run_cycle(config: Config, *, echo=None, resume: bool = False) -> CycleResult:
     """Run one cycle on the connected (or a new local) Ray cluster and return what happened.
 
     Works after ``ray.init(address=...)`` on an existing cluster, inside a Ray job, or on its
     own. Raises a `retrain.errors.RetrainError` with the cause and the fix on failure; the
     serving champion is never touched unless the decision is PROMOTE. One cycle per project
     at a time: a second one (`retrain run` while `retrain watch` runs one) gets `BusyError`.
+
+    ``resume=True`` continues the newest cycle if it did not finish (its driver died, or it
+    raised), from the stage it reached (see the module docstring); with none to continue it
+    runs a new cycle.
     """
     with cycle_lock(config.project.workdir):
-        return _run_cycle(config, echo=echo)
+        return _run_cycle(config, echo=echo, resume=resume)
 
 
-def _run_cycle(config: Config, *, echo=None) -> CycleResult:
+def _run_cycle(config: Config, *, echo=None, resume: bool = False) -> CycleResult:
     start = time.perf_counter()
-    say = echo or (lambda line: None)
+    say = echo or _silent
     quiet_defaults()
-    cycle_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    folder = cycles_folder(config)
+    resumed = unfinished_cycle(folder) if resume else None
     task, policy = config.task, config.evaluation
     registry = MlflowRegistry.from_config(config)
-    champion_version = registry.alias_version(CHAMPION)
     # listed (and content-hashed) once, for admission and the split alike
     partitions = list_partitions(config.data)
-    admission, excluded = _admission(config, registry, champion_version, cycle_id, partitions)
+    if resumed is None:
+        if resume:
+            say("nothing to resume: the newest cycle finished (or none ran); a new cycle")
+        cycle_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        champion_version = registry.alias_version(CHAMPION)
+    else:
+        cycle_id, champion_version = resumed.cycle_id, resumed.champion_version
+        _check_resumable(resumed, partitions, registry.alias_version(CHAMPION))
+        say(f"resuming cycle {cycle_id} after stage {resumed.stage!r} (attempt "
+            f"{resumed.attempts + 1})" + (f"; it stopped with {resumed.error}"
+                                          if resumed.error else ""))
+    admission, excluded = _admission(config, registry, champion_version, cycle_id, partitions,
+                                     resumed)
     if admission is not None:
         say(admission.summary())
     split = load_split(config.data, task.type,
@@ -155,111 +308,157 @@ def _run_cycle(config: Config, *, echo=None) -> CycleResult:
     )
     ensure_ray(config.ray)
     tags = {**lineage, "retrain.cycle_id": cycle_id}
-    with registry.cycle_run(f"cycle-{cycle_id}", tags) as run_id:
-        data = TrainData(split.x_train, split.y_train, split.x_valid, split.y_valid)
-        # warm-start trials continue the champion's booster on the rows it never trained on;
-        # WarmStart says why not if they cannot (other features, a scikit-learn champion, no
-        # new rows), and the search reports it
-        warm = (WarmStart.of(registry.load(champion_version), split, version=champion_version,
-                             seen=registry.version_partitions(champion_version,
-                                                              trained_only=True),
-                             rows=config.search.families.xgboost_warm_start.rows)
-                if champion_version is not None
-                and config.search.families.xgboost_warm_start.enabled else None)
-        search = run_search(
-            config, data, name=f"{config.project.name}-{cycle_id}", progress=echo is not None,
-            warm_start=warm,
-        )
+    opened = registry.cycle_run(f"cycle-{cycle_id}", tags,
+                                run_id=None if resumed is None else resumed.run_id)
+    with opened as run_id:
+        if resumed is None:
+            stage = save_stage(folder, CycleStage(
+                cycle_id=cycle_id, stage="started", run_id=run_id,
+                champion_version=champion_version,
+                partitions={p.value: p.digest for p in partitions},
+                excluded=tuple(sorted(excluded)),
+                judged=() if admission is None else tuple(v.partition
+                                                          for v in admission.partitions)))
+        else:
+            stage = save_stage(folder, replace(resumed, attempts=resumed.attempts + 1,
+                                               error=None))
+        try:
+            return _stages(config, registry, stage, folder, split, lineage, admission, excluded,
+                           run_id, say, start)
+        except BaseException as exc:
+            save_stage(folder, replace(read_stage(folder, cycle_id),
+                                       error=f"{type(exc).__name__}: {exc}"[:2000]))
+            raise
+
+
+def read_stage(folder: Path, cycle_id: str) -> CycleStage:
+    return next(s for s in read_stages(folder) if s.cycle_id == cycle_id)
+
+
+def _stages(config: Config, registry: MlflowRegistry, stage: CycleStage, folder: Path,
+            split: Split, lineage: dict[str, str], admission: AdmissionReport | None,
+            excluded: frozenset[str], run_id: str, say, start: float) -> CycleResult:
+    """The cycle from its search on, skipping the steps with lasting effects that ``stage``
+    says are done, and recording each one it does."""
+    task, policy = config.task, config.evaluation
+    cycle_id, champion_version = stage.cycle_id, stage.champion_version
+    resumed_from = stage.stage if stage.attempts > 1 else None
+    data = TrainData(split.x_train, split.y_train, split.x_valid, split.y_valid)
+    # warm-start trials continue the champion's booster on the rows it never trained on;
+    # WarmStart says why not if they cannot (other features, a scikit-learn champion, no
+    # new rows), and the search reports it
+    warm = (WarmStart.of(registry.load(champion_version), split, version=champion_version,
+                         seen=registry.version_partitions(champion_version, trained_only=True),
+                         rows=config.search.families.xgboost_warm_start.rows)
+            if champion_version is not None
+            and config.search.families.xgboost_warm_start.enabled else None)
+    # a resumed cycle's search reads back the trials that finished; only the rest run
+    search = run_search(
+        config, data, name=f"{config.project.name}-{cycle_id}", progress=say is not _silent,
+        warm_start=warm,
+    )
+    if not stage.reached("searched"):
         registry.log_trials(run_id, search)  # failed trials too, before giving up on them
-        boosters, models, finalists = _finalists(config, search, split)
-        champion = None
-        if champion_version is not None:
-            models[f"v{champion_version}"], champion = _champion_finalist(
-                registry, champion_version, split
-            )
-        footprints = _footprints(split, models)
-        finalists = [replace(f, footprint=footprints[f.name]) for f in finalists]
-        if champion is not None:
-            champion = replace(champion, footprint=footprints[champion.name])
-        comparison = compare(
-            task.type, task.primary_metric, split.y_holdout, finalists, champion,
-            policy=policy, slice_frame=split.holdout_raw,
+        stage = save_stage(folder, replace(stage, stage="searched"))
+    boosters, models, finalists = _finalists(config, search, split)
+    champion = None
+    if champion_version is not None:
+        models[f"v{champion_version}"], champion = _champion_finalist(
+            registry, champion_version, split
         )
+    footprints = _footprints(split, models)
+    finalists = [replace(f, footprint=footprints[f.name]) for f in finalists]
+    if champion is not None:
+        champion = replace(champion, footprint=footprints[champion.name])
+    comparison = compare(
+        task.type, task.primary_metric, split.y_holdout, finalists, champion,
+        policy=policy, slice_frame=split.holdout_raw,
+    )
+    # with a rollout, the champion alias moves only when the last canary step passes
+    alias = CHALLENGER if rolls_out(config, champion_version) else CHAMPION
+    decision = stage.kept_decision()
+    if decision is None:
         decision = decide(comparison, policy)
-        booster = boosters[comparison.challenger.trial_id]
+        challenger = comparison.challenger.trial_id
         model_uri = registry.log_model(
-            run_id, booster, split.spec, task=task.type, metric=task.primary_metric
+            run_id, boosters[challenger], split.spec, task=task.type,
+            metric=task.primary_metric,
         )
         # what later admissions compare new partitions with, should this model be promoted
         registry.log_reference(run_id, _reference(split, config.data.target))
-        model_version = None
-        if decision.verdict is Verdict.PROMOTE:
-            model_version = registry.register(
-                model_uri,
-                tags={**lineage, "retrain.run_id": run_id, "retrain.cycle_id": cycle_id,
-                      "retrain.search": search.experiment_path},
-            )
-            # with a rollout, the champion alias moves only when the last canary step passes
-            alias = CHALLENGER if rolls_out(config, champion_version) else CHAMPION
-            registry.set_alias(alias, model_version)
-        snapshot = {
-            "partitions": [
-                {"value": p.value, "rows": p.rows, "sha256": p.digest,
-                 "role": "holdout" if p in split.holdout_partitions else "train"}
-                for p in (*split.train_partitions, *split.holdout_partitions)
-            ],
-            "digest": lineage["data.digest"],
-        }
+        stage = save_stage(folder, replace(stage, stage="decided", decision=decision.to_dict(),
+                                           challenger=challenger, model_uri=model_uri))
+    model_version = stage.model_version
+    if decision.verdict is Verdict.PROMOTE and not stage.reached("registered"):
+        model_version = registry.register(
+            stage.model_uri,
+            tags={**lineage, "retrain.run_id": run_id, "retrain.cycle_id": cycle_id,
+                  "retrain.search": search.experiment_path},
+        )
+        registry.set_alias(alias, model_version)
+        stage = save_stage(folder, replace(stage, stage="registered",
+                                           model_version=model_version))
+    snapshot = {
+        "partitions": [
+            {"value": p.value, "rows": p.rows, "sha256": p.digest,
+             "role": "holdout" if p in split.holdout_partitions else "train"}
+            for p in (*split.train_partitions, *split.holdout_partitions)
+        ],
+        "digest": lineage["data.digest"],
+    }
+    if not stage.reached("recorded"):
         _record(config, decision, comparison, snapshot, search, run_id, champion_version,
-                model_version,
-                alias=CHALLENGER if rolls_out(config, champion_version) else CHAMPION)
-        report = render_report(
-            title=f"{config.project.name} cycle {cycle_id}",
-            decision=decision, comparison=comparison, search=search, lineage=lineage,
-            tolerances={s.column: s.tolerance for s in policy.slices},
-            admission=None if admission is None else {
-                v.partition: f"{v.status}: " + "; ".join(v.problems or v.warnings or ("ok",))
-                for v in admission.partitions
+                model_version, alias=alias)
+        stage = save_stage(folder, replace(stage, stage="recorded"))
+    report = render_report(
+        title=f"{config.project.name} cycle {cycle_id}",
+        decision=decision, comparison=comparison, search=search, lineage=lineage,
+        tolerances={s.column: s.tolerance for s in policy.slices},
+        admission=None if admission is None else {
+            v.partition: f"{v.status}: " + "; ".join(v.problems or v.warnings or ("ok",))
+            for v in admission.partitions
+        },
+    )
+    report_path = Path(config.project.workdir) / "reports" / f"cycle-{cycle_id}.html"
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(report)
+    files = {"report.html": str(report_path)}
+    if admission is not None:  # the person's view of admission.json, plots included
+        admission_path = report_path.with_name(f"admission-{cycle_id}.html")
+        admission_path.write_text(render_admission_report(
+            admission, title=f"{config.project.name} admission, cycle {cycle_id}",
+            reference={"champion version": str(champion_version), "cycle": cycle_id},
+            policy=config.admission.policy(),
+            record=str(Path(config.project.workdir) / "quarantine.jsonl"),
+        ))
+        files["admission.html"] = str(admission_path)
+    registry.log_cycle(
+        run_id,
+        params=_cycle_params(config, comparison),
+        metrics=_cycle_metrics(comparison, search),
+        tags={
+            "retrain.verdict": decision.verdict.value,
+            "retrain.reasons": "; ".join(decision.reasons),
+            "retrain.challenger_score": f"{decision.challenger_score:.6f}",
+            "retrain.champion_score": "" if decision.champion_score is None
+            else f"{decision.champion_score:.6f}",
+            "retrain.champion_version_before": champion_version or "",
+            "retrain.model_version": model_version or "",
+            "retrain.search": search.experiment_path,
+            **({"retrain.resumed_from": resumed_from} if resumed_from else {}),
+        },
+        artifacts={
+            "decision.json": {
+                "decision": decision.to_dict(),
+                "comparison": comparison.to_dict(),
+                "lineage": lineage,
+                "data_snapshot": snapshot,
             },
-        )
-        report_path = Path(config.project.workdir) / "reports" / f"cycle-{cycle_id}.html"
-        report_path.parent.mkdir(parents=True, exist_ok=True)
-        report_path.write_text(report)
-        files = {"report.html": str(report_path)}
-        if admission is not None:  # the person's view of admission.json, plots included
-            admission_path = report_path.with_name(f"admission-{cycle_id}.html")
-            admission_path.write_text(render_admission_report(
-                admission, title=f"{config.project.name} admission, cycle {cycle_id}",
-                reference={"champion version": str(champion_version), "cycle": cycle_id},
-                policy=config.admission.policy(),
-                record=str(Path(config.project.workdir) / "quarantine.jsonl"),
-            ))
-            files["admission.html"] = str(admission_path)
-        registry.log_cycle(
-            run_id,
-            params=_cycle_params(config, comparison),
-            metrics=_cycle_metrics(comparison, search),
-            tags={
-                "retrain.verdict": decision.verdict.value,
-                "retrain.reasons": "; ".join(decision.reasons),
-                "retrain.challenger_score": f"{decision.challenger_score:.6f}",
-                "retrain.champion_score": "" if decision.champion_score is None
-                else f"{decision.champion_score:.6f}",
-                "retrain.champion_version_before": champion_version or "",
-                "retrain.model_version": model_version or "",
-                "retrain.search": search.experiment_path,
-            },
-            artifacts={
-                "decision.json": {
-                    "decision": decision.to_dict(),
-                    "comparison": comparison.to_dict(),
-                    "lineage": lineage,
-                    "data_snapshot": snapshot,
-                },
-                **({"admission.json": admission.to_dict()} if admission else {}),
-            },
-            files=files,
-        )
+            **({"admission.json": admission.to_dict()} if admission else {}),
+        },
+        files=files,
+    )
+    save_stage(folder, replace(stage, stage="done"))
     return CycleResult(
         cycle_id=cycle_id,
         run_id=run_id,
@@ -274,6 +473,7 @@ def _run_cycle(config: Config, *, echo=None) -> CycleResult:
         report_path=str(report_path),
         admission=admission,
         excluded=tuple(sorted(excluded)),
+        resumed_from=resumed_from,
     )
 
 

@@ -90,13 +90,17 @@ class MlflowRegistry:
             )
 
     @contextmanager
-    def cycle_run(self, run_name: str, tags: dict[str, str]) -> Iterator[str]:
-        """A parent run for one cycle; FAILED with the error when the body raises."""
+    def cycle_run(self, run_name: str, tags: dict[str, str], *,
+                  run_id: str | None = None) -> Iterator[str]:
+        """A parent run for one cycle; FAILED with the error when the body raises. With
+        ``run_id``, that run (a resumed cycle's own) is set running again instead."""
         with _translated("starting the cycle run"):
-            run = self.client.create_run(
-                self.experiment_id(), run_name=run_name, tags={CYCLE_TAG: "cycle", **tags}
-            )
-        run_id = run.info.run_id
+            if run_id is None:
+                run_id = self.client.create_run(
+                    self.experiment_id(), run_name=run_name, tags={CYCLE_TAG: "cycle", **tags}
+                ).info.run_id
+            else:
+                self.client.update_run(run_id, status="RUNNING")
         try:
             yield run_id
         except BaseException as exc:

@@ -12,16 +12,29 @@ the training rows of partitions the champion was not trained on (`WarmStart`, `n
 its cost follows the new data, while every family is ranked on the same validation rows. An
 XGBoost trial reports every ``report_every`` boosting rounds (counted from its own start, also
 when warm-started), so ASHA can stop weak ones early, and checkpoints its booster (UBJ) at its
-last round; a scikit-learn trial fits once and reports once (skops). A trial that raises is
-recorded as failed with its error; the search fails only when no trial completes.
+last round only; a scikit-learn trial fits once and reports once (skops). A trial that raises
+is recorded as failed with its error; the search fails only when no trial completes.
+
+Where the time goes (measured with benchmarks/search_benchmark.py): Tune reuses each trial
+actor for the next trial, and the actor keeps its XGBoost matrices (`_matrices`), so the
+frames are converted and the histogram index built once per actor, not once per trial (on
+1M rows that was ~4 s of a 20-round trial's ~8 s); a trial scores the validation rows only
+when it reports, not every round (`evals` computed the AUC over every validation row each
+round: ~20 % of the training). What is left is Ray's start of the two trial actors (new
+processes importing Ray, retrain and XGBoost: ~5 s here, more on a busy machine) and ~0.1 s
+between trials.
+
+A search whose driver died resumes from its saved Tune experiment (see `run_search`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
 import time
+import uuid
 import warnings
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -41,6 +54,7 @@ from retrain.candidates import (
     build_sklearn,
     check_sklearn_space,
     families,
+    family_distributions,
     trial_family,
     warm_start_problem,
     xgb_params,
@@ -69,6 +83,8 @@ class TrialSettings:
     seed: int
     #: the active families by name
     families: dict[str, Family]
+    #: names this search's data in a worker's matrix cache (see `_matrices`)
+    data_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -130,7 +146,8 @@ class TrialResult:
     score: float | None
     rounds: int
     train_seconds: float
-    #: one entry per report: {"round": n, "<metric>": value}
+    #: one entry per report: {"round": n, "score": validation score, "trained": the trial's
+    #: training seconds so far, "at": unix time of the report}
     history: tuple[dict[str, float], ...] = ()
     error: str | None = None
     #: whether XGBoost trained on a GPU (device="cuda")
@@ -164,6 +181,8 @@ class SearchResult:
     families: tuple[str, ...] = (XGBOOST,)
     #: enabled families left out of this search -> why (e.g. warm start without a champion)
     skipped: dict[str, str] = field(default_factory=dict)
+    #: trials an earlier, interrupted run of this search had finished: read back, not run
+    carried: int = 0
 
     def count(self, status: Status) -> int:
         return sum(t.status == status for t in self.trials)
@@ -192,8 +211,16 @@ class SearchResult:
 
 MODEL_FILE = "model.ubj"
 SKLEARN_FILE = "model.skops"
+#: a final checkpoint's own copy of its last report (see `_finished_trials`)
+METRICS_FILE = "metrics.json"
+#: in METRICS_FILE: the checkpoint's other files and their sizes, the trial's config, every
+#: report it made
+MANIFEST_KEY, CONFIG_KEY, REPORTS_KEY = "files", "config", "reports"
 SCORE_KEY = "valid_score"
 FIT_KEY = "fit_seconds"
+#: every report: the trial's own training seconds so far, and when it reported (unix time)
+TRAINED_KEY = "trained_seconds"
+AT_KEY = "reported_at"
 
 
 def load_model(trial: TrialResult):
@@ -221,34 +248,89 @@ def _trial(
 
     name, params = trial_family(config)
     family = settings.families[name]
-    resources = tune.get_context().get_trial_resources().required_resources
+    context = tune.get_context()
+    resources = context.get_trial_resources().required_resources
     nthread = max(1, round(resources.get("CPU", 1)))
+    reporter = _Reporter(config, context.get_trial_id())
     if family.flavor == "sklearn":
-        _fit_sklearn(family, params, data, settings, nthread)
+        _fit_sklearn(family, params, data, settings, nthread, reporter)
         return
     if family.warm_start and (champion is None or champion.model is None):
         raise SearchError("a warm-start trial was started without the champion's booster")
     device = "cuda" if ray.get_gpu_ids() else "cpu"
     _boost(family, params, data, settings, nthread, device,
-           champion if family.warm_start else None)
+           champion if family.warm_start else None, reporter)
+
+
+class _Reporter:
+    """A trial's reports to Tune. The last one carries the final checkpoint: the model and
+    a record of the whole trial (its config, id, every report, its files' sizes) that a
+    resumed search reads back (`_finished_trials`). The trial writes that record itself
+    because Tune's own files (params.json, result.json) are written by the driver, which may
+    die before it writes them for a trial that has finished."""
+
+    def __init__(self, config: dict[str, Any], trial_id: str) -> None:
+        self.config, self.trial_id = config, trial_id
+        self.reports: list[dict[str, Any]] = []
+
+    def report(self, metrics: dict[str, Any]) -> None:
+        from ray import tune
+
+        self.reports.append(metrics)
+        tune.report(metrics)
+
+    def final(self, metrics: dict[str, Any], save) -> None:
+        """The last report, with the model written by ``save(folder)``."""
+        from ray import tune
+
+        self.reports.append(metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            save(tmp)
+            # the sizes tell a whole copy from one cut short by a crash
+            sizes = {f.name: f.stat().st_size for f in Path(tmp).iterdir()}
+            record = {**metrics, "trial_id": self.trial_id, CONFIG_KEY: self.config,
+                      REPORTS_KEY: self.reports, MANIFEST_KEY: sizes}
+            Path(tmp, METRICS_FILE).write_text(json.dumps(record))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+#: this worker's XGBoost matrices, kept across the trials it runs (Tune reuses the actor):
+#: XGBoost then converts the frames and builds its histogram index (the quantile sketch, a
+#: large share of a short trial on big data) once per actor rather than once per trial.
+#: Keyed by (search, which rows); a new search drops the previous one's.
+_MATRICES: dict[tuple[str, str], Any] = {}
+
+
+def _matrices(data: TrainData, key: str, rows: np.ndarray | None, nthread: int):
+    """The training (all rows, or the warm start's ``rows``) and validation DMatrix."""
+    import xgboost as xgb
+
+    for stale in [k for k in _MATRICES if k[0] != key]:
+        del _MATRICES[stale]
+    which = "all" if rows is None else "rows"
+    if (key, which) not in _MATRICES:
+        x, y = (data.x_train, data.y_train) if rows is None \
+            else (data.x_train.iloc[rows], data.y_train[rows])
+        _MATRICES[key, which] = xgb.DMatrix(x, y, enable_categorical=True, nthread=nthread)
+    if (key, "valid") not in _MATRICES:
+        _MATRICES[key, "valid"] = xgb.DMatrix(data.x_valid, data.y_valid,
+                                              enable_categorical=True, nthread=nthread)
+    return _MATRICES[key, which], _MATRICES[key, "valid"]
 
 
 def _boost(family: Family, config: dict[str, Any], data: TrainData, settings: TrialSettings,
-           nthread: int, device: str, champion: WarmStart | None) -> None:
+           nthread: int, device: str, champion: WarmStart | None,
+           reporter: _Reporter) -> None:
     """Train XGBoost (continuing the champion's booster when given, on its rows), report per
     N rounds, checkpoint the final booster."""
     import xgboost as xgb
-    from ray import tune
 
     start = time.perf_counter()
     params = xgb_params(
         settings.task, settings.metric, config, nthread=nthread, device=device, seed=settings.seed
     )
-    x, y = data.x_train, data.y_train
-    if champion is not None and champion.rows is not None:
-        x, y = x.iloc[champion.rows], y[champion.rows]
-    dtrain = xgb.DMatrix(x, y, enable_categorical=True, nthread=nthread)
-    dvalid = xgb.DMatrix(data.x_valid, data.y_valid, enable_categorical=True, nthread=nthread)
+    dtrain, dvalid = _matrices(data, settings.data_key,
+                               None if champion is None else champion.rows, nthread)
     base = None if champion is None else xgb.Booster(model_file=bytearray(champion.model))
     convert = XGB_METRICS[settings.metric][1]
     total, every = family.rounds, settings.report_every
@@ -260,16 +342,19 @@ def _boost(family: Family, config: dict[str, Any], data: TrainData, settings: Tr
             done = epoch + 1
             if done % every and done != total:
                 return False
-            value = float(convert(evals_log["valid"][params["eval_metric"]][-1]))
-            metrics = {SCORE_KEY: value, "round": done, "gpu": int(device == "cuda")}
+            # scored here, not by `evals` every round: the metric (an AUC sorts every
+            # validation row) would cost a fifth of the training on big data; the
+            # predictions on dvalid are cached by XGBoost and only new trees are added
+            line = model.eval(dvalid, "valid", epoch)
+            value = float(convert(float(line.rsplit(":", 1)[1])))
             began = time.perf_counter()
+            metrics = {SCORE_KEY: value, "round": done, "gpu": int(device == "cuda"),
+                       TRAINED_KEY: began - start - reporting[0], AT_KEY: time.time()}
             if done == total:
                 metrics[FIT_KEY] = began - start - reporting[0]
-                with tempfile.TemporaryDirectory() as tmp:
-                    model.save_model(os.path.join(tmp, MODEL_FILE))
-                    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+                reporter.final(metrics, lambda tmp: model.save_model(os.path.join(tmp, MODEL_FILE)))
             else:
-                tune.report(metrics)
+                reporter.report(metrics)
             reporting[0] += time.perf_counter() - began
             return False
 
@@ -277,7 +362,6 @@ def _boost(family: Family, config: dict[str, Any], data: TrainData, settings: Tr
         params,
         dtrain,
         num_boost_round=total,
-        evals=[(dvalid, "valid")],
         callbacks=[Report()],
         verbose_eval=False,
         xgb_model=base,
@@ -285,10 +369,9 @@ def _boost(family: Family, config: dict[str, Any], data: TrainData, settings: Tr
 
 
 def _fit_sklearn(family: Family, params: dict[str, Any], data: TrainData,
-                 settings: TrialSettings, nthread: int) -> None:
+                 settings: TrialSettings, nthread: int, reporter: _Reporter) -> None:
     """Fit a scikit-learn family once, score it on the validation rows, report once."""
     import skops.io
-    from ray import tune
     from threadpoolctl import threadpool_limits
 
     from retrain.evaluate import score
@@ -302,11 +385,10 @@ def _fit_sklearn(family: Family, params: dict[str, Any], data: TrainData,
         model.fit(data.x_train, data.y_train)
         predictions = predict_with(model, "sklearn", settings.task, data.x_valid)
     value = score(settings.metric, data.y_valid, predictions)
-    metrics = {SCORE_KEY: float(value), "round": 1, "gpu": 0,
-               FIT_KEY: time.perf_counter() - start}
-    with tempfile.TemporaryDirectory() as tmp:
-        skops.io.dump(model, os.path.join(tmp, SKLEARN_FILE))
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+    fit = time.perf_counter() - start
+    metrics = {SCORE_KEY: float(value), "round": 1, "gpu": 0, FIT_KEY: fit, TRAINED_KEY: fit,
+               AT_KEY: time.time()}
+    reporter.final(metrics, lambda tmp: skops.io.dump(model, os.path.join(tmp, SKLEARN_FILE)))
 
 
 def _cluster_totals() -> dict[str, float]:
@@ -362,12 +444,13 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def _progress_callback(num_samples: int):
+def _progress_callback(num_samples: int, start: int = 0):
+    """Prints a line per finished trial; ``start``: trials finished before a resume."""
     # Tune pickles callbacks with the experiment state, so this one holds no user callable.
     from ray import tune
 
     class Progress(tune.Callback):
-        done = 0
+        done = start
 
         def _line(self, trial, what: str) -> None:
             self.done += 1
@@ -470,9 +553,21 @@ def run_search(
     ``warm_start`` carries the champion's booster for the ``xgboost_warm_start`` family; when
     it is None or says why the champion cannot be continued, that family sits this search
     out and `SearchResult.skipped` says why.
+
+    Resuming: when ``<storage_path>/<name>`` already holds a Tune experiment (a driver died
+    mid-search, or a cycle resumes after its search), the trials it finished are read back
+    from their folders and only the rest of the budget runs, as a new experiment
+    ``<name>.resume<k>``. Finished means: a final checkpoint with its result
+    (`METRICS_FILE`), which a trial writes itself, so a trial that finished a moment before
+    the driver died counts even when Tune's saved experiment state (written every few
+    seconds) still calls it running; or stopped early (ASHA) or failed, as that state
+    records. Trials that were running are not continued: their samples are handed out
+    again. TPE starts the new experiment knowing every finished trial's parameters and
+    score. (We read folders instead of ``Tuner.restore`` because a restored experiment
+    knows only what its last saved state knew, and would train again a trial that had
+    finished after it.)
     """
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
     s, task = config.search, config.task
     metric, greater = task.primary_metric, task.greater_is_better
@@ -482,26 +577,166 @@ def run_search(
         for family, why in skipped.items():
             _say(f"  {family} skipped: {why}")
     settings = TrialSettings(task.type, metric, s.report_every, s.seed,
-                             {f.name: f for f in active})
+                             {f.name: f for f in active}, data_key=uuid.uuid4().hex)
     # every active family gets at least one trial; with nothing to search, one each is all
     samples = max(s.num_samples, len(active)) if any(f.searched for f in active) \
         else len(active)
-    champion = warm_start if any(f.warm_start for f in active) else None
-    resources = trial_resources(config, _cluster_totals())
-    trainable = tune.with_resources(
-        tune.with_parameters(_trial, data=data, settings=settings, champion=champion),
-        _family_resources(resources, active),
-    )
     storage = config.storage_path
     if "://" not in storage:
         Path(storage).mkdir(parents=True, exist_ok=True)
-    tuner = tune.Tuner(
+    rounds = {f.name: f.rounds for f in active}
+    root = f"{storage.rstrip('/')}/{name}"
+    earlier = _earlier_experiments(storage, name)
+    carried = tuple(t for path in earlier for t in _finished_trials(path, rounds))
+    start = time.perf_counter()
+    trials = carried
+    if earlier and progress:
+        _say(f"  resuming search {name}: {len(carried)} of {samples} trials had finished "
+             "and are not run again")
+    if len(carried) < samples:
+        champion = warm_start if any(f.warm_start for f in active) else None
+        resources = trial_resources(config, _cluster_totals())
+        trainable = tune.with_resources(
+            tune.with_parameters(_trial, data=data, settings=settings, champion=champion),
+            _family_resources(resources, active),
+        )
+        run_name = name if not earlier else f"{name}.resume{len(earlier)}"
+        tuner = _tuner(trainable, config, run_name, storage, active, samples - len(carried),
+                       mode, progress, told=carried, offset=len(earlier))
+        trials += tuple(_trial_result(r, rounds) for r in tuner.fit())
+    wall = time.perf_counter() - start
+    completed = [t for t in trials if t.status == "completed" and t.score is not None]
+    pick = max if greater else min
+    best = pick(completed, key=lambda t: t.score) if completed else None
+    return SearchResult(
+        metric=metric,
+        greater_is_better=greater,
+        trials=trials,
+        best=best,
+        experiment_path=root,
+        wall_seconds=wall,
+        seed=s.seed,
+        space={(k if f.name == XGBOOST else f"{f.name}.{k}"): repr(v)
+               for f in active for k, v in f.space.items()},
+        families=tuple(f.name for f in active),
+        skipped=skipped,
+        carried=len(carried),
+    )
+
+
+def _earlier_experiments(storage: str, name: str) -> list[str]:
+    """This search's experiments already on storage: ``name``, then its resumes in order."""
+    from ray import tune
+
+    found = []
+    for k in range(1000):
+        path = f"{storage.rstrip('/')}/{name}" + (f".resume{k}" if k else "")
+        if not tune.Tuner.can_restore(path):
+            break
+        found.append(path)
+    return found
+
+
+def _finished_trials(path: str, rounds: dict[str, int]) -> list[TrialResult]:
+    """The trials of the experiment at ``path`` (a local folder or any URI pyarrow reads)
+    that finished (see `run_search`)."""
+    import pyarrow.fs as pafs
+    from ray.tune import Checkpoint, ExperimentAnalysis
+
+    saved = {t.path.rstrip("/").rsplit("/", 1)[-1]: t.status
+             for t in ExperimentAnalysis(path).trials}
+    fs, base = pafs.FileSystem.from_uri(path) if "://" in path \
+        else (pafs.LocalFileSystem(), str(Path(path).resolve()))
+    finished = []
+    for folder in sorted(i.path for i in fs.get_file_info(pafs.FileSelector(base))
+                         if i.type == pafs.FileType.Directory):
+        files = [i.path for i in fs.get_file_info(pafs.FileSelector(folder, recursive=True))
+                 if i.type == pafs.FileType.File]
+        # only a trial's last round saves a checkpoint, with the trial's record beside the model
+        finals = [(f.rsplit("/", 1)[0], (_json_lines(_read(fs, f)) or [{}])[0])
+                  for f in sorted(files) if f.endswith(f"/{METRICS_FILE}")]
+        finals = [(c, r) for c, r in finals
+                  if CONFIG_KEY in r and _whole(fs, c, r.get(MANIFEST_KEY))]
+        status = saved.get(folder.rsplit("/", 1)[-1])
+        if finals:
+            folder_of, record = finals[-1]
+            finished.append(_result_of(
+                record[CONFIG_KEY], record, record.get(REPORTS_KEY, [record]),
+                Checkpoint(folder_of, filesystem=fs), None, rounds,
+                trial_id=str(record.get("trial_id") or folder.rsplit("/", 1)[-1])))
+        elif status in ("TERMINATED", "ERROR") and f"{folder}/params.json" in files:
+            # stopped early by ASHA, or failed: Tune's saved state says so, and its files
+            # were written by then
+            reports = _json_lines(_read(fs, f"{folder}/result.json"))
+            error = _last_line(_read(fs, f"{folder}/error.txt")) if status == "ERROR" else None
+            last = reports[-1] if reports else {}
+            finished.append(_result_of(
+                json.loads(_read(fs, f"{folder}/params.json")), last, reports, None, error,
+                rounds, trial_id=str(last.get("trial_id") or folder.rsplit("/", 1)[-1])))
+        # else it was running: its sample runs again
+    return finished
+
+
+def _whole(fs, folder: str, sizes: dict[str, int] | None) -> bool:
+    """Whether a checkpoint folder holds every file its manifest names, at full size."""
+    import pyarrow.fs as pafs
+
+    if not sizes:
+        return False
+    infos = fs.get_file_info([f"{folder}/{name}" for name in sizes])
+    return all(i.type == pafs.FileType.File and i.size == size
+               for i, size in zip(infos, sizes.values(), strict=True))
+
+
+def _read(fs, path: str) -> str:
+    """A small text file, or "" when it is not there."""
+    import pyarrow as pa
+
+    try:
+        with fs.open_input_stream(path) as stream:
+            return stream.read().decode()
+    except (FileNotFoundError, pa.ArrowIOError):
+        return ""
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    """A trial's reports from Tune's result log; a line cut short by a crash is left out."""
+    reports = []
+    for line in text.splitlines():
+        try:
+            reports.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return reports
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return (lines[-1] if lines else "the trial failed (no error saved)")[:1000]
+
+
+def _tuner(trainable, config: Config, name: str, storage: str, active: tuple[Family, ...],
+           samples: int, mode: str, progress: bool, *, told: tuple[TrialResult, ...] = (),
+           offset: int = 0):
+    """A new Tune experiment: TPE over the families' space, ASHA per family, actor reuse.
+
+    ``told``: finished trials of an earlier run of this search, which TPE learns from before
+    it suggests anything; ``offset`` (the number of earlier runs) shifts TPE's seed so its
+    random start-up samples are not the ones the earlier run already tried.
+    """
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    s = config.search
+    space = FamilySpace(active)
+    return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             metric=SCORE_KEY,
             mode=mode,
-            search_alg=OptunaSearch(space=FamilySpace(active), metric=SCORE_KEY, mode=mode,
-                                    seed=s.seed),
+            search_alg=OptunaSearch(space=space, metric=SCORE_KEY, mode=mode,
+                                    seed=s.seed + offset,
+                                    storage=_told_storage(space, told, mode)),
             scheduler=_scheduler(config, active),
             num_samples=samples,
             max_concurrent_trials=s.max_concurrent,
@@ -513,31 +748,43 @@ def run_search(
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[_progress_callback(samples)] if progress else [],
+            callbacks=[_progress_callback(samples + len(told), len(told))] if progress else [],
             verbose=0,
         ),
     )
-    start = time.perf_counter()
-    grid = tuner.fit()
-    wall = time.perf_counter() - start
-    rounds = {f.name: f.rounds for f in active}
-    trials = tuple(_trial_result(r, rounds) for r in grid)
-    completed = [t for t in trials if t.status == "completed" and t.score is not None]
-    pick = max if greater else min
-    best = pick(completed, key=lambda t: t.score) if completed else None
-    return SearchResult(
-        metric=metric,
-        greater_is_better=greater,
-        trials=trials,
-        best=best,
-        experiment_path=str(grid.experiment_path),
-        wall_seconds=wall,
-        seed=s.seed,
-        space={(k if f.name == XGBOOST else f"{f.name}.{k}"): repr(v)
-               for f in active for k, v in f.space.items()},
-        families=tuple(f.name for f in active),
-        skipped=skipped,
-    )
+
+
+def _told_storage(space: FamilySpace, told: tuple[TrialResult, ...], mode: str):
+    """An in-memory Optuna storage whose study (named as `OptunaSearch` names its own) already
+    holds the ``told`` trials; None when there are none. Each is replayed through the
+    define-by-run space with its parameters fixed (``enqueue_trial``), so it is recorded
+    with the same distributions as a trial TPE suggested."""
+    if not told:
+        return None
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="optuna",
+                                direction="maximize" if mode == "max" else "minimize")
+    by_name = {f.name: f for f in space.families}
+    for trial in told:
+        family = by_name.get(trial.family)
+        if family is None:
+            continue  # a family this run leaves out
+        distributions = family_distributions(family)
+        params = {key: trial.params.get(key.split("/", 1)[1]) for key in distributions}
+        state = {"completed": TrialState.COMPLETE, "stopped": TrialState.PRUNED}.get(
+            trial.status, TrialState.FAIL)
+        try:
+            study.add_trial(optuna.trial.create_trial(
+                params=params, distributions=distributions, state=state,
+                value=trial.score if state is TrialState.COMPLETE else None,
+                intermediate_values={int(h["round"]): h["score"] for h in trial.history},
+            ))
+        except ValueError:
+            continue  # the space changed since that trial ran: TPE cannot use it
+    return storage
 
 
 def _describe(error: BaseException) -> str:
@@ -547,37 +794,70 @@ def _describe(error: BaseException) -> str:
     return f"{type(cause).__name__}: {lines[0] if lines else ''}"[:1000]
 
 
+def _last_run(reports) -> tuple[dict[str, float], ...]:
+    """A trial's reports as one run: a trial Tune retried after a failure appends to the same
+    result log, starting again from its first round (or reporting its last round again)."""
+    history: list[dict[str, float]] = []
+    for report in reports:
+        if history and report["round"] < history[-1]["round"]:
+            history = []
+        elif history and report["round"] == history[-1]["round"]:
+            history.pop()
+        history.append(report)
+    return tuple(history)
+
+
 def _trial_result(result, rounds_by_family: dict[str, int]) -> TrialResult:
-    metrics = result.metrics or {}
-    family, params = trial_family(result.config or {})
-    history: tuple[dict[str, float], ...] = ()
+    """A trial as Tune's result grid has it."""
     frame = result.metrics_dataframe
-    if frame is not None and SCORE_KEY in frame:
-        rows = frame[["round", SCORE_KEY]].dropna()
-        history = tuple(
-            {"round": int(r), "score": float(v)}
-            for r, v in zip(rows["round"], rows[SCORE_KEY], strict=True)
-        )
-    rounds = int(metrics.get("round", 0) or 0)
-    if result.error is not None:
+    reports = [] if frame is None else frame.to_dict("records")
+    metrics = dict(result.metrics or {})
+    return _result_of(
+        result.config or {}, metrics, reports, result.checkpoint,
+        None if result.error is None else _describe(result.error), rounds_by_family,
+        trial_id=str(metrics.get("trial_id") or Path(str(result.path)).name),
+    )
+
+
+def _result_of(config: dict[str, Any], metrics: dict[str, Any], reports: list[dict[str, Any]],
+               checkpoint, error: str | None, rounds_by_family: dict[str, int], *,
+               trial_id: str) -> TrialResult:
+    """A trial from its config, last result, every report, final checkpoint and error."""
+    family, params = trial_family(config)
+    history = _last_run(
+        {"round": int(r["round"]), "score": float(r[SCORE_KEY]),
+         **{name: float(r[key]) for name, key in (("trained", TRAINED_KEY), ("at", AT_KEY))
+            if _number(r.get(key)) is not None}}
+        for r in reports
+        if _number(r.get("round")) is not None and _number(r.get(SCORE_KEY)) is not None
+    )
+    rounds = int(_number(metrics.get("round")) or 0)
+    if error is not None:
         status: Status = "failed"
-    elif rounds >= rounds_by_family.get(family, 1) and result.checkpoint is not None:
+    elif rounds >= rounds_by_family.get(family, 1) and checkpoint is not None:
         status = "completed"
     else:
         status = "stopped"
-    score = metrics.get(SCORE_KEY)
-    fit = metrics.get(FIT_KEY)
+    score, fit = _number(metrics.get(SCORE_KEY)), _number(metrics.get(FIT_KEY))
     return TrialResult(
-        trial_id=str(metrics.get("trial_id") or Path(str(result.path)).name),
+        trial_id=trial_id,
         params=params,
         status=status,
-        score=float(score) if score is not None else None,
+        score=score,
         rounds=rounds,
-        train_seconds=float(metrics.get("time_total_s", 0.0) or 0.0),
+        train_seconds=float(_number(metrics.get("time_total_s")) or 0.0),
         history=history,
-        error=None if result.error is None else _describe(result.error),
-        gpu=bool(metrics.get("gpu", 0)),
+        error=error,
+        gpu=bool(_number(metrics.get("gpu")) or 0),
         family=family,
-        fit_seconds=float(fit) if fit is not None and not math.isnan(fit) else None,
-        checkpoint=result.checkpoint,
+        fit_seconds=fit,
+        checkpoint=checkpoint,
     )
+
+
+def _number(value: Any) -> float | None:
+    """A reported number, or None for a missing or NaN one (a frame fills gaps with NaN)."""
+    if value is None or isinstance(value, bool | str):
+        return None if not isinstance(value, bool) else float(value)
+    value = float(value)
+    return None if math.isnan(value) else value

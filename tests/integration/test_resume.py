@@ -1,0 +1,257 @@
+"""Resuming after the driver dies, on a real Ray cluster and a real SQLite MLflow store.
+
+A cycle runs in a driver subprocess connected to the session's cluster. Once the Tune
+experiment state it saves records finished trials (and some are still to run), the test kills
+the driver (SIGKILL, by its pid) and resumes the cycle with ``retrain run --resume`` in this
+process. The finished trials must not run again (their result logs stay byte for byte the
+same; a trial that had reached its final checkpoint reports no earlier round again), every
+trial appears once, and the cycle reaches a decision in the MLflow run it started with.
+
+The pure parts (the stage record, the checks before resuming, a trial's history across a
+restart) are tested first, without Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from retrain.cli import main
+from retrain.errors import DataError, RegistryError
+from retrain.pipeline import (
+    CycleStage,
+    _check_resumable,
+    read_stages,
+    save_stage,
+    unfinished_cycle,
+)
+from retrain.search import METRICS_FILE, _last_run
+from tests.synthetic import config_dict, write_partitions
+
+# --- pure -------------------------------------------------------------------------------------
+
+
+def _stage(cycle_id: str, stage: str, started_at: float) -> CycleStage:
+    return CycleStage(cycle_id=cycle_id, stage=stage, run_id=f"run-{cycle_id}",
+                      champion_version="3", partitions={"1": "aa", "2": "bb"},
+                      excluded=("0",), judged=("2",), started_at=started_at)
+
+
+def test_the_stage_record_round_trips_and_only_the_newest_unfinished_cycle_resumes(tmp_path):
+    assert unfinished_cycle(tmp_path / "none") is None
+    save_stage(tmp_path, _stage("a", "done", 1.0))
+    save_stage(tmp_path, _stage("b", "searched", 2.0))
+    stages = read_stages(tmp_path)
+    assert [s.cycle_id for s in stages] == ["a", "b"]
+    assert stages[1] == replace(_stage("b", "searched", 2.0), updated_at=stages[1].updated_at)
+    assert unfinished_cycle(tmp_path).cycle_id == "b"
+    assert stages[1].reached("started") and stages[1].reached("searched")
+    assert not stages[1].reached("decided")
+    # a newer finished cycle means the older unfinished one is history, not work to resume
+    save_stage(tmp_path, _stage("c", "done", 3.0))
+    assert unfinished_cycle(tmp_path) is None
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_a_kept_decision_comes_back_as_it_was_recorded(tmp_path):
+    from retrain.decide import Check, Decision, Verdict
+
+    decision = Decision(Verdict.KEEP, ("no evidence",), "auc", 0.81, 0.8,
+                        (Check("superiority", False, "lower bound -0.01", hard=False),))
+    stage = save_stage(tmp_path, replace(_stage("a", "decided", 1.0),
+                                         decision=decision.to_dict()))
+    assert read_stages(tmp_path)[0].kept_decision() == decision == stage.kept_decision()
+
+
+class _Partition:
+    def __init__(self, value: str, digest: str) -> None:
+        self.value, self.digest = value, digest
+
+
+def test_resuming_on_other_data_or_after_the_champion_moved_is_refused():
+    stage = _stage("a", "searched", 1.0)
+    same = [_Partition("1", "aa"), _Partition("2", "bb")]
+    _check_resumable(stage, same, "3")
+    with pytest.raises(DataError, match=r"added \['3'\], removed \[\], changed \['2'\]"):
+        _check_resumable(stage, [_Partition("1", "aa"), _Partition("2", "cc"),
+                                 _Partition("3", "dd")], "3")
+    with pytest.raises(RegistryError, match="points at version 4 but the cycle compared "
+                                            "against 3"):
+        _check_resumable(stage, same, "4")
+    # after its own promotion the alias names the cycle's version, and it may still finish
+    _check_resumable(replace(stage, stage="registered", model_version="4"), same, "4")
+
+
+def test_a_trial_history_keeps_only_its_last_run():
+    run = [{"round": r, "score": r / 100} for r in (10, 20, 30)]
+    assert _last_run(run) == tuple(run)
+    # restarted from scratch after a resume: the first run's rounds go
+    assert _last_run([*run[:2], *run]) == tuple(run)
+    # restored from its final checkpoint: the final round is reported once more
+    assert _last_run([*run, dict(run[-1], score=0.3)]) == (*run[:2], dict(run[-1], score=0.3))
+
+
+def test_finished_trials_are_told_to_tpe_with_the_distributions_it_would_have_used():
+    import optuna
+
+    from retrain.candidates import FamilySpace, families, family_distributions
+    from retrain.config import config_from_dict
+    from retrain.search import TrialResult, _told_storage
+
+    config = config_from_dict(config_dict("data", "work"))
+    active = families(config.search)
+    space = FamilySpace(active)
+    xgb = active[0]
+    dists = family_distributions(xgb)
+    assert dists, "the default XGBoost family searches some parameters"
+    params = {k.split("/", 1)[1]: d.low if hasattr(d, "low") else d.choices[0]
+              for k, d in dists.items()}
+    told = (
+        TrialResult("a", params, "completed", 0.8, 100, 1.0,
+                    history=({"round": 50, "score": 0.7}, {"round": 100, "score": 0.8}),
+                    family=xgb.name),
+        TrialResult("b", params, "stopped", 0.6, 50, 1.0,
+                    history=({"round": 50, "score": 0.6},), family=xgb.name),
+        TrialResult("c", params, "failed", None, 0, 0.0, error="boom", family=xgb.name),
+        # a family this search does not run: left out, not an error
+        TrialResult("d", {}, "completed", 0.9, 1, 1.0, family="no_such_family"),
+    )
+    assert _told_storage(space, (), "max") is None
+    storage = _told_storage(space, told, "max")
+    study = optuna.load_study(study_name="optuna", storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE,
+                                         optuna.trial.TrialState.PRUNED,
+                                         optuna.trial.TrialState.FAIL]
+    assert trials[0].value == 0.8 and trials[0].intermediate_values == {50: 0.7, 100: 0.8}
+    assert trials[0].distributions == dists
+    assert trials[0].params == {k: params[k.split("/", 1)[1]] for k in dists}
+
+
+# --- a dead driver, on a real cluster ----------------------------------------------------------
+
+TRIALS, ROUNDS, EVERY = 8, 200, 25
+
+DRIVER = """
+import sys
+import ray
+from retrain import load_config, run_cycle
+ray.init(address=sys.argv[2], logging_level="WARNING")
+run_cycle(load_config(sys.argv[1]))
+"""
+
+
+def _whole_final(folder: Path) -> bool:
+    """Whether a trial folder holds its final checkpoint, every file at the size recorded."""
+    for metrics in folder.glob(f"checkpoint_*/{METRICS_FILE}"):
+        try:
+            record = json.loads(metrics.read_text())
+            sizes, _ = record["files"], record["config"]
+        except (json.JSONDecodeError, KeyError):
+            continue
+        if all((metrics.parent / n).exists() and (metrics.parent / n).stat().st_size == size
+               for n, size in sizes.items()):
+            return True
+    return False
+
+
+def _trial_folders(experiment: Path) -> dict[str, dict]:
+    """trial folder -> its result log (bytes) and whether it holds a whole final checkpoint."""
+    return {folder.name: {"log": (folder / "result.json").read_bytes()
+                          if (folder / "result.json").exists() else b"",
+                          "final": _whole_final(folder)}
+            for folder in experiment.glob("_trial_*")}
+
+
+def _rounds(log: bytes) -> list[int]:
+    return [json.loads(line)["round"] for line in log.decode().splitlines() if line.strip()]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_search_whose_driver_died_resumes_without_running_finished_trials_again(
+    ray_cluster, tmp_path, capsys
+):
+    write_partitions(tmp_path / "data", [1, 2, 3], rows=30000, seed=5)
+    raw = config_dict(tmp_path / "data", tmp_path / "work",
+                      search={"num_samples": TRIALS, "num_boost_round": ROUNDS,
+                              "report_every": EVERY, "early_stopping": False},
+                      resources={"cpus_per_trial": 0.9})
+    path = tmp_path / "retrain.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cycles, tune_root = tmp_path / "work" / "cycles", tmp_path / "work" / "tune"
+
+    log = (tmp_path / "driver.log").open("w")
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(path), ray_cluster["address"]],
+                              env=ray_cluster["env"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert driver.poll() is None, \
+                f"the driver ended before it was killed:\n{(tmp_path / 'driver.log').read_text()}"
+            assert time.monotonic() < deadline, "no two trials finished within 300 s"
+            stages = read_stages(cycles)
+            if stages:
+                experiment = tune_root / f"synthetic-{stages[0].cycle_id}"
+                if sum(f["final"] for f in _trial_folders(experiment).values()) >= 2:
+                    break
+            time.sleep(0.1)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        log.close()
+    # what the dead driver left (a trial may have finished between the check and the kill)
+    before = _trial_folders(experiment)
+    finished = {name for name, f in before.items() if f["final"]}
+    cycle = read_stages(cycles)[0]
+    assert cycle.stage == "started"  # it died inside the search
+    assert 2 <= len(finished) < TRIALS, "every trial had finished before the kill"
+
+    assert main(["run", "--config", str(path), "--resume", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    shown = {t: (len(_rounds(f["log"])), f["final"]) for t, f in before.items()}
+    print(f"killed with {len(finished)} of {TRIALS} trials finished; (reports, final): {shown}")
+
+    # the same cycle, continued from its stage, reached a decision
+    assert out["cycle_id"] == cycle.cycle_id and out["resumed_from"] == "started"
+    assert out["run_id"] == cycle.run_id
+    assert out["decision"]["verdict"] == "promote"
+    assert out["trials"]["completed"] == TRIALS
+    final = read_stages(cycles)
+    assert len(final) == 1 and final[0].stage == "done" and final[0].attempts == 2
+
+    # the finished trials were not run again: their folders are as the dead driver left them,
+    # and the resumed run (a new experiment beside the first) ran only the rest of the budget
+    after = _trial_folders(experiment)
+    for name in finished:
+        assert after[name] == before[name], name
+    resumed = _trial_folders(tune_root / f"synthetic-{cycle.cycle_id}.resume1")
+    assert len(resumed) == TRIALS - len(finished)
+    for name, folder in resumed.items():
+        assert folder["final"] and _rounds(folder["log"])[-1] == ROUNDS, name
+
+    # one MLflow run for the cycle, finished, with one child run per trial
+    uri = f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run = client.get_run(cycle.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["retrain.resumed_from"] == "started"
+    children = client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{cycle.run_id}'")
+    assert len(children) == TRIALS
+    cycle_runs = client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.`retrain.cycle_id` = '{cycle.cycle_id}'")
+    assert [r.info.run_id for r in cycle_runs] == [cycle.run_id]
+    assert str(client.get_model_version_by_alias("synthetic", "champion").version) == "1"
