@@ -25,13 +25,14 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from retrain.loadgen import Answer, LoadGenerator
 
 TOKEN = "rollout-bench"
 ROW = {"x1": 0.3, "x2": 4.0, "cat": "b"}
@@ -51,49 +52,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class TimedLoad:
-    """Client threads posting one row each; (start, seconds, status, version) per request."""
-
-    def __init__(self, url: str, threads: int) -> None:
-        self.url, self.records, self._stop = f"{url}/invocations", [], threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def __enter__(self):
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        for t in self._threads:
-            t.join(30)
-
-    def _run(self) -> None:
-        import httpx
-
-        with httpx.Client(timeout=30) as http:
-            while not self._stop.is_set():
-                start = time.monotonic()
-                try:
-                    r = http.post(self.url, json={"dataframe_records": [ROW]})
-                    status, version = r.status_code, r.headers.get("x-model-version")
-                except httpx.HTTPError:
-                    status, version = 0, None
-                with self._lock:
-                    self.records.append((start, time.monotonic() - start, status, version))
-
-
-def _window(records, start: float, end: float) -> dict:
-    rows = [r for r in records if start <= r[0] < end]
-    ok = np.array([r[1] for r in rows if r[2] == 200]) * 1000
-    done = sorted(r[0] + r[1] for r in rows)
+def _window(answers: list[Answer], start: float, end: float) -> dict:
+    rows = [a for a in answers if start <= a.started < end]
+    ok = np.array([a.seconds for a in rows if a.ok]) * 1000
+    done = sorted(a.started + a.seconds for a in rows)
     gaps = [b - a for a, b in itertools.pairwise(done)] or [0.0]
-    return {"requests": len(rows), "failed": sum(r[2] != 200 for r in rows),
+    return {"requests": len(rows), "failed": sum(not a.ok for a in rows),
             "p50": float(np.percentile(ok, 50)) if ok.size else float("nan"),
             "p99": float(np.percentile(ok, 99)) if ok.size else float("nan"),
             "max": float(ok.max()) if ok.size else float("nan"), "stall": max(gaps) * 1000,
-            "versions": sorted({r[3] for r in rows if r[3]})}
+            "versions": sorted({a.version for a in rows if a.version})}
 
 
 def main() -> None:
@@ -156,7 +124,8 @@ def main() -> None:
         (root / "retrain.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
         driver = RolloutDriver(config, url=url, token=TOKEN)
         marks = {}
-        with TimedLoad(url, args.threads) as load:
+        with LoadGenerator(f"{url}/invocations", {"dataframe_records": [ROW]},
+                           threads=args.threads, pause_s=0.0) as load:
             marks["steady"] = time.monotonic()
             time.sleep(args.steady_s)
             marks["rollout"] = time.monotonic()
@@ -176,7 +145,7 @@ def main() -> None:
             wait_for_version(url, "1", timeout=60)
             time.sleep(3)
             marks["end"] = time.monotonic()
-        steady = _window(load.records, marks["steady"], marks["rollout"])
+        steady = _window(load.answers, marks["steady"], marks["rollout"])
         print(f"rollout: {rollout.stage} ({rollout.reason}); "
               f"{len(rollout.history)} transitions")
         print(f"{'window':<10}{'s':>6}{'requests':>10}{'failed':>8}{'p50 ms':>9}{'p99 ms':>9}"
@@ -184,7 +153,7 @@ def main() -> None:
         for name, start, end in (("steady", marks["steady"], marks["rollout"]),
                                  ("rollout", marks["rollout"], marks["rollback"]),
                                  ("rollback", marks["rollback"], marks["end"])):
-            w = _window(load.records, start, end)
+            w = _window(load.answers, start, end)
             print(f"{name:<10}{end - start:>6.1f}{w['requests']:>10}{w['failed']:>8}"
                   f"{w['p50']:>9.1f}{w['p99']:>9.1f}{w['p99'] / steady['p99']:>12.2f}"
                   f"{w['max']:>9.1f}{w['stall']:>10.1f}  {','.join(w['versions'])}")

@@ -30,6 +30,7 @@ import random
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -160,6 +161,40 @@ def _authorize(settings: ServeSettings, header: str | None, request_id: str) -> 
         response.headers["www-authenticate"] = "Bearer"
         return response
     return None
+
+
+@dataclass(frozen=True)
+class _Admitted:
+    """A request that passed the shared preamble: its id and its parsed body (None when the
+    endpoint takes none)."""
+
+    request_id: str
+    body: Any = None
+
+
+def _split_body(body: Any) -> TrafficSplit:
+    try:
+        return TrafficSplit.from_dict(body)
+    except (ValueError, TypeError) as exc:
+        raise _BadBody(400, str(exc)) from None
+
+
+def _promote_body(body: Any) -> str:
+    """The version of ``{"version": "4"}`` (an integer is accepted too)."""
+    version = body.get("version") if isinstance(body, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool):
+        version = str(version)
+    if not isinstance(version, str) or not version.isdigit():
+        raise _BadBody(400, 'the body must be {"version": "<registered version>"}')
+    return version
+
+
+def _retrain_body(body: Any) -> str:
+    """The reason of ``{"reason": "..."}``; a blank body arrives here as ``{}``."""
+    reason = body.get("reason", "") if isinstance(body, dict) else None
+    if not isinstance(body, dict) or set(body) - {"reason"} or not isinstance(reason, str):
+        raise _BadBody(400, 'expected no body or a JSON object like {"reason": "..."}')
+    return reason
 
 
 def _open_log(settings: ServeSettings) -> tuple[InferenceLog | None, str | None]:
@@ -441,65 +476,69 @@ class ModelServer:
         }
 
     # -- HTTP: labels and admin ------------------------------------------------------------
-    @api.post("/feedback")
-    async def feedback(self, request: Request) -> JSONResponse:
-        """Late true labels: ``{"labels": [{"request_id": "...", "row": 0, "label": 1}]}``."""
+    async def _admit(self, request: Request, *, body_limit: int | None = None,
+                     unavailable: str | None = None, parse: Callable[[Any], Any] = lambda b: b,
+                     blank_ok: bool = False) -> _Admitted | JSONResponse:
+        """The preamble /feedback and every admin endpoint share, in this order: the request
+        id; the bearer token (403 when no token is configured, 401 when it is wrong); then, for
+        an endpoint with a body (``body_limit`` set), the body read up to that many bytes
+        (413); ``unavailable``, the reason the endpoint cannot act now (503); and ``parse`` of
+        its JSON (400, or the parser's status). ``blank_ok``: an empty body reads as ``{}``.
+        The answer to send, or the admitted request."""
         request_id = _request_id(request)
         denied = _authorize(self.settings, request.headers.get("authorization"), request_id)
         if denied is not None:
             return denied
-        raw = await _body(request, self.settings.max_body_bytes, request_id)
+        if body_limit is None:
+            return _Admitted(request_id)
+        raw = await _body(request, body_limit, request_id)
         if isinstance(raw, JSONResponse):
             return raw
-        log = self._log
-        if log is None:
-            why = f" ({self._log_error})" if self._log_error else ""
-            return _error(
-                503,
-                f"labels cannot be stored: the inference log is off{why}; enable "
-                "inference_log in the project config and restart serving",
-                request_id,
-            )
-        max_items = self.settings.max_rows
+        if unavailable is not None:
+            return _error(503, unavailable, request_id)
+        if blank_ok and not raw.strip():
+            raw = b"{}"
         try:
-            items = await _parsed(raw, lambda body: parse_feedback(body, max_items=max_items))
+            return _Admitted(request_id, await _parsed(raw, parse))
         except _BadBody as exc:
             return _error(exc.status, str(exc), request_id)
-        if not log.log_feedback(items):
+
+    @api.post("/feedback")
+    async def feedback(self, request: Request) -> JSONResponse:
+        """Late true labels: ``{"labels": [{"request_id": "...", "row": 0, "label": 1}]}``."""
+        log, max_items = self._log, self.settings.max_rows
+        off = None
+        if log is None:
+            why = f" ({self._log_error})" if self._log_error else ""
+            off = (f"labels cannot be stored: the inference log is off{why}; enable "
+                   "inference_log in the project config and restart serving")
+        call = await self._admit(request, body_limit=self.settings.max_body_bytes,
+                                 unavailable=off,
+                                 parse=lambda body: parse_feedback(body, max_items=max_items))
+        if isinstance(call, JSONResponse):
+            return call
+        if not log.log_feedback(call.body):  # log is set: `unavailable` answered otherwise
             return _error(
                 503, "the inference log's buffer is full (its store is slow or unreachable); "
-                "retry later", request_id,
+                "retry later", call.request_id,
             )
-        return JSONResponse({"accepted": len(items), "request_id": request_id})
+        return JSONResponse({"accepted": len(call.body), "request_id": call.request_id})
 
     @api.post("/admin/retrain")
     async def admin_retrain(self, request: Request) -> JSONResponse:
         """Ask ``retrain watch`` for a cycle now; optional body ``{"reason": "..."}``."""
-        request_id = _request_id(request)
-        denied = _authorize(self.settings, request.headers.get("authorization"), request_id)
-        if denied is not None:
-            return denied
-        raw = await _body(request, _ADMIN_BODY_BYTES, request_id)
-        if isinstance(raw, JSONResponse):
-            return raw
         path = self.settings.inference_log_path
-        if not path:
-            return _error(
-                503, "retrain requests cannot be stored: no inference log path is configured",
-                request_id,
-            )
-        try:
-            body = _json(raw) if raw.strip() else {}
-        except _BadBody as exc:
-            return _error(exc.status, str(exc), request_id)
-        reason = body.get("reason", "") if isinstance(body, dict) else None
-        if not isinstance(body, dict) or set(body) - {"reason"} or not isinstance(reason, str):
-            return _error(
-                400, 'expected no body or a JSON object like {"reason": "..."}', request_id
-            )
+        call = await self._admit(
+            request, body_limit=_ADMIN_BODY_BYTES, parse=_retrain_body, blank_ok=True,
+            unavailable=None if path else
+            "retrain requests cannot be stored: no inference log path is configured",
+        )
+        if isinstance(call, JSONResponse):
+            return call
+        request_id = call.request_id
         client = request.client.host if request.client else "unknown"
         try:
-            made = await run_in_threadpool(request_retrain, path, reason, f"http {client}")
+            made = await run_in_threadpool(request_retrain, path, call.body, f"http {client}")
         except ValueError as exc:  # reason too long
             return _error(400, str(exc), request_id)
         except OSError as exc:
@@ -512,33 +551,22 @@ class ModelServer:
         )
 
     @api.get("/admin/traffic")
-    def get_traffic(self, request: Request) -> JSONResponse:
+    async def get_traffic(self, request: Request) -> JSONResponse:
         """The split this replica applies, what it has loaded, and per-version counters."""
-        request_id = _request_id(request)
-        denied = _authorize(self.settings, request.headers.get("authorization"), request_id)
-        if denied is not None:
-            return denied
+        call = await self._admit(request)
+        if isinstance(call, JSONResponse):
+            return call
         return JSONResponse({**self._traffic(), "counters": self._versions.counters_dict(),
-                             "request_id": request_id})
+                             "request_id": call.request_id})
 
     @api.put("/admin/traffic")
     async def put_traffic(self, request: Request) -> JSONResponse:
         """Write a new split (body: a `TrafficSplit` dict) to the registry; replicas apply it
         once every version it names is loaded."""
-        request_id = _request_id(request)
-        denied = _authorize(self.settings, request.headers.get("authorization"), request_id)
-        if denied is not None:
-            return denied
-        raw = await _body(request, _ADMIN_BODY_BYTES, request_id)
-        if isinstance(raw, JSONResponse):
-            return raw
-        try:
-            split = TrafficSplit.from_dict(_json(raw))
-        except _BadBody as exc:
-            return _error(exc.status, str(exc), request_id)
-        except (ValueError, TypeError) as exc:
-            return _error(400, str(exc), request_id)
-        s = self.settings
+        call = await self._admit(request, body_limit=_ADMIN_BODY_BYTES, parse=_split_body)
+        if isinstance(call, JSONResponse):
+            return call
+        request_id, split, s = call.request_id, call.body, self.settings
         try:
             missing = await run_in_threadpool(unknown_versions, s.tracking_uri, s.model_name,
                                               split.deployed)
@@ -560,11 +588,10 @@ class ModelServer:
     @api.post("/admin/rollback")
     async def rollback(self, request: Request) -> JSONResponse:
         """All traffic back to the alias' version: removes the registry's split tag."""
-        request_id = _request_id(request)
-        denied = _authorize(self.settings, request.headers.get("authorization"), request_id)
-        if denied is not None:
-            return denied
-        s = self.settings
+        call = await self._admit(request)
+        if isinstance(call, JSONResponse):
+            return call
+        request_id, s = call.request_id, self.settings
         try:
             state = await run_in_threadpool(registry_state, s.tracking_uri, s.model_name)
             champion = state.aliases.get(s.alias)
@@ -584,11 +611,10 @@ class ModelServer:
     async def rollout_status(self, request: Request) -> JSONResponse:
         """The rollout in progress as the driver last recorded it in the registry, and the
         split this replica applies."""
-        request_id = _request_id(request)
-        denied = _authorize(self.settings, request.headers.get("authorization"), request_id)
-        if denied is not None:
-            return denied
-        s = self.settings
+        call = await self._admit(request)
+        if isinstance(call, JSONResponse):
+            return call
+        request_id, s = call.request_id, self.settings
         try:
             state = await run_in_threadpool(registry_state, s.tracking_uri, s.model_name)
         except Exception as exc:  # the registry is unreachable
@@ -602,24 +628,10 @@ class ModelServer:
     async def promote(self, request: Request) -> JSONResponse:
         """Move the alias to a version (body: {"version": "4"}): all traffic to it, no gates.
         Refused (409) while a rollout is in progress: roll it back or let it finish."""
-        request_id = _request_id(request)
-        denied = _authorize(self.settings, request.headers.get("authorization"), request_id)
-        if denied is not None:
-            return denied
-        raw = await _body(request, _ADMIN_BODY_BYTES, request_id)
-        if isinstance(raw, JSONResponse):
-            return raw
-        try:
-            body = _json(raw)
-        except _BadBody as exc:
-            return _error(exc.status, str(exc), request_id)
-        version = body.get("version") if isinstance(body, dict) else None
-        if isinstance(version, int) and not isinstance(version, bool):
-            version = str(version)
-        if not isinstance(version, str) or not version.isdigit():
-            return _error(400, 'the body must be {"version": "<registered version>"}',
-                          request_id)
-        s = self.settings
+        call = await self._admit(request, body_limit=_ADMIN_BODY_BYTES, parse=_promote_body)
+        if isinstance(call, JSONResponse):
+            return call
+        request_id, version, s = call.request_id, call.body, self.settings
         try:
             state = await run_in_threadpool(registry_state, s.tracking_uri, s.model_name)
             active = _rollout_summary(state)

@@ -10,11 +10,10 @@ versions served through the real request path.
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import httpx
 import numpy as np
@@ -23,6 +22,7 @@ import xgboost as xgb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from retrain.loadgen import LoadGenerator
 from serve.loader import TRAFFIC_TAG, LoadedModel, load_version
 from serve.traffic import TrafficSplit
 from tests.conftest import wait_until
@@ -162,55 +162,14 @@ def _logged(served, request_ids: set[str], rows_expected: int, timeout: float = 
 # -- a steady load ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Answer:
-    started: float
-    status: int
-    version: str | None
-    seconds: float
-    request_id: str | None = None
-
-
-class Load:
-    """Client threads posting one row each, as fast as answers come, for the whole block."""
+class Load(LoadGenerator):
+    """Client threads posting one row each to ``/invocations``, as fast as answers come, for
+    the whole block (retrain/loadgen.py records every request)."""
 
     def __init__(self, url: str, *, threads: int = 3, body: dict | None = None,
                  headers: dict | None = None) -> None:
-        self.url, self.body = f"{url}/invocations", body or {"dataframe_records": [ROW]}
-        self.headers = headers or {}
-        self.answers: list[Answer] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True)
-                         for _ in range(threads)]
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(30)
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=30) as http:
-            while not self._stop.is_set():
-                started = time.monotonic()
-                try:
-                    r = http.post(self.url, json=self.body, headers=self.headers)
-                    version = r.headers.get("x-model-version")
-                    answer = Answer(started, r.status_code, version,
-                                    time.monotonic() - started, r.headers.get("x-request-id"))
-                except httpx.HTTPError:
-                    answer = Answer(started, 0, None, time.monotonic() - started)
-                self.answers.append(answer)
-
-    def after(self, moment: float) -> list[Answer]:
-        return [a for a in list(self.answers) if a.started > moment]
-
-    def failures(self) -> list[Answer]:
-        return [a for a in self.answers if a.status != 200]
+        super().__init__(f"{url}/invocations", body or {"dataframe_records": [ROW]},
+                         threads=threads, pause_s=0.0, headers=headers)
 
 
 def _wait_for_answers(load: Load, since: float, count: int, timeout: float = 60) -> None:
