@@ -341,6 +341,11 @@ def test_put_traffic_validates_writes_the_tag_and_the_replica_applies_it(served)
         assert r.status_code == status and message in r.json()["error"], (body, r.text)
     r = httpx.put(f"{url}/admin/traffic", headers=AUTH, content=b"{nope")
     assert r.status_code == 400
+    # a body over the server's limit (8 MiB by default) is refused before it is parsed
+    huge = b" " * (8 * 1024 * 1024 + 1)
+    for method, path in (("PUT", "/admin/traffic"), ("POST", "/admin/promote")):
+        r = httpx.request(method, f"{url}{path}", headers=AUTH, content=huge)
+        assert r.status_code == 413 and "over the limit" in r.json()["error"], (path, r.text)
     assert _tag(registry) is None  # refused: nothing written
 
     wanted = {"weights": {"1": 0.8, "2": 0.2}, "shadow": "3", "sticky_key": "x-user"}
