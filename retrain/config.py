@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -252,6 +253,50 @@ class FamiliesConfig(_Section):
         return self
 
 
+class DataParallelConfig(_Section):
+    """XGBoost trials that train data-parallel: Ray Train's XGBoost trainer over Ray Data
+    shards of the training Parquet files, for data that outgrows one trial process (see
+    `retrain.distributed`). scikit-learn families always fit in one process."""
+
+    #: auto: when the training rows reach ``min_rows`` and the cluster holds one trial's
+    #: workers; true: always (an error on a cluster too small for the workers); false: never
+    enabled: Literal["auto"] | bool = "auto"
+    num_workers: int = Field(default=2, ge=1)
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    gpus_per_worker: float = Field(default=0.0, ge=0)
+    #: training rows from which ``auto`` trains data-parallel (below it one process is faster)
+    min_rows: int = Field(default=20_000_000, ge=1)
+    #: CPUs each Ray Data read task reserves; workers must leave at least this much free
+    cpus_per_read_task: float = Field(default=0.25, gt=0)
+
+    @field_validator("enabled", mode="before")
+    @classmethod
+    def _auto_or_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool) or value == "auto":
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ValueError(f"enabled must be auto, true or false, but got {value!r}")
+
+    @model_validator(mode="after")
+    def _reservable(self) -> DataParallelConfig:
+        # Ray accepts fractions of one CPU or GPU, and whole numbers above one
+        for name in ("cpus_per_worker", "gpus_per_worker"):
+            value = getattr(self, name)
+            if value > 1 and not float(value).is_integer():
+                raise ValueError(
+                    f"{name} must be a fraction up to 1 or a whole number, but got {value}; "
+                    f"use {int(value)} or {int(value) + 1}"
+                )
+        if self.num_workers > 1 and 0 < self.gpus_per_worker < 1:
+            raise ValueError(
+                f"the {self.num_workers} workers of a trial cannot share GPUs (XGBoost's "
+                "collective refuses two processes on one CUDA device), but got "
+                f"gpus_per_worker={self.gpus_per_worker}; use 1 or more, or 0"
+            )
+        return self
+
+
 class SearchConfig(_Section):
     num_samples: int = Field(default=8, ge=1)
     max_concurrent: int = Field(default=2, ge=1)
@@ -269,6 +314,8 @@ class SearchConfig(_Section):
     time_budget_s: float | None = Field(default=None, gt=0)
     #: where Ray Tune keeps trial results; on a multi-node cluster use shared storage (s3://...)
     storage_path: str | None = None
+    #: data-parallel XGBoost trials (Ray Train over Ray Data shards) for large data
+    data_parallel: DataParallelConfig = DataParallelConfig()
 
 
 class ResourcesConfig(_Section):
@@ -745,6 +792,11 @@ search:
   early_stopping: true         # ASHA stops weak trials early
   seed: 0
   max_failures: 1              # retries of a crashed trial (a node dying, say)
+  data_parallel:               # XGBoost trials on Ray Train workers over Ray Data shards
+    enabled: auto              # auto: from min_rows training rows on; or true / false
+    min_rows: 20000000
+    num_workers: 2
+    cpus_per_worker: 1         # leave CPUs free for Ray Data's reads (cpus_per_read_task)
   space:                       # a range is searched, a plain value is fixed
     max_depth: {{type: int, low: 3, high: 10}}
     eta: {{type: float, low: 0.02, high: 0.3, log: true}}

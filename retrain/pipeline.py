@@ -355,7 +355,7 @@ def _stages(config: Config, registry: MlflowRegistry, stage: CycleStage, folder:
     # a resumed cycle's search reads back the trials that finished; only the rest run
     search = run_search(
         config, data, name=f"{config.project.name}-{cycle_id}", progress=say is not _silent,
-        warm_start=warm,
+        warm_start=warm, split=split,
     )
     if not stage.reached("searched"):
         registry.log_trials(run_id, search)  # failed trials too, before giving up on them

@@ -39,7 +39,7 @@ import warnings
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -61,6 +61,10 @@ from retrain.candidates import (
 )
 from retrain.config import Config
 from retrain.errors import ClusterError, ConfigError, RetrainWarning, SearchError
+
+if TYPE_CHECKING:
+    from retrain.data import Split
+    from retrain.distributed import DataParallelSettings, ParquetRows
 
 Status = Literal["completed", "stopped", "failed"]
 
@@ -85,6 +89,20 @@ class TrialSettings:
     families: dict[str, Family]
     #: names this search's data in a worker's matrix cache (see `_matrices`)
     data_key: str = ""
+    #: XGBoost trials train data-parallel on Ray Train workers when set
+    data_parallel: DataParallelPlan | None = None
+
+
+@dataclass(frozen=True)
+class DataParallelPlan:
+    """What data-parallel XGBoost trials need: their workers and the Parquet rows to read."""
+
+    settings: DataParallelSettings
+    rows: ParquetRows
+    #: the warm start's rows (partitions the champion was not trained on); None: ``rows``
+    warm_rows: ParquetRows | None = None
+    #: why the search trains data-parallel
+    why: str = ""
 
 
 @dataclass(frozen=True)
@@ -97,6 +115,8 @@ class WarmStart:
     problem: str | None = None
     #: positions in ``TrainData.x_train`` of the rows to boost on; None: all of them
     rows: np.ndarray | None = field(default=None, repr=False, compare=False)
+    #: the partitions whose rows ``rows`` leaves out (the champion was trained on them)
+    seen: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, champion, split, *, version: str, seen: Collection[str] = (),
@@ -118,7 +138,7 @@ class WarmStart:
                     "(lower data.validation_fraction, or set "
                     "search.families.xgboost_warm_start.rows: all)"))
         return cls(version=version, model=bytes(champion.booster.save_raw("ubj")),
-                   rows=positions)
+                   rows=positions, seen=tuple(sorted(seen)) if positions is not None else ())
 
 
 def new_rows(
@@ -183,6 +203,8 @@ class SearchResult:
     skipped: dict[str, str] = field(default_factory=dict)
     #: trials an earlier, interrupted run of this search had finished: read back, not run
     carried: int = 0
+    #: why XGBoost trials trained data-parallel (None: each in one process)
+    data_parallel: str | None = None
 
     def count(self, status: Status) -> int:
         return sum(t.status == status for t in self.trials)
@@ -251,7 +273,7 @@ def _trial(
     context = tune.get_context()
     resources = context.get_trial_resources().required_resources
     nthread = max(1, round(resources.get("CPU", 1)))
-    reporter = _Reporter(config, context.get_trial_id())
+    reporter = TrialReporter(config, context.get_trial_id())
     if family.flavor == "sklearn":
         _fit_sklearn(family, params, data, settings, nthread, reporter)
         return
@@ -262,7 +284,7 @@ def _trial(
            champion if family.warm_start else None, reporter)
 
 
-class _Reporter:
+class TrialReporter:
     """A trial's reports to Tune. The last one carries the final checkpoint: the model and
     a record of the whole trial (its config, id, every report, its files' sizes) that a
     resumed search reads back (`_finished_trials`). The trial writes that record itself
@@ -320,7 +342,7 @@ def _matrices(data: TrainData, key: str, rows: np.ndarray | None, nthread: int):
 
 def _boost(family: Family, config: dict[str, Any], data: TrainData, settings: TrialSettings,
            nthread: int, device: str, champion: WarmStart | None,
-           reporter: _Reporter) -> None:
+           reporter: TrialReporter) -> None:
     """Train XGBoost (continuing the champion's booster when given, on its rows), report per
     N rounds, checkpoint the final booster."""
     import xgboost as xgb
@@ -329,6 +351,17 @@ def _boost(family: Family, config: dict[str, Any], data: TrainData, settings: Tr
     params = xgb_params(
         settings.task, settings.metric, config, nthread=nthread, device=device, seed=settings.seed
     )
+    plan = settings.data_parallel
+    if plan is not None:
+        from retrain.distributed import train_data_parallel
+
+        rows = plan.warm_rows if champion is not None and champion.rows is not None \
+            and plan.warm_rows is not None else plan.rows
+        train_data_parallel(params, rows, metric=settings.metric, rounds=family.rounds,
+                            report_every=settings.report_every, settings=plan.settings,
+                            base_model=None if champion is None else champion.model,
+                            reporter=reporter)
+        return
     dtrain, dvalid = _matrices(data, settings.data_key,
                                None if champion is None else champion.rows, nthread)
     base = None if champion is None else xgb.Booster(model_file=bytearray(champion.model))
@@ -369,7 +402,7 @@ def _boost(family: Family, config: dict[str, Any], data: TrainData, settings: Tr
 
 
 def _fit_sklearn(family: Family, params: dict[str, Any], data: TrainData,
-                 settings: TrialSettings, nthread: int, reporter: _Reporter) -> None:
+                 settings: TrialSettings, nthread: int, reporter: TrialReporter) -> None:
     """Fit a scikit-learn family once, score it on the validation rows, report once."""
     import skops.io
     from threadpoolctl import threadpool_limits
@@ -424,18 +457,29 @@ def trial_resources(config: Config, totals: dict[str, float]) -> dict[str, float
     return {"cpu": cpus, "gpu": gpus}
 
 
-def _family_resources(resources: dict[str, float], active: tuple[Family, ...]):
+#: CPUs a data-parallel trial reserves for itself: it only waits on its Ray Train run, whose
+#: workers reserve their own
+DATA_PARALLEL_TRIAL_CPUS = 0.25
+
+
+def _family_resources(resources: dict[str, float], active: tuple[Family, ...],
+                      data_parallel: bool = False):
     """The resources argument of `tune.with_resources`: the plain dict, unless scikit-learn
-    trials would hold GPUs they cannot use; then a per-trial choice by family."""
-    if resources["gpu"] == 0 or all(f.flavor == "xgboost" for f in active):
+    trials would hold GPUs they cannot use, or XGBoost trials train data-parallel (their
+    workers hold the CPUs and GPUs); then a per-trial choice by family."""
+    if not data_parallel and (resources["gpu"] == 0 or all(f.flavor == "xgboost"
+                                                           for f in active)):
         return resources
     from ray.tune import PlacementGroupFactory
 
     cpu_only = {f.name for f in active if f.flavor != "xgboost"}
 
     def by_family(config: dict[str, Any]):
-        gpu = 0 if config.get(FAMILY_KEY) in cpu_only else resources["gpu"]
-        return PlacementGroupFactory([{"CPU": resources["cpu"], "GPU": gpu}])
+        if config.get(FAMILY_KEY) in cpu_only:
+            return PlacementGroupFactory([{"CPU": resources["cpu"]}])
+        if data_parallel:
+            return PlacementGroupFactory([{"CPU": DATA_PARALLEL_TRIAL_CPUS}])
+        return PlacementGroupFactory([{"CPU": resources["cpu"], "GPU": resources["gpu"]}])
 
     return by_family
 
@@ -546,9 +590,13 @@ def plan_families(
 
 def run_search(
     config: Config, data: TrainData, *, name: str, progress: bool = False,
-    warm_start: WarmStart | None = None,
+    warm_start: WarmStart | None = None, split: Split | None = None,
 ) -> SearchResult:
     """Run the search over every active family on the connected Ray cluster.
+
+    ``split`` (the cycle's `retrain.data.Split`) lets XGBoost trials train data-parallel
+    from the split's Parquet files when ``search.data_parallel`` says so (see
+    `retrain.distributed`); without it every trial trains in one process.
 
     ``warm_start`` carries the champion's booster for the ``xgboost_warm_start`` family; when
     it is None or says why the champion cannot be continued, that family sits this search
@@ -576,8 +624,13 @@ def run_search(
     if progress:
         for family, why in skipped.items():
             _say(f"  {family} skipped: {why}")
+    totals = _cluster_totals()
+    plan = _data_parallel_plan(config, data, split, active, warm_start, totals)
+    if plan is not None and progress:
+        _say(f"  XGBoost trials train data-parallel: {plan.why}")
     settings = TrialSettings(task.type, metric, s.report_every, s.seed,
-                             {f.name: f for f in active}, data_key=uuid.uuid4().hex)
+                             {f.name: f for f in active}, data_key=uuid.uuid4().hex,
+                             data_parallel=plan)
     # every active family gets at least one trial; with nothing to search, one each is all
     samples = max(s.num_samples, len(active)) if any(f.searched for f in active) \
         else len(active)
@@ -595,10 +648,10 @@ def run_search(
              "and are not run again")
     if len(carried) < samples:
         champion = warm_start if any(f.warm_start for f in active) else None
-        resources = trial_resources(config, _cluster_totals())
+        resources = trial_resources(config, totals)
         trainable = tune.with_resources(
             tune.with_parameters(_trial, data=data, settings=settings, champion=champion),
-            _family_resources(resources, active),
+            _family_resources(resources, active, plan is not None),
         )
         run_name = name if not earlier else f"{name}.resume{len(earlier)}"
         tuner = _tuner(trainable, config, run_name, storage, active, samples - len(carried),
@@ -621,6 +674,38 @@ def run_search(
         families=tuple(f.name for f in active),
         skipped=skipped,
         carried=len(carried),
+        data_parallel=None if plan is None else plan.why,
+    )
+
+
+def _data_parallel_plan(config: Config, data: TrainData, split: Split | None,
+                        active: tuple[Family, ...], warm_start: WarmStart | None,
+                        totals: dict[str, float]) -> DataParallelPlan | None:
+    """The data-parallel plan when ``search.data_parallel`` applies to this search."""
+    from retrain.distributed import DataParallelSettings, parquet_rows, use_data_parallel
+
+    section = config.search.data_parallel
+    if section.enabled is False or not any(f.flavor == "xgboost" for f in active):
+        return None
+    if split is None:
+        if section.enabled is True:
+            raise ConfigError(
+                "search.data_parallel.enabled is true, but this search was given no split "
+                "to read Parquet rows from; run it through a cycle (retrain run), or pass "
+                "split= to run_search"
+            )
+        return None
+    use, why = use_data_parallel(section, len(data.x_train), totals,
+                                 trial_cpus=DATA_PARALLEL_TRIAL_CPUS)
+    if not use:
+        return None
+    rows = parquet_rows(split, config.data, config.task.type)
+    warm = warm_start is not None and warm_start.rows is not None and warm_start.seen
+    return DataParallelPlan(
+        settings=DataParallelSettings.of(section, totals), rows=rows,
+        warm_rows=parquet_rows(split, config.data, config.task.type, skip=warm_start.seen)
+        if warm else None,
+        why=why,
     )
 
 

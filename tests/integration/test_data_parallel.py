@@ -1,0 +1,181 @@
+"""Data-parallel trials on a real Ray cluster: a Tune search whose trials train with Ray
+Train's XGBoost trainer (2 workers) over Ray Data shards of the Parquet files.
+
+The first trial, set to boost far longer than the test lasts, is stopped by Tune after its
+first report, as ASHA stops weak trials: its Train run must end at once, and the second trial
+runs on the same (reused) trial actor, which Tune allows only when the stopped trial gave its
+actor back at once. The finished trial continues a booster (a warm start) and must report
+like a single-process trial, give every worker its own rows, and check a model as good as
+`xgb.train` continuing the same booster on the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from retrain.candidates import xgb_params
+from retrain.config import config_from_dict
+from retrain.data import load_split
+from retrain.distributed import DataParallelSettings, parquet_rows, train_data_parallel
+from retrain.search import (
+    AT_KEY,
+    FIT_KEY,
+    METRICS_FILE,
+    MODEL_FILE,
+    SCORE_KEY,
+    TRAINED_KEY,
+    TrialReporter,
+)
+from tests.synthetic import config_dict, write_partitions
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+ROUNDS, EVERY, BASE_ROUNDS = 20, 5, 5
+#: the session cluster's CPUs, and what a trial reserves for itself (it only drives Train)
+TOTAL_CPUS, TRIAL_CPUS = 2, 0.25
+PARAMS = {"max_depth": 4, "eta": 0.2, "subsample": 1.0}
+
+
+def _params() -> dict:
+    return xgb_params("classification", "auc", PARAMS, nthread=1, device="cpu", seed=1)
+
+
+def _trainable(config, rows, settings, base, out):
+    import ray
+
+    # the stopped trial's workers must be gone: all CPUs free but this trial's own share
+    waited, free = 0.0, TOTAL_CPUS - TRIAL_CPUS
+    while ray.available_resources().get("CPU", 0) < free - 1e-6 and waited < 60:
+        time.sleep(0.5)
+        waited += 0.5
+    from ray import tune
+
+    trial = config["trial"]
+    run = train_data_parallel(_params(), rows, metric="auc", rounds=trial["rounds"],
+                              report_every=EVERY, settings=settings,
+                              base_model=base if trial["warm"] else None,
+                              reporter=TrialReporter(config, tune.get_context().get_trial_id()))
+    Path(out, f"{trial['name']}.json").write_text(json.dumps({
+        "waited": waited, "rounds": run.rounds, "stopped": run.stopped,
+        "shard_rows": run.shard_rows, "valid_rows": run.valid_rows,
+    }))
+
+
+def _stop_first(trial_id, result) -> bool:
+    return result["config"]["trial"]["name"] == "stopped" and result["round"] >= EVERY
+
+
+@pytest.fixture(scope="module")
+def split_rows(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data-parallel")
+    write_partitions(root / "data", [1, 2, 3, 4], rows=3000, seed=5)
+    config = config_from_dict(config_dict(root / "data", root / "work"))
+    split = load_split(config.data, config.task.type)
+    return root, split, parquet_rows(split, config.data, config.task.type)
+
+
+def test_tune_trials_train_data_parallel_on_ray_train(ray_cluster, split_rows):
+    import xgboost as xgb
+    from ray import tune
+
+    root, split, rows = split_rows
+    train = xgb.DMatrix(split.x_train, split.y_train, enable_categorical=True)
+    first = xgb.train({**_params(), "max_depth": 2}, train, BASE_ROUNDS)
+    base = bytes(first.save_raw("ubj"))
+    # the trial only drives Train: with its 2 workers and a read task it holds 1 of 2 CPUs
+    settings = DataParallelSettings(num_workers=2, cpus_per_worker=0.25,
+                                    cpus_per_read_task=0.25)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, rows=rows, settings=settings, base=base,
+                             out=str(root)),
+        {"cpu": TRIAL_CPUS},
+    )
+    grid = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search([
+            {"name": "stopped", "rounds": 100_000, "warm": False},
+            {"name": "finished", "rounds": ROUNDS, "warm": True},
+        ])},
+        tune_config=tune.TuneConfig(metric=SCORE_KEY, mode="max", max_concurrent_trials=1,
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(name="dp", storage_path=str(root / "tune"),
+                                  stop=_stop_first, verbose=0),
+    ).fit()
+    results = {r.config["trial"]["name"]: r for r in grid}
+    assert all(r.error is None for r in grid), [str(r.error)[:2000] for r in grid]
+
+    stopped = results["stopped"]
+    assert stopped.metrics["round"] == EVERY and stopped.checkpoint is None
+    assert not (root / "stopped.json").exists()  # it left at its report, as Tune told it
+
+    finished = results["finished"]
+    history = finished.metrics_dataframe
+    assert history["round"].tolist() == [5, 10, 15, 20]
+    assert {SCORE_KEY, "round", "gpu", TRAINED_KEY, AT_KEY} <= set(history.columns)
+    assert (history["gpu"] == 0).all() and history[TRAINED_KEY].is_monotonic_increasing
+    assert finished.metrics[FIT_KEY] == pytest.approx(finished.metrics[TRAINED_KEY])
+    with finished.checkpoint.as_directory() as folder:
+        booster = xgb.Booster(model_file=str(Path(folder) / MODEL_FILE))
+        saved = json.loads((Path(folder) / METRICS_FILE).read_text())
+    assert saved["round"] == ROUNDS and saved[SCORE_KEY] == finished.metrics[SCORE_KEY]
+    assert booster.num_boosted_rounds() == BASE_ROUNDS + ROUNDS  # the base's trees first
+
+    # every worker trained on rows of its own: together exactly the training rows
+    run = json.loads((root / "finished.json").read_text())
+    assert run["waited"] < 30, "the stopped trial's Train workers outlived it"
+    assert not run["stopped"] and run["rounds"] == ROUNDS
+    assert len(run["shard_rows"]) == 2 and min(run["shard_rows"]) > 0
+    assert sum(run["shard_rows"]) == len(split.x_train)
+    assert run["valid_rows"] == len(split.x_valid)
+
+    # the reported score is the exact validation AUC (every worker held all validation rows)
+    valid = xgb.DMatrix(split.x_valid, enable_categorical=True)
+    dp_auc = roc_auc_score(split.y_valid, booster.predict(valid))
+    assert finished.metrics[SCORE_KEY] == pytest.approx(dp_auc, abs=1e-4)
+
+    # and the model is as good as one process continuing the same booster on the same rows
+    single = xgb.train(_params(), train, ROUNDS, xgb_model=xgb.Booster(model_file=bytearray(base)))
+    single_auc = roc_auc_score(split.y_valid, single.predict(valid))
+    assert abs(dp_auc - single_auc) < 0.01, (dp_auc, single_auc)
+    holdout = xgb.DMatrix(split.x_holdout, enable_categorical=True)
+    assert abs(roc_auc_score(split.y_holdout, booster.predict(holdout))
+               - roc_auc_score(split.y_holdout, single.predict(holdout))) < 0.01
+    assert np.isfinite(dp_auc) and dp_auc > 0.7
+
+
+def test_a_search_set_to_data_parallel_trains_its_xgboost_trials_on_ray_train(
+    ray_cluster, split_rows
+):
+    """The same trial interface either way: `run_search` with ``search.data_parallel``
+    on hands its XGBoost trials to Ray Train and gets back completed trials, reports and
+    loadable models like any search."""
+    import xgboost as xgb
+
+    from retrain.search import TrainData, load_model, run_search
+
+    root, split, _ = split_rows
+    config = config_from_dict(config_dict(
+        root / "data", root / "work-search",
+        search={"num_samples": 2, "num_boost_round": 10, "report_every": 5,
+                "early_stopping": False,
+                "data_parallel": {"enabled": True, "num_workers": 2, "cpus_per_worker": 0.25}},
+    ))
+    data = TrainData(split.x_train, split.y_train, split.x_valid, split.y_valid)
+    result = run_search(config, data, name="dp-search", split=split)
+
+    assert result.data_parallel is not None and "enabled is true" in result.data_parallel
+    assert [t.status for t in result.trials] == ["completed", "completed"], \
+        [t.error for t in result.trials]
+    valid = xgb.DMatrix(split.x_valid, enable_categorical=True)
+    for trial in result.trials:
+        assert [h["round"] for h in trial.history] == [5, 10]
+        booster = load_model(trial)
+        assert booster.num_boosted_rounds() == 10
+        auc = roc_auc_score(split.y_valid, booster.predict(valid))
+        assert trial.score == pytest.approx(auc, abs=1e-4)
