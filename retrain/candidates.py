@@ -113,13 +113,19 @@ def family_distributions(family: Family) -> dict[str, Any]:
     return out
 
 
+#: the Optuna user attribute that records a trial's family
+FAMILY_ATTR = "family"
+
+
 @dataclass(frozen=True)
 class FamilySpace:
     """An Optuna define-by-run space over several families.
 
-    Trial ``n`` belongs to family ``n mod k``: every active family gets its share of the
-    samples whatever TPE believes early on, and the choice needs no state (a resumed search
-    hands out the same families). Parameters are named ``<family>/<param>``, so families
+    Each trial goes to the family with the fewest trials in the study so far (ties in the
+    families' order: round robin in a fresh search), so every active family gets its share
+    of the samples whatever TPE believes early on, also when a resumed search's study starts
+    with the finished trials of an earlier run, in any mix. The family is kept as the
+    trial's ``family`` user attribute. Parameters are named ``<family>/<param>``, so families
     never share an Optuna distribution (``eta`` may have different ranges in two families);
     Ray Tune turns the ``/`` into a nested config: ``{"family": f, f: {param: value}}``.
     """
@@ -127,7 +133,13 @@ class FamilySpace:
     families: tuple[Family, ...]
 
     def __call__(self, trial: Any) -> dict[str, Any]:
-        family = self.families[trial.number % len(self.families)]
+        counts = dict.fromkeys((f.name for f in self.families), 0)
+        for other in trial.study.get_trials(deepcopy=False):
+            name = other.user_attrs.get(FAMILY_ATTR)
+            if name in counts and other.number != trial.number:
+                counts[name] += 1
+        family = min(self.families, key=lambda f: counts[f.name])
+        trial.set_user_attr(FAMILY_ATTR, family.name)
         fixed = {}
         for name, entry in family.space.items():
             key = f"{family.name}/{name}"

@@ -631,6 +631,13 @@ def train_data_parallel(
             _report(item, reporter)
             last = item["round"]
             final = item if "model" in item else final
+    except ray.exceptions.RayActorError as exc:
+        ended = True  # nothing left to kill
+        raise SearchError(
+            f"the data-parallel trial lost its Ray Train driver actor at round {last} of "
+            f"{rounds} (its node died?): {_failure(exc)}; Tune retries the trial "
+            "(search.max_failures)"
+        ) from exc
     finally:
         # Tune stopped the trial (seen here, or raised by tune.report): end its Train run now
         if not ended:

@@ -172,7 +172,7 @@ def _check_resumable(stage: CycleStage, partitions: list, champion: str | None) 
         )
     # once registered, a promotion may have moved the alias to the cycle's own version
     expected = {stage.champion_version}
-    if stage.reached("registered"):
+    if stage.model_version is not None:
         expected.add(stage.model_version)
     if champion not in expected:
         raise RegistryError(
@@ -355,7 +355,7 @@ def _stages(config: Config, registry: MlflowRegistry, stage: CycleStage, folder:
     # a resumed cycle's search reads back the trials that finished; only the rest run
     search = run_search(
         config, data, name=f"{config.project.name}-{cycle_id}", progress=say is not _silent,
-        warm_start=warm, split=split,
+        warm_start=warm, split=split, read_only=stage.reached("searched"),
     )
     if not stage.reached("searched"):
         registry.log_trials(run_id, search)  # failed trials too, before giving up on them
@@ -390,14 +390,17 @@ def _stages(config: Config, registry: MlflowRegistry, stage: CycleStage, folder:
                                            challenger=challenger, model_uri=model_uri))
     model_version = stage.model_version
     if decision.verdict is Verdict.PROMOTE and not stage.reached("registered"):
-        model_version = registry.register(
-            stage.model_uri,
-            tags={**lineage, "retrain.run_id": run_id, "retrain.cycle_id": cycle_id,
-                  "retrain.search": search.experiment_path},
-        )
+        if model_version is None:
+            model_version = registry.register(
+                stage.model_uri,
+                tags={**lineage, "retrain.run_id": run_id, "retrain.cycle_id": cycle_id,
+                      "retrain.search": search.experiment_path},
+            )
+            # recorded before the alias moves: a crash in between resumes to the alias move
+            # (idempotent), never to a second registration
+            stage = save_stage(folder, replace(stage, model_version=model_version))
         registry.set_alias(alias, model_version)
-        stage = save_stage(folder, replace(stage, stage="registered",
-                                           model_version=model_version))
+        stage = save_stage(folder, replace(stage, stage="registered"))
     snapshot = {
         "partitions": [
             {"value": p.value, "rows": p.rows, "sha256": p.digest,

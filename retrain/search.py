@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from retrain.candidates import (
+    FAMILY_ATTR,
     FAMILY_KEY,
     FLAVORS,
     XGB_METRICS,
@@ -590,9 +591,13 @@ def plan_families(
 
 def run_search(
     config: Config, data: TrainData, *, name: str, progress: bool = False,
-    warm_start: WarmStart | None = None, split: Split | None = None,
+    warm_start: WarmStart | None = None, split: Split | None = None, read_only: bool = False,
 ) -> SearchResult:
     """Run the search over every active family on the connected Ray cluster.
+
+    ``read_only``: only read back the trials of an earlier run of this search (a cycle
+    resumed after its search finished: its trials were logged and judged, and the search
+    must not grow, e.g. after ending on ``time_budget_s``).
 
     ``split`` (the cycle's `retrain.data.Split`) lets XGBoost trials train data-parallel
     from the split's Parquet files when ``search.data_parallel`` says so (see
@@ -640,13 +645,18 @@ def run_search(
     rounds = {f.name: f.rounds for f in active}
     root = f"{storage.rstrip('/')}/{name}"
     earlier = _earlier_experiments(storage, name)
-    carried = tuple(t for path in earlier for t in _finished_trials(path, rounds))
+    # a family this run leaves out (the config changed) neither counts nor competes
+    carried = tuple(t for path in earlier for t in _finished_trials(path, rounds)
+                    if t.family in rounds)
+    if read_only and not earlier:
+        raise SearchError(f"search {name} was to be read back, but {root} holds no Tune "
+                          "experiment; was search.storage_path changed? Run a new cycle")
     start = time.perf_counter()
     trials = carried
     if earlier and progress:
         _say(f"  resuming search {name}: {len(carried)} of {samples} trials had finished "
              "and are not run again")
-    if len(carried) < samples:
+    if len(carried) < samples and not read_only:
         champion = warm_start if any(f.warm_start for f in active) else None
         resources = trial_resources(config, totals)
         trainable = tune.with_resources(
@@ -655,7 +665,8 @@ def run_search(
         )
         run_name = name if not earlier else f"{name}.resume{len(earlier)}"
         tuner = _tuner(trainable, config, run_name, storage, active, samples - len(carried),
-                       mode, progress, told=carried, offset=len(earlier))
+                       mode, progress, told=carried, offset=len(earlier),
+                       concurrent=_concurrent(config, plan, totals))
         trials += tuple(_trial_result(r, rounds) for r in tuner.fit())
     wall = time.perf_counter() - start
     completed = [t for t in trials if t.status == "completed" and t.score is not None]
@@ -709,6 +720,19 @@ def _data_parallel_plan(config: Config, data: TrainData, split: Split | None,
     )
 
 
+def _concurrent(config: Config, plan: DataParallelPlan | None,
+                totals: dict[str, float]) -> int:
+    """Trials at once: ``search.max_concurrent``; with data-parallel trials no more than the
+    cluster holds together with one read task each (trials that hold every CPU would starve
+    their Ray Data reads and wait forever)."""
+    if plan is None:
+        return config.search.max_concurrent
+    from retrain.distributed import cpus_needed
+
+    each = cpus_needed(config.search.data_parallel, trial_cpus=DATA_PARALLEL_TRIAL_CPUS)
+    return max(1, min(config.search.max_concurrent, int(totals.get("CPU", 0) // each)))
+
+
 def _earlier_experiments(storage: str, name: str) -> list[str]:
     """This search's experiments already on storage: ``name``, then its resumes in order."""
     from ray import tune
@@ -728,8 +752,9 @@ def _finished_trials(path: str, rounds: dict[str, int]) -> list[TrialResult]:
     import pyarrow.fs as pafs
     from ray.tune import Checkpoint, ExperimentAnalysis
 
-    saved = {t.path.rstrip("/").rsplit("/", 1)[-1]: t.status
-             for t in ExperimentAnalysis(path).trials}
+    # a trial saved while pending has no folder (and no path) yet
+    saved = {t.relative_logdir: t.status for t in ExperimentAnalysis(path).trials
+             if t.relative_logdir}
     fs, base = pafs.FileSystem.from_uri(path) if "://" in path \
         else (pafs.LocalFileSystem(), str(Path(path).resolve()))
     finished = []
@@ -802,7 +827,7 @@ def _last_line(text: str) -> str:
 
 def _tuner(trainable, config: Config, name: str, storage: str, active: tuple[Family, ...],
            samples: int, mode: str, progress: bool, *, told: tuple[TrialResult, ...] = (),
-           offset: int = 0):
+           offset: int = 0, concurrent: int | None = None):
     """A new Tune experiment: TPE over the families' space, ASHA per family, actor reuse.
 
     ``told``: finished trials of an earlier run of this search, which TPE learns from before
@@ -824,7 +849,7 @@ def _tuner(trainable, config: Config, name: str, storage: str, active: tuple[Fam
                                     storage=_told_storage(space, told, mode)),
             scheduler=_scheduler(config, active),
             num_samples=samples,
-            max_concurrent_trials=s.max_concurrent,
+            max_concurrent_trials=concurrent or s.max_concurrent,
             time_budget_s=s.time_budget_s,
             reuse_actors=True,
         ),
@@ -864,6 +889,7 @@ def _told_storage(space: FamilySpace, told: tuple[TrialResult, ...], mode: str):
         try:
             study.add_trial(optuna.trial.create_trial(
                 params=params, distributions=distributions, state=state,
+                user_attrs={FAMILY_ATTR: trial.family},
                 value=trial.score if state is TrialState.COMPLETE else None,
                 intermediate_values={int(h["round"]): h["score"] for h in trial.history},
             ))
@@ -930,7 +956,9 @@ def _result_of(config: dict[str, Any], metrics: dict[str, Any], reports: list[di
         status=status,
         score=score,
         rounds=rounds,
-        train_seconds=float(_number(metrics.get("time_total_s")) or 0.0),
+        # Tune's own clock when its log has it, else the trial's (a read-back record)
+        train_seconds=float(_number(metrics.get("time_total_s"))
+                            or _number(metrics.get(TRAINED_KEY)) or 0.0),
         history=history,
         error=error,
         gpu=bool(_number(metrics.get("gpu")) or 0),

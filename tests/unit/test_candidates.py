@@ -116,6 +116,19 @@ def test_trials_take_turns_over_families_with_separately_named_parameters():
     assert seen == [XGBOOST, WARM_START, LINEAR] * 3
 
 
+def test_a_resumed_study_hands_out_the_families_its_finished_trials_lacked():
+    """Told trials of an earlier run (any mix of families) count: the next trials go to the
+    families with fewest trials, so a resume never drops a family."""
+    from retrain.search import TrialResult, _told_storage
+
+    config = _config(linear={"enabled": True})
+    space = FamilySpace(families(config.search))
+    # the earlier run finished only its linear trial; the XGBoost one died with the driver
+    told = (TrialResult("a", {"alpha": 1.0}, "completed", 0.7, 1, 1.0, family=LINEAR),)
+    study = optuna.load_study(study_name="optuna", storage=_told_storage(space, told, "max"))
+    assert [space(study.ask())["family"] for _ in range(3)] == [XGBOOST, XGBOOST, LINEAR]
+
+
 def test_trial_family_reads_the_nested_config_tune_makes():
     config = {"family": WARM_START, WARM_START: {"eta": 0.1, "max_depth": 3}}
     assert trial_family(config) == (WARM_START, {"eta": 0.1, "max_depth": 3})
