@@ -48,23 +48,13 @@ def free_port() -> int:
 
 
 def register(root: Path) -> str:
-    """A booster (as in benchmarks/inference_log_overhead.py) as version 1, the champion."""
-    import pandas as pd
-    import xgboost as xgb
+    """The booster of benchmarks/inference_log_overhead.py as version 1, the champion."""
+    from inference_log_overhead import make_model  # benchmarks/ is on the path of a script
 
     from retrain.registry import MlflowRegistry
-    from serve.features import FeatureSpec
 
-    rng = np.random.default_rng(0)
-    n = 5000
-    frame = pd.DataFrame({
-        "x1": rng.normal(size=n), "x2": rng.uniform(0, 10, n),
-        "x3": rng.normal(size=n), "cat": rng.choice(["a", "b", "c"], n),
-    })
-    label = (frame["x1"] + (frame["cat"] == "b") > 0.5).astype(int)
-    spec = FeatureSpec.learn(frame, ("x1", "x2", "x3", "cat"))
-    booster = xgb.train({"max_depth": 4, "objective": "binary:logistic", "nthread": 1},
-                        xgb.DMatrix(spec.frame(frame), label, enable_categorical=True), 50)
+    model = make_model()
+    booster, spec = model.booster, model.spec
     registry = MlflowRegistry(tracking_uri=f"sqlite:///{root}/mlflow.db",
                               artifact_location=str(root / "artifacts"), experiment=MODEL,
                               model_name=MODEL)
