@@ -29,7 +29,10 @@ from tests.synthetic import config_dict, write_partitions
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-SCRATCH_ROUNDS, WARM_ROUNDS = 300, 10
+# The champion is trained once with CHAMPION_ROUNDS. The second cycle's from-scratch trials
+# get more rounds so that their fit lasts well over a second: at a tenth of a second, a busy
+# box's scheduling noise was as large as the gap being measured.
+CHAMPION_ROUNDS, SCRATCH_ROUNDS, WARM_ROUNDS = 300, 1200, 10
 
 
 def _config(root, name, **overrides):
@@ -40,9 +43,9 @@ def _config(root, name, **overrides):
     return load_config(path)
 
 
-def _search(**families):
+def _search(rounds, **families):
     return {
-        "num_boost_round": SCRATCH_ROUNDS, "report_every": 50, "early_stopping": False,
+        "num_boost_round": rounds, "report_every": rounds // 6, "early_stopping": False,
         "families": {"xgboost_warm_start": {"enabled": True, "num_boost_round": WARM_ROUNDS,
                                             "space": {"eta": {"type": "float", "low": 0.01,
                                                               "high": 0.05, "log": True},
@@ -58,7 +61,7 @@ def warm(ray_cluster, tmp_path_factory):
     write_partitions(root / "data", [4], rows=5000, seed=3)
     first = run_cycle(_config(
         root, "warm",
-        search={**_search(), "num_samples": 1,
+        search={**_search(CHAMPION_ROUNDS), "num_samples": 1,
                 "space": {"max_depth": 4, "eta": 0.1}},
         resources={"cpus_per_trial": 0.9},
     ))
@@ -68,7 +71,7 @@ def warm(ray_cluster, tmp_path_factory):
     write_partitions(root / "data", [5], rows=3000, seed=3)
     config = _config(
         root, "warm",
-        search={**_search(), "num_samples": 4,
+        search={**_search(SCRATCH_ROUNDS), "num_samples": 4,
                 "space": {"max_depth": {"type": "int", "low": 3, "high": 5}, "eta": 0.1}},
         resources={"cpus_per_trial": 0.9},
         # refresh at no loss; latency ratios are a coin toss on two busy cores
@@ -96,7 +99,7 @@ def test_both_families_share_the_search_and_rounds_count_from_the_warm_start(war
         assert [h["round"] for h in trial.history] == [WARM_ROUNDS]
         assert set(trial.params) == {"eta", "max_depth"} and 0.01 <= trial.params["eta"] <= 0.05
     for trial in by_family[XGBOOST]:
-        assert [h["round"] for h in trial.history] == list(range(50, SCRATCH_ROUNDS + 1, 50))
+        assert [h["round"] for h in trial.history] == list(range(200, SCRATCH_ROUNDS + 1, 200))
 
 
 def test_warm_started_trials_train_faster_than_from_scratch(warm):
@@ -104,9 +107,9 @@ def test_warm_started_trials_train_faster_than_from_scratch(warm):
     fit = {f: [t.fit_seconds for t in trials if t.family == f] for f in (XGBOOST, WARM_START)}
     assert all(s is not None and s > 0 for v in fit.values() for s in v), fit
     ratio = np.mean(fit[WARM_START]) / np.mean(fit[XGBOOST])
-    # a warm start still scores the champion's trees on its rows once; the rest is 10 rounds
-    # against 300
-    assert ratio < 0.6, fit
+    # a warm start still loads the champion and scores its trees on its rows once; the rest
+    # is 10 rounds against 1200
+    assert ratio < 0.5, fit
 
 
 def test_the_evaluator_picks_the_warm_start_because_it_scores_better(warm):
