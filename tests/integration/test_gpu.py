@@ -28,16 +28,27 @@ pytestmark = [
 
 SCRIPT = """
 import json, sys, ray, retrain
-ray.init(address="local", num_cpus=2, num_gpus=1)
+ray.init(address="local", num_cpus=4, num_gpus=1)
 result = retrain.run_cycle(retrain.load_config(sys.argv[1]))
 print("RESULT " + json.dumps({"gpu": [t.gpu for t in result.search.trials if t.status != "failed"],
                               "verdict": result.decision.verdict.value}))
 """
 
+# single: each trial is one process on half the GPU. data_parallel: each trial drives a Ray
+# Train run whose one worker holds half the GPU (one GPU cannot hold two workers of a trial:
+# XGBoost's collective refuses two processes on one CUDA device).
+OVERRIDES = {
+    "single": {"resources": {"gpus_per_trial": 0.5}},
+    "data_parallel": {"search": {"data_parallel": {
+        "enabled": True, "num_workers": 1, "cpus_per_worker": 0.5, "gpus_per_worker": 0.5,
+        "cpus_per_read_task": 0.25}}},
+}
 
-def test_gpu_trials_train_with_device_cuda(tmp_path):
+
+@pytest.mark.parametrize("layout", sorted(OVERRIDES))
+def test_gpu_trials_train_with_device_cuda(tmp_path, layout):
     write_partitions(tmp_path / "data", [1, 2, 3], rows=5000)
-    raw = config_dict(tmp_path / "data", tmp_path / "work", resources={"gpus_per_trial": 0.5})
+    raw = config_dict(tmp_path / "data", tmp_path / "work", **OVERRIDES[layout])
     path = tmp_path / "retrain.yaml"
     path.write_text(yaml.safe_dump(raw))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
