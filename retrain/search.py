@@ -37,7 +37,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -356,8 +356,8 @@ def _boost(family: Family, config: dict[str, Any], data: TrainData, settings: Tr
     if plan is not None:
         from retrain.distributed import train_data_parallel
 
-        rows = plan.warm_rows if champion is not None and champion.rows is not None \
-            and plan.warm_rows is not None else plan.rows
+        rows = plan.warm_rows if champion is not None and plan.warm_rows is not None \
+            else plan.rows
         train_data_parallel(params, rows, metric=settings.metric, rounds=family.rounds,
                             report_every=settings.report_every, settings=plan.settings,
                             base_model=None if champion is None else champion.model,
@@ -659,8 +659,9 @@ def run_search(
     if len(carried) < samples and not read_only:
         champion = warm_start if any(f.warm_start for f in active) else None
         resources = trial_resources(config, totals)
+        shipped, champion = shipped_to_trials(data, champion, active, plan)
         trainable = tune.with_resources(
-            tune.with_parameters(_trial, data=data, settings=settings, champion=champion),
+            tune.with_parameters(_trial, data=shipped, settings=settings, champion=champion),
             _family_resources(resources, active, plan is not None),
         )
         run_name = name if not earlier else f"{name}.resume{len(earlier)}"
@@ -687,6 +688,20 @@ def run_search(
         carried=len(carried),
         data_parallel=None if plan is None else plan.why,
     )
+
+
+def shipped_to_trials(data: TrainData, champion: WarmStart | None,
+                      active: tuple[Family, ...], plan: DataParallelPlan | None,
+                      ) -> tuple[TrainData, WarmStart | None]:
+    """What goes into the object store for the trials. When every trial trains
+    data-parallel (only XGBoost families and a plan), the workers read their own Parquet
+    rows: the trials get the frames' columns without rows and the champion without its row
+    positions, so data that outgrows a node is not copied into the object store whole."""
+    if plan is None or any(f.flavor != "xgboost" for f in active):
+        return data, champion
+    empty = TrainData(data.x_train.iloc[:0], data.y_train[:0], data.x_valid.iloc[:0],
+                      data.y_valid[:0])
+    return empty, None if champion is None else replace(champion, rows=None)
 
 
 def _data_parallel_plan(config: Config, data: TrainData, split: Split | None,

@@ -133,29 +133,61 @@ def test_a_search_set_to_data_parallel_trains_its_xgboost_trials_on_ray_train(
     ray_cluster, split_rows
 ):
     """The same trial interface either way: `run_search` with ``search.data_parallel``
-    on hands its XGBoost trials to Ray Train and gets back completed trials, reports and
-    loadable models like any search."""
+    on hands its XGBoost trials, from scratch and warm-started, to Ray Train and gets back
+    completed trials, reports and loadable models like any search. The trials get no rows
+    through the object store: the warm start boosts on the new partitions' rows, which its
+    workers read from Parquet."""
     import xgboost as xgb
 
-    from retrain.search import TrainData, load_model, run_search
+    from retrain.candidates import WARM_START, XGBOOST
+    from retrain.search import TrainData, WarmStart, load_model, new_rows, run_search
 
     root, split, _ = split_rows
     config = config_from_dict(config_dict(
         root / "data", root / "work-search",
         search={"num_samples": 2, "num_boost_round": 10, "report_every": 5,
                 "early_stopping": False,
-                "data_parallel": {"enabled": True, "num_workers": 2, "cpus_per_worker": 0.25}},
+                "data_parallel": {"enabled": True, "num_workers": 2, "cpus_per_worker": 0.25},
+                # every row in every tree (no subsample): see the root cover below
+                "families": {"xgboost_warm_start": {
+                    "enabled": True, "num_boost_round": 10,
+                    "space": {"eta": 0.1, "max_depth": 3, "subsample": 1.0}}}},
     ))
     data = TrainData(split.x_train, split.y_train, split.x_valid, split.y_valid)
-    result = run_search(config, data, name="dp-search", split=split)
+    base = xgb.train({**_params(), "max_depth": 2},
+                     xgb.DMatrix(split.x_train, split.y_train, enable_categorical=True),
+                     BASE_ROUNDS)
+    new = new_rows(split.train_partitions, {"1"}, len(split.x_train),
+                   len(split.x_train) + len(split.x_valid))
+    assert 0 < len(new) < len(split.x_train)
+    champion = WarmStart(version="1", model=bytes(base.save_raw("ubj")), rows=new, seen=("1",))
+    result = run_search(config, data, name="dp-search", split=split, warm_start=champion)
 
     assert result.data_parallel is not None and "enabled is true" in result.data_parallel
     assert [t.status for t in result.trials] == ["completed", "completed"], \
         [t.error for t in result.trials]
+    by_family = {t.family: t for t in result.trials}
+    assert set(by_family) == {XGBOOST, WARM_START}
     valid = xgb.DMatrix(split.x_valid, enable_categorical=True)
     for trial in result.trials:
         assert [h["round"] for h in trial.history] == [5, 10]
         booster = load_model(trial)
-        assert booster.num_boosted_rounds() == 10
         auc = roc_auc_score(split.y_valid, booster.predict(valid))
         assert trial.score == pytest.approx(auc, abs=1e-4)
+    assert load_model(by_family[XGBOOST]).num_boosted_rounds() == 10
+    warm = load_model(by_family[WARM_START])
+    assert warm.num_boosted_rounds() == BASE_ROUNDS + 10
+
+    # A tree's root cover is the sum of the hessians of the rows it was grown on. For the
+    # first new tree those are p(1 - p), p the base booster's prediction: so it tells
+    # exactly which rows the warm start's workers boosted on, summed over both shards.
+    def first_new_root_cover(booster) -> float:
+        trees = booster[BASE_ROUNDS:BASE_ROUNDS + 1].trees_to_dataframe()
+        return float(trees.loc[trees["Node"] == 0, "Cover"].iloc[0])
+
+    def hessians(rows) -> float:
+        p = base.predict(xgb.DMatrix(split.x_train.iloc[rows], enable_categorical=True))
+        return float(np.sum(p * (1 - p)))
+
+    assert first_new_root_cover(warm) == pytest.approx(hessians(new), rel=1e-3)
+    assert hessians(np.arange(len(split.x_train))) > 1.2 * hessians(new)

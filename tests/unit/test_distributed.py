@@ -222,3 +222,52 @@ def test_data_changed_since_loading_is_an_error(dataset, tmp_path):
     write_partitions(tmp_path / "data", [3], rows=50)  # rewrites period=3
     with pytest.raises(DataError, match="changed during the cycle"):
         parquet_rows(split, config.data, config.task.type)
+
+
+# ------------------------------------------------------------------ what trials are shipped
+
+
+def _shipping(dataset, sklearn: bool):
+    from retrain.candidates import families
+    from retrain.search import DataParallelPlan, TrainData, WarmStart, new_rows
+
+    config, split = dataset
+    search = config.search.model_copy(update={"families": config.search.families.model_copy(
+        update={"hist_gradient_boosting": config.search.families.hist_gradient_boosting
+                .model_copy(update={"enabled": sklearn})})})
+    data = TrainData(split.x_train, split.y_train, split.x_valid, split.y_valid)
+    positions = new_rows(split.train_partitions, {"1"}, len(split.x_train),
+                         len(split.x_train) + len(split.x_valid))
+    champion = WarmStart(version="1", model=b"booster", rows=positions, seen=("1",))
+    plan = DataParallelPlan(
+        settings=DataParallelSettings(num_workers=2, cpus_per_worker=0.25,
+                                      cpus_per_read_task=0.25),
+        rows=parquet_rows(split, config.data, config.task.type),
+        warm_rows=parquet_rows(split, config.data, config.task.type, skip={"1"}))
+    return data, champion, families(search), plan
+
+
+def test_data_parallel_trials_get_no_rows_through_the_object_store(dataset):
+    from retrain.search import shipped_to_trials
+
+    data, champion, active, plan = _shipping(dataset, sklearn=False)
+    shipped, warm = shipped_to_trials(data, champion, active, plan)
+    assert len(shipped.x_train) == len(shipped.y_train) == 0
+    assert len(shipped.x_valid) == len(shipped.y_valid) == 0
+    assert list(shipped.x_train.columns) == list(data.x_train.columns)
+    assert (shipped.x_train.dtypes == data.x_train.dtypes).all()
+    # the workers read the warm start's rows from `plan.warm_rows`, not by position
+    assert warm.rows is None and warm.model == champion.model and warm.seen == champion.seen
+    assert len(champion.rows) > 0  # the caller's champion is left as it was
+
+
+def test_trials_that_train_in_one_process_get_every_row(dataset):
+    from retrain.search import shipped_to_trials
+
+    data, champion, active, plan = _shipping(dataset, sklearn=True)
+    # a scikit-learn family fits in its trial's process: it needs the rows
+    shipped, warm = shipped_to_trials(data, champion, active, plan)
+    assert shipped is data and warm is champion
+    data, champion, active, _ = _shipping(dataset, sklearn=False)
+    shipped, warm = shipped_to_trials(data, champion, active, None)
+    assert shipped is data and warm is champion
