@@ -19,7 +19,7 @@ import pyarrow.dataset as pads
 
 from retrain.config import DataConfig
 from retrain.errors import DataError
-from serve.features import FeatureSpec
+from serve.features import FeatureSpec, is_categorical
 from serve.schemas import InvalidInput
 
 
@@ -46,6 +46,21 @@ class Split:
     holdout_raw: pd.DataFrame
     train_partitions: tuple[Partition, ...]
     holdout_partitions: tuple[Partition, ...]
+    #: (training, validation) rows when the split was loaded without them (``x_train`` and
+    #: ``x_valid`` then hold the columns and no rows); None: the frames hold every row
+    row_counts: tuple[int, int] | None = None
+
+    @property
+    def holds_training_rows(self) -> bool:
+        return self.row_counts is None
+
+    @property
+    def train_rows(self) -> int:
+        return len(self.x_train) if self.row_counts is None else self.row_counts[0]
+
+    @property
+    def valid_rows(self) -> int:
+        return len(self.x_valid) if self.row_counts is None else self.row_counts[1]
 
     def lineage(self) -> dict[str, str]:
         """Flat tags naming the data snapshot behind a model."""
@@ -58,7 +73,7 @@ class Split:
         return {
             "data.train_partitions": names(self.train_partitions),
             "data.holdout_partitions": names(self.holdout_partitions),
-            "data.train_rows": str(len(self.x_train) + len(self.x_valid)),
+            "data.train_rows": str(self.train_rows + self.valid_rows),
             "data.holdout_rows": str(len(self.x_holdout)),
             "data.digest": digest,
         }
@@ -131,6 +146,11 @@ def feature_names(config: DataConfig, columns: list[str]) -> tuple[str, ...]:
 
 
 def _read(config: DataConfig, partitions: list[Partition], columns: list[str]) -> pd.DataFrame:
+    return _dataset(partitions, columns).to_table(columns=columns).to_pandas()
+
+
+def _dataset(partitions: list[Partition], columns: list[str]) -> pads.Dataset:
+    """The partitions' files as one dataset that holds ``columns`` (a `DataError` if not)."""
     files = [f for p in partitions for f in p.files]
     dataset = pads.dataset(files, format="parquet", partitioning="hive")
     missing = [c for c in columns if c not in dataset.schema.names]
@@ -139,7 +159,7 @@ def _read(config: DataConfig, partitions: list[Partition], columns: list[str]) -
             f"column(s) {missing} named in the config are not in the data; "
             f"the data has {sorted(dataset.schema.names)}"
         )
-    return dataset.to_table(columns=columns).to_pandas()
+    return dataset
 
 
 def target_values(config: DataConfig, task: str, values: pd.Series) -> np.ndarray:
@@ -174,10 +194,87 @@ def read_partition(config: DataConfig, partition: Partition, columns: tuple[str,
 def load_split(
     config: DataConfig, task: str, *, extra_columns: tuple[str, ...] = (),
     exclude: frozenset[str] = frozenset(), partitions: list[Partition] | None = None,
+    training_rows: bool = True,
 ) -> Split:
     """Read the dataset and split it by time, leaving out the ``exclude``d partitions
     (quarantined ones). ``partitions`` spares a caller that listed them already a second
-    pass of content hashing. Raises `DataError` with the fix on bad data."""
+    pass of content hashing. Raises `DataError` with the fix on bad data.
+
+    ``training_rows=False``: for trials that read their own rows (data-parallel), the
+    training and validation rows are not loaded. Only the holdout is; the feature spec is
+    learned from the categorical columns alone (numeric ones are never read) and the target
+    column is read to be checked. `Split.row_counts` then holds the row counts, and
+    `training_sample` draws rows where some are needed."""
+    train_parts, holdout_parts = _split_partitions(config, partitions, exclude)
+    schema_names = open_dataset(config).schema.names
+    names = feature_names(config, schema_names)
+    if config.target not in schema_names:
+        raise DataError(
+            f"target column {config.target!r} is not in the data; the data has "
+            f"{sorted(schema_names)}. Set data.target"
+        )
+    extra = [c for c in dict.fromkeys(extra_columns) if c not in names and c != config.target]
+    columns = [*names, config.target]
+    holdout = _read(config, holdout_parts, [*columns, *extra])
+    if training_rows:
+        train = _read(config, train_parts, columns)
+        spec = FeatureSpec.learn(train, names, categorical=config.categorical)
+        targets = train[config.target]
+    else:
+        train, spec, targets = _training_contract(config, train_parts, names)
+    try:
+        x_all, x_holdout = spec.frame(train), spec.frame(holdout)
+    except InvalidInput as exc:
+        raise DataError(f"the data does not fit the features: {exc}") from exc
+    y_all = target_values(config, task, targets)
+    y_holdout = target_values(config, task, holdout[config.target])
+    cut = _cut(config, len(y_all))
+    if training_rows:
+        x_train, x_valid = x_all.iloc[:cut].reset_index(drop=True), \
+            x_all.iloc[cut:].reset_index(drop=True)
+        y_train, y_valid, counts = y_all[:cut], y_all[cut:], None
+    else:  # x_all holds no rows
+        x_train, x_valid, y_train, y_valid = x_all, x_all, y_all[:0], y_all[:0]
+        counts = (cut, len(y_all) - cut)
+    return Split(
+        spec=spec,
+        x_train=x_train,
+        y_train=y_train,
+        x_valid=x_valid,
+        y_valid=y_valid,
+        x_holdout=x_holdout.reset_index(drop=True),
+        y_holdout=y_holdout,
+        holdout_raw=holdout[[*names, *extra]].reset_index(drop=True),
+        train_partitions=tuple(train_parts),
+        holdout_partitions=tuple(holdout_parts),
+        row_counts=counts,
+    )
+
+
+def training_row_count(config: DataConfig, partitions: list[Partition],
+                       exclude: frozenset[str] = frozenset()) -> int:
+    """The training rows (validation rows not counted) `load_split` would give, from the
+    partitions' row counts alone."""
+    train_parts, _ = _split_partitions(config, partitions, exclude)
+    return _cut(config, sum(p.rows for p in train_parts))
+
+
+def training_sample(config: DataConfig, task: str, split: Split, rows: int,
+                    seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """Up to ``rows`` of the split's training and validation rows, drawn uniformly without
+    replacement (seeded) and typed by its feature spec: for a split loaded without them."""
+    total = split.train_rows + split.valid_rows
+    picked = np.sort(np.random.default_rng(seed).choice(total, size=min(rows, total),
+                                                        replace=False))
+    columns = [*split.spec.names, config.target]
+    frame = _dataset(list(split.train_partitions), columns).take(
+        pa.array(picked), columns=columns).to_pandas()
+    return split.spec.frame(frame), target_values(config, task, frame[config.target])
+
+
+def _split_partitions(config: DataConfig, partitions: list[Partition] | None,
+                      exclude: frozenset[str]) -> tuple[list[Partition], list[Partition]]:
+    """(training, holdout) partitions, the ``exclude``d ones left out."""
     listed = list_partitions(config) if partitions is None else partitions
     partitions = [p for p in listed if p.value not in exclude]
     for partition in partitions:
@@ -192,41 +289,30 @@ def load_split(
             f"found {len(partitions)} partition(s) under {config.path}, but need at least "
             f"{needed}: {config.holdout_partitions} for the holdout and one to train on"
         )
-    schema_names = open_dataset(config).schema.names
-    names = feature_names(config, schema_names)
-    if config.target not in schema_names:
+    return partitions[: -config.holdout_partitions], partitions[-config.holdout_partitions :]
+
+
+def _cut(config: DataConfig, rows: int) -> int:
+    """Where validation starts among ``rows`` training rows."""
+    cut = round(rows * (1 - config.validation_fraction))
+    if cut < 1 or cut >= rows:
         raise DataError(
-            f"target column {config.target!r} is not in the data; the data has "
-            f"{sorted(schema_names)}. Set data.target"
-        )
-    extra = [c for c in dict.fromkeys(extra_columns) if c not in names and c != config.target]
-    columns = [*names, config.target]
-    train_parts = partitions[: -config.holdout_partitions]
-    holdout_parts = partitions[-config.holdout_partitions :]
-    train = _read(config, train_parts, columns)
-    holdout = _read(config, holdout_parts, [*columns, *extra])
-    spec = FeatureSpec.learn(train, names, categorical=config.categorical)
-    try:
-        x_all, x_holdout = spec.frame(train), spec.frame(holdout)
-    except InvalidInput as exc:
-        raise DataError(f"the data does not fit the features: {exc}") from exc
-    y_all = target_values(config, task, train[config.target])
-    y_holdout = target_values(config, task, holdout[config.target])
-    cut = round(len(x_all) * (1 - config.validation_fraction))
-    if cut < 1 or cut >= len(x_all):
-        raise DataError(
-            f"{len(x_all)} training row(s) cannot be split with validation_fraction="
+            f"{rows} training row(s) cannot be split with validation_fraction="
             f"{config.validation_fraction}; add data or change the fraction"
         )
-    return Split(
-        spec=spec,
-        x_train=x_all.iloc[:cut].reset_index(drop=True),
-        y_train=y_all[:cut],
-        x_valid=x_all.iloc[cut:].reset_index(drop=True),
-        y_valid=y_all[cut:],
-        x_holdout=x_holdout.reset_index(drop=True),
-        y_holdout=y_holdout,
-        holdout_raw=holdout[[*names, *extra]].reset_index(drop=True),
-        train_partitions=tuple(train_parts),
-        holdout_partitions=tuple(holdout_parts),
-    )
+    return cut
+
+
+def _training_contract(config: DataConfig, partitions: list[Partition], names: tuple[str, ...]):
+    """What a split without its training rows still needs from them, read column by column:
+    the columns and dtypes (no rows), the feature spec and the target. Only categorical
+    columns are read whole (their vocabularies); a numeric column's kind is its dtype."""
+    columns = [*names, config.target]
+    dataset = _dataset(partitions, columns)
+    # the same Arrow-to-pandas conversion as a whole read: same dtypes, so the same kinds
+    empty = dataset.schema.empty_table().select(columns).to_pandas()
+    whole = [n for n in names if is_categorical(n, empty[n], config.categorical)]
+    read = dataset.to_table(columns=[*whole, config.target]).to_pandas()
+    spec = FeatureSpec.learn({n: read[n] if n in whole else empty[n] for n in names}, names,
+                             categorical=config.categorical)
+    return empty, spec, read[config.target]

@@ -262,14 +262,15 @@ def parquet_rows(split: Split, data: DataConfig, task: str, *,
     search, and hand the result to the trials). ``skip`` names partitions whose training
     rows are left out (a warm start's ``seen`` partitions with ``rows: new``)."""
     files = file_rows(split.train_partitions)
-    loaded = len(split.x_train) + len(split.x_valid)
+    loaded = split.train_rows + split.valid_rows
     found = sum(f.rows for f in files)
     if found != loaded:
         raise DataError(
-            f"the training partitions' files hold {found} rows but {loaded} were loaded; the "
-            f"data under {data.path} changed during the cycle: run it again"
+            f"the training partitions' files hold {found} rows but held {loaded} when the "
+            f"cycle read them; the data under {data.path} changed during the cycle: run it "
+            "again"
         )
-    train, valid = plan_rows(files, len(split.x_train), skip=skip)
+    train, valid = plan_rows(files, split.train_rows, skip=skip)
     return ParquetRows(train=train, valid=valid, spec=split.spec, data=data, task=task)
 
 

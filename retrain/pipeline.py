@@ -40,7 +40,14 @@ from typing import Any
 from retrain.admission_report import render_admission_report
 from retrain.admit import AdmissionReport, admit
 from retrain.config import Config
-from retrain.data import Split, list_partitions, load_split, read_partition
+from retrain.data import (
+    Split,
+    list_partitions,
+    load_split,
+    read_partition,
+    training_row_count,
+    training_sample,
+)
 from retrain.decide import Check, Decision, Verdict, decide
 from retrain.drift import build_reference
 from retrain.errors import DataError, RegistryError
@@ -51,7 +58,14 @@ from retrain.quarantine import QuarantineRecord
 from retrain.registry import CHALLENGER, CHAMPION, MlflowRegistry
 from retrain.report import render_report
 from retrain.runtime import ensure_ray, quiet_defaults
-from retrain.search import SearchResult, TrainData, WarmStart, load_model, run_search
+from retrain.search import (
+    SearchResult,
+    TrainData,
+    WarmStart,
+    driver_loads_training_rows,
+    load_model,
+    run_search,
+)
 from serve.loader import LoadedModel
 from serve.schemas import InvalidInput
 
@@ -295,15 +309,21 @@ def _run_cycle(config: Config, *, echo=None, resume: bool = False) -> CycleResul
                                      resumed)
     if admission is not None:
         say(admission.summary())
+    # trials that all train data-parallel read their own rows: the driver then loads only
+    # the holdout, so training data may outgrow the driver's node
+    loads_rows = driver_loads_training_rows(
+        config, training_row_count(config.data, partitions, excluded),
+        connect=lambda: ensure_ray(config.ray))
     split = load_split(config.data, task.type,
                        extra_columns=tuple(s.column for s in policy.slices), exclude=excluded,
-                       partitions=partitions)
-    lineage = split.lineage()
+                       partitions=partitions, training_rows=loads_rows)
+    lineage = {**split.lineage(), "data.driver_rows": "all" if loads_rows else "holdout"}
     if excluded:
         lineage["data.excluded_partitions"] = ",".join(sorted(excluded))
     say(
-        f"data: train {lineage['data.train_partitions']} ({lineage['data.train_rows']} rows), "
-        f"holdout {lineage['data.holdout_partitions']} ({lineage['data.holdout_rows']} rows)"
+        f"data: train {lineage['data.train_partitions']} ({lineage['data.train_rows']} rows"
+        + ("" if loads_rows else ", read by the data-parallel workers only")
+        + f"), holdout {lineage['data.holdout_partitions']} ({lineage['data.holdout_rows']} rows)"
         + (f", left out (quarantined) {lineage['data.excluded_partitions']}" if excluded else "")
     )
     ensure_ray(config.ray)
@@ -385,7 +405,7 @@ def _stages(config: Config, registry: MlflowRegistry, stage: CycleStage, folder:
             metric=task.primary_metric,
         )
         # what later admissions compare new partitions with, should this model be promoted
-        registry.log_reference(run_id, _reference(split, config.data.target))
+        registry.log_reference(run_id, _reference(config, split))
         stage = save_stage(folder, replace(stage, stage="decided", decision=decision.to_dict(),
                                            challenger=challenger, model_uri=model_uri))
     model_version = stage.model_version
@@ -480,11 +500,23 @@ def _stages(config: Config, registry: MlflowRegistry, stage: CycleStage, folder:
     )
 
 
-def _reference(split: Split, target: str):
+#: training rows drawn for the drift reference when the driver did not load them all
+REFERENCE_SAMPLE_ROWS = 1_000_000
+
+
+def _reference(config: Config, split: Split):
     import pandas as pd
 
-    frame = pd.concat([split.x_train, split.x_valid], ignore_index=True)
-    frame[target] = list(split.y_train) + list(split.y_valid)
+    target = config.data.target
+    if split.holds_training_rows:
+        frame = pd.concat([split.x_train, split.x_valid], ignore_index=True)
+        frame[target] = list(split.y_train) + list(split.y_valid)
+    else:
+        # a uniform sample sketches the same distributions to well within the drift tests'
+        # resolution (quantiles at 1 %)
+        frame, y = training_sample(config.data, config.task.type, split,
+                                   REFERENCE_SAMPLE_ROWS, seed=config.search.seed)
+        frame[target] = y
     return build_reference(frame, target=target)
 
 

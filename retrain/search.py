@@ -36,7 +36,7 @@ import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -130,8 +130,8 @@ class WarmStart:
             return cls(version=version, problem=f"champion version {version}: {problem}")
         positions = None
         if rows == "new":
-            positions = new_rows(split.train_partitions, seen, len(split.x_train),
-                                 len(split.x_train) + len(split.x_valid))
+            positions = new_rows(split.train_partitions, seen, split.train_rows,
+                                 split.train_rows + split.valid_rows)
             if positions is not None and len(positions) == 0:
                 return cls(version=version, problem=(
                     f"every training row outside the validation share comes from partitions "
@@ -630,7 +630,14 @@ def run_search(
         for family, why in skipped.items():
             _say(f"  {family} skipped: {why}")
     totals = _cluster_totals()
-    plan = _data_parallel_plan(config, data, split, active, warm_start, totals)
+    plan = _data_parallel_plan(config, split, active, warm_start, totals)
+    if split is not None and not split.holds_training_rows and (
+            plan is None or any(f.flavor != "xgboost" for f in active)):
+        raise SearchError(
+            "this split was loaded without its training rows, which only data-parallel "
+            "XGBoost trials can do without; load it with load_split(..., training_rows=True) "
+            "(see driver_loads_training_rows)"
+        )
     if plan is not None and progress:
         _say(f"  XGBoost trials train data-parallel: {plan.why}")
     settings = TrialSettings(task.type, metric, s.report_every, s.seed,
@@ -690,6 +697,26 @@ def run_search(
     )
 
 
+def driver_loads_training_rows(config: Config, train_rows: int,
+                               connect: Callable[[], None]) -> bool:
+    """Whether a cycle's driver loads the training rows (`retrain.data.load_split`): yes,
+    unless every trial will train data-parallel, whose workers read their own. Decided
+    from the row count before anything is read, as `run_search` will decide; ``connect``
+    attaches to Ray, only when the answer depends on the cluster. Raises `ClusterError`
+    when ``search.data_parallel.enabled`` is true on a cluster too small for its workers."""
+    from retrain.distributed import use_data_parallel
+
+    section = config.search.data_parallel
+    if section.enabled is False or any(f.flavor != "xgboost" for f in families(config.search)):
+        return True
+    if section.enabled == "auto" and train_rows < section.min_rows:
+        return True
+    connect()
+    use, _ = use_data_parallel(section, train_rows, _cluster_totals(),
+                               trial_cpus=DATA_PARALLEL_TRIAL_CPUS)
+    return not use
+
+
 def shipped_to_trials(data: TrainData, champion: WarmStart | None,
                       active: tuple[Family, ...], plan: DataParallelPlan | None,
                       ) -> tuple[TrainData, WarmStart | None]:
@@ -704,7 +731,7 @@ def shipped_to_trials(data: TrainData, champion: WarmStart | None,
     return empty, None if champion is None else replace(champion, rows=None)
 
 
-def _data_parallel_plan(config: Config, data: TrainData, split: Split | None,
+def _data_parallel_plan(config: Config, split: Split | None,
                         active: tuple[Family, ...], warm_start: WarmStart | None,
                         totals: dict[str, float]) -> DataParallelPlan | None:
     """The data-parallel plan when ``search.data_parallel`` applies to this search."""
@@ -721,7 +748,7 @@ def _data_parallel_plan(config: Config, data: TrainData, split: Split | None,
                 "split= to run_search"
             )
         return None
-    use, why = use_data_parallel(section, len(data.x_train), totals,
+    use, why = use_data_parallel(section, split.train_rows, totals,
                                  trial_cpus=DATA_PARALLEL_TRIAL_CPUS)
     if not use:
         return None

@@ -7,6 +7,7 @@ data, stored with the model version (as MLflow model metadata), and applied on b
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -16,6 +17,15 @@ import pandas as pd
 from serve.schemas import InvalidInput
 
 Kind = Literal["numeric", "categorical"]
+
+
+def is_categorical(name: str, column: pd.Series, categorical=()) -> bool:
+    """Whether `FeatureSpec.learn` makes ``column`` categorical: named so, or by its dtype
+    (strings, categoricals, bools, anything not numeric)."""
+    is_numeric = pd.api.types.is_numeric_dtype(column) and not isinstance(
+        column.dtype, pd.CategoricalDtype
+    )
+    return name in categorical or not is_numeric or pd.api.types.is_bool_dtype(column)
 
 
 @dataclass(frozen=True)
@@ -32,16 +42,15 @@ class FeatureSpec:
             raise ValueError("a feature spec needs at least one feature")
 
     @classmethod
-    def learn(cls, frame: pd.DataFrame, names: tuple[str, ...], categorical=()) -> FeatureSpec:
-        """Learn kinds and vocabularies from training data."""
+    def learn(cls, frame: Mapping[str, pd.Series], names: tuple[str, ...],
+              categorical=()) -> FeatureSpec:
+        """Learn kinds and vocabularies from training data: a frame, or any mapping of
+        columns (a numeric column is only asked its dtype, so it may hold no rows)."""
         kinds: list[Kind] = []
         categories: dict[str, tuple[str, ...]] = {}
         for name in names:
             column = frame[name]
-            is_numeric = pd.api.types.is_numeric_dtype(column) and not isinstance(
-                column.dtype, pd.CategoricalDtype
-            )
-            if name in categorical or not is_numeric or pd.api.types.is_bool_dtype(column):
+            if is_categorical(name, column, categorical):
                 kinds.append("categorical")
                 values = column.dropna().astype("string").unique()
                 categories[name] = tuple(sorted(str(v) for v in values))

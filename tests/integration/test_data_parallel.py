@@ -4,7 +4,8 @@ trainer (2 workers) over Ray Data shards of the Parquet files.
 A Tune trial calls `train_data_parallel` directly, continuing a booster (a warm start): it
 must report like a single-process trial, give every worker its own rows, and checkpoint a
 model as good as `xgb.train` continuing the same booster on the same rows. Then a whole
-`run_search` set to data-parallel: the same trial interface either way.
+cycle set to data-parallel, warm start included: the same trial interface either way, and a
+driver that loads only the holdout.
 
 Not here: a trial stopped by Tune (ASHA) ends its Train run by killing its driver actor; its
 workers were freed within 0.5-1 s on a quiet machine, but under the CI's load Ray took over
@@ -14,6 +15,7 @@ workers were freed within 0.5-1 s on a quiet machine, but under the CI's load Ra
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -129,22 +131,25 @@ def test_tune_trials_train_data_parallel_on_ray_train(ray_cluster, split_rows):
     assert np.isfinite(dp_auc) and dp_auc > 0.7
 
 
-def test_a_search_set_to_data_parallel_trains_its_xgboost_trials_on_ray_train(
+def test_a_cycle_set_to_data_parallel_trains_on_ray_train_without_loading_training_rows(
     ray_cluster, split_rows
 ):
-    """The same trial interface either way: `run_search` with ``search.data_parallel``
-    on hands its XGBoost trials, from scratch and warm-started, to Ray Train and gets back
-    completed trials, reports and loadable models like any search. The trials get no rows
-    through the object store: the warm start boosts on the new partitions' rows, which its
-    workers read from Parquet."""
+    """The same trial interface either way: a cycle with ``search.data_parallel`` on hands
+    its XGBoost trials, from scratch and warm-started from the champion, to Ray Train and
+    gets back completed trials, reports and loadable models like any search, then decides.
+    The driver loads only the holdout: the workers read the training rows from Parquet (the
+    warm start's: only the partitions the champion has not seen), and the drift reference is
+    sketched from a sample of them."""
     import xgboost as xgb
 
+    from retrain import run_cycle
     from retrain.candidates import WARM_START, XGBOOST
-    from retrain.search import TrainData, WarmStart, load_model, new_rows, run_search
+    from retrain.registry import CHAMPION, MlflowRegistry
+    from retrain.search import load_model, new_rows
 
     root, split, _ = split_rows
     config = config_from_dict(config_dict(
-        root / "data", root / "work-search",
+        root / "data", root / "work-cycle",
         search={"num_samples": 2, "num_boost_round": 10, "report_every": 5,
                 "early_stopping": False,
                 "data_parallel": {"enabled": True, "num_workers": 2, "cpus_per_worker": 0.25},
@@ -153,41 +158,72 @@ def test_a_search_set_to_data_parallel_trains_its_xgboost_trials_on_ray_train(
                     "enabled": True, "num_boost_round": 10,
                     "space": {"eta": 0.1, "max_depth": 3, "subsample": 1.0}}}},
     ))
-    data = TrainData(split.x_train, split.y_train, split.x_valid, split.y_valid)
+    # the champion: trained on every training row, registered as trained on partition 1
     base = xgb.train({**_params(), "max_depth": 2},
                      xgb.DMatrix(split.x_train, split.y_train, enable_categorical=True),
                      BASE_ROUNDS)
-    new = new_rows(split.train_partitions, {"1"}, len(split.x_train),
-                   len(split.x_train) + len(split.x_valid))
-    assert 0 < len(new) < len(split.x_train)
-    champion = WarmStart(version="1", model=bytes(base.save_raw("ubj")), rows=new, seen=("1",))
-    result = run_search(config, data, name="dp-search", split=split, warm_start=champion)
+    registry = MlflowRegistry.from_config(config)
+    with registry.cycle_run("champion", {}) as run_id:
+        uri = registry.log_model(run_id, base, split.spec, task="classification", metric="auc")
+        registry.set_alias(CHAMPION, registry.register(uri, {"data.train_partitions": "1"}))
 
-    assert result.data_parallel is not None and "enabled is true" in result.data_parallel
-    assert [t.status for t in result.trials] == ["completed", "completed"], \
-        [t.error for t in result.trials]
-    by_family = {t.family: t for t in result.trials}
+    result = run_cycle(config)
+
+    assert result.lineage["data.driver_rows"] == "holdout"
+    assert result.lineage["data.train_rows"] == str(len(split.x_train) + len(split.x_valid))
+    search = result.search
+    assert search.data_parallel is not None and "enabled is true" in search.data_parallel
+    assert [t.status for t in search.trials] == ["completed", "completed"], \
+        [t.error for t in search.trials]
+    by_family = {t.family: t for t in search.trials}
     assert set(by_family) == {XGBOOST, WARM_START}
     valid = xgb.DMatrix(split.x_valid, enable_categorical=True)
-    for trial in result.trials:
+    for trial in search.trials:
         assert [h["round"] for h in trial.history] == [5, 10]
-        booster = load_model(trial)
-        auc = roc_auc_score(split.y_valid, booster.predict(valid))
+        auc = roc_auc_score(split.y_valid, load_model(trial).predict(valid))
         assert trial.score == pytest.approx(auc, abs=1e-4)
     assert load_model(by_family[XGBOOST]).num_boosted_rounds() == 10
     warm = load_model(by_family[WARM_START])
     assert warm.num_boosted_rounds() == BASE_ROUNDS + 10
+    assert result.decision.verdict.value in {"promote", "keep", "reject"}
+    assert result.decision.reasons
 
     # A tree's root cover is the sum of the hessians of the rows it was grown on. For the
-    # first new tree those are p(1 - p), p the base booster's prediction: so it tells
-    # exactly which rows the warm start's workers boosted on, summed over both shards.
-    def first_new_root_cover(booster) -> float:
-        trees = booster[BASE_ROUNDS:BASE_ROUNDS + 1].trees_to_dataframe()
-        return float(trees.loc[trees["Node"] == 0, "Cover"].iloc[0])
+    # first new tree those are p(1 - p), p the champion's prediction: so it tells exactly
+    # which rows the warm start's workers boosted on, summed over both shards.
+    new = new_rows(split.train_partitions, {"1"}, len(split.x_train),
+                   len(split.x_train) + len(split.x_valid))
+    assert 0 < len(new) < len(split.x_train)
 
     def hessians(rows) -> float:
         p = base.predict(xgb.DMatrix(split.x_train.iloc[rows], enable_categorical=True))
         return float(np.sum(p * (1 - p)))
 
-    assert first_new_root_cover(warm) == pytest.approx(hessians(new), rel=1e-3)
+    trees = warm[BASE_ROUNDS:BASE_ROUNDS + 1].trees_to_dataframe()
+    cover = float(trees.loc[trees["Node"] == 0, "Cover"].iloc[0])
+    assert cover == pytest.approx(hessians(new), rel=1e-3)
     assert hessians(np.arange(len(split.x_train))) > 1.2 * hessians(new)
+
+    # the drift reference was sketched from (here: all of) the training rows, sampled
+    client = registry.client
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(result.run_id, MlflowRegistry.REFERENCE, tmp)
+        sketch = json.loads(Path(path).read_text())
+    assert sketch["rows"] == len(split.x_train) + len(split.x_valid)
+    assert set(sketch["features"]) == set(split.spec.names) and sketch["target"] == "label"
+
+
+def test_a_split_without_training_rows_is_refused_by_trials_that_need_them(
+    ray_cluster, split_rows
+):
+    from retrain.errors import SearchError
+    from retrain.search import TrainData, run_search
+
+    root, _, _ = split_rows
+    config = config_from_dict(config_dict(root / "data", root / "work-refused",
+                                          search={"data_parallel": {"enabled": False}}))
+    lean = load_split(config.data, config.task.type, training_rows=False)
+    data = TrainData(lean.x_train, lean.y_train, lean.x_valid, lean.y_valid)
+    with pytest.raises(SearchError, match="loaded without its training rows"):
+        run_search(config, data, name="refused", split=lean)
+    assert not (root / "work-refused" / "tune" / "refused").exists()

@@ -151,13 +151,12 @@ def test_warm_start_needs_an_xgboost_champion_with_the_same_features():
     assert "feature kinds changed" in warm_start_problem(spec, "xgboost", kinds)
 
 
-def _split(spec, x, sizes=(100, 100, 100), valid=60):
+def _split(spec, sizes=(100, 100, 100), valid=60):
     parts = tuple(Partition(value=str(i + 1), rows=n, files=(), digest="")
                   for i, n in enumerate(sizes))
     total = sum(sizes)
-    frame_ = pd.concat([x] * (total // len(x) + 1), ignore_index=True).iloc[:total]
-    return SimpleNamespace(spec=spec, train_partitions=parts,
-                           x_train=frame_.iloc[:total - valid], x_valid=frame_.iloc[total - valid:])
+    return SimpleNamespace(spec=spec, train_partitions=parts, train_rows=total - valid,
+                           valid_rows=valid)
 
 
 def test_warm_start_carries_the_champion_booster_and_the_new_rows():
@@ -166,17 +165,17 @@ def test_warm_start_carries_the_champion_booster_and_the_new_rows():
                         xgb.DMatrix(x, y, enable_categorical=True), num_boost_round=3)
     champion = LoadedModel(name="m", version="1", task="classification", spec=spec,
                            booster=booster)
-    ready = WarmStart.of(champion, _split(spec, x), version="1", seen={"1", "2"})
+    ready = WarmStart.of(champion, _split(spec), version="1", seen={"1", "2"})
     assert ready.problem is None
     assert xgb.Booster(model_file=bytearray(ready.model)).num_boosted_rounds() == 3
     # partition 3 is new; its newest 60 rows validate, so the warm start boosts on 40
     assert ready.rows.tolist() == list(range(200, 240))
-    every = WarmStart.of(champion, _split(spec, x), version="1", seen={"1", "2"}, rows="all")
+    every = WarmStart.of(champion, _split(spec), version="1", seen={"1", "2"}, rows="all")
     assert every.rows is None and every.model == ready.model
     grown = FeatureSpec(spec.names, spec.kinds, {"cat": ("a", "b")})
-    refused = WarmStart.of(champion, _split(grown, x), version="1")
+    refused = WarmStart.of(champion, _split(grown), version="1")
     assert refused.model is None and refused.problem.startswith("champion version 1: ")
-    stale = WarmStart.of(champion, _split(spec, x, valid=100), version="1", seen={"1", "2"})
+    stale = WarmStart.of(champion, _split(spec, valid=100), version="1", seen={"1", "2"})
     assert stale.model is None and "nothing new to continue on" in stale.problem
 
 

@@ -118,3 +118,88 @@ def test_list_partitions_counts_rows(tmp_path):
     parts = list_partitions(_config(tmp_path))
     assert [(p.value, p.rows, len(p.files)) for p in parts] == [("5", 70, 1), ("6", 70, 1)]
     assert all(len(p.digest) == 64 for p in parts)
+
+
+# ------------------------------------------------------------------ without training rows
+
+
+def _mixed(tmp_path):
+    """Partitions whose columns take every path of the feature spec: a numeric column, an
+    int column named categorical with missing values in some partitions only, a bool, a
+    string, and a column of floats."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(3)
+    for period in range(1, 6):
+        n = 400 + 50 * period
+        frame = pd.DataFrame({
+            "x": rng.normal(size=n).astype("float32"),
+            "code": pd.array(rng.integers(0, 4 + period, size=n), dtype="Int64"),
+            "flag": rng.random(n) > 0.5,
+            "city": rng.choice(["lyon", "oslo", f"new{period}"], size=n),
+            "label": (rng.random(n) > 0.5).astype("int8"),
+        })
+        if period in (2, 4):
+            frame.loc[frame.index[::7], "code"] = pd.NA
+        folder = tmp_path / "data" / f"period={period}"
+        folder.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False),
+                       folder / "part-0.parquet", row_group_size=100)
+    raw = config_dict(tmp_path / "data", tmp_path / "work")
+    raw["data"].update({"categorical": ["code"], "validation_fraction": 0.25})
+    return config_from_dict(raw).data
+
+
+def test_a_split_without_training_rows_keeps_what_the_cycle_needs(tmp_path):
+    from retrain.data import training_row_count
+
+    config = _mixed(tmp_path)
+    full = load_split(config, "classification")
+    lean = load_split(config, "classification", training_rows=False)
+    assert full.holds_training_rows and not lean.holds_training_rows
+    # the same feature contract, learned without reading the numeric columns
+    assert lean.spec == full.spec
+    assert lean.spec.kinds == ("numeric", "categorical", "categorical", "categorical")
+    assert "new4" in lean.spec.categories["city"]
+    # the same counts, holdout and lineage; frames with the columns and dtypes, no rows
+    assert (lean.train_rows, lean.valid_rows) == (len(full.x_train), len(full.x_valid))
+    assert training_row_count(config, list_partitions(config)) == len(full.x_train)
+    assert lean.lineage() == full.lineage()
+    pd.testing.assert_frame_equal(lean.x_holdout, full.x_holdout)
+    np.testing.assert_array_equal(lean.y_holdout, full.y_holdout)
+    assert len(lean.x_train) == len(lean.y_train) == len(lean.x_valid) == 0
+    assert lean.x_train.dtypes.to_dict() == full.x_train.dtypes.to_dict()
+
+
+def test_a_split_without_training_rows_still_checks_the_target(tmp_path):
+    write_partitions(tmp_path / "data", [1, 2, 3], rows=100)
+    path = tmp_path / "data" / "period=1" / "part-0.parquet"
+    frame = pd.read_parquet(path)
+    frame.loc[3, "label"] = None
+    frame.to_parquet(path, index=False)
+    with pytest.raises(DataError, match="1 missing value"):
+        load_split(_config(tmp_path), "classification", training_rows=False)
+
+
+def test_a_training_sample_draws_distinct_training_rows_by_seed(tmp_path):
+    from retrain.data import training_sample
+
+    config = _mixed(tmp_path)
+    full = load_split(config, "classification")
+    lean = load_split(config, "classification", training_rows=False)
+    x, y = training_sample(config, "classification", lean, 300, seed=1)
+    assert len(x) == len(y) == 300
+    assert x.dtypes.to_dict() == full.x_train.dtypes.to_dict()
+    every = pd.concat([full.x_train, full.x_valid], ignore_index=True)
+    keys = set(every["x"].tolist())  # float32 draws: distinct per row
+    assert len(keys) == len(every)
+    assert set(x["x"].tolist()) <= keys and x["x"].nunique() == 300
+    again, _ = training_sample(config, "classification", lean, 300, seed=1)
+    other, _ = training_sample(config, "classification", lean, 300, seed=2)
+    pd.testing.assert_frame_equal(x, again)
+    assert not x["x"].equals(other["x"])
+    # asking for more rows than there are gives each row once
+    x, y = training_sample(config, "classification", lean, 10**9)
+    assert sorted(x["x"].tolist()) == sorted(every["x"].tolist())
+    assert y.sum() == full.y_train.sum() + full.y_valid.sum()

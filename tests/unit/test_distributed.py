@@ -271,3 +271,42 @@ def test_trials_that_train_in_one_process_get_every_row(dataset):
     data, champion, active, _ = _shipping(dataset, sklearn=False)
     shipped, warm = shipped_to_trials(data, champion, active, None)
     assert shipped is data and warm is champion
+
+
+# ------------------------------------------------------------------ what the driver loads
+
+
+class _Asked(Exception):
+    pass
+
+
+def _connect():
+    raise _Asked("the decision asked for the cluster")
+
+
+def _loads(tmp_path, rows: int, **section):
+    from retrain.search import driver_loads_training_rows
+
+    raw = config_dict(tmp_path / "data", tmp_path / "work",
+                      search={"data_parallel": section})
+    return driver_loads_training_rows(config_from_dict(raw), rows, connect=_connect)
+
+
+def test_the_driver_loads_training_rows_unless_trials_go_data_parallel(tmp_path):
+    # decided without a cluster: off, or auto below min_rows
+    assert _loads(tmp_path, 10**9, enabled=False)
+    assert _loads(tmp_path, 999, enabled="auto", min_rows=1000)
+    # on (or auto at min_rows), the cluster decides whether the workers fit
+    with pytest.raises(_Asked):
+        _loads(tmp_path, 10, enabled=True)
+    with pytest.raises(_Asked):
+        _loads(tmp_path, 1000, enabled="auto", min_rows=1000)
+
+
+def test_a_scikit_learn_family_needs_the_rows_on_the_driver(tmp_path):
+    from retrain.search import driver_loads_training_rows
+
+    raw = config_dict(tmp_path / "data", tmp_path / "work", search={
+        "data_parallel": {"enabled": True},
+        "families": {"hist_gradient_boosting": {"enabled": True}}})
+    assert driver_loads_training_rows(config_from_dict(raw), 10**9, connect=_connect)
