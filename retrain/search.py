@@ -631,13 +631,17 @@ def run_search(
             _say(f"  {family} skipped: {why}")
     totals = _cluster_totals()
     plan = _data_parallel_plan(config, split, active, warm_start, totals)
-    if split is not None and not split.holds_training_rows and (
-            plan is None or any(f.flavor != "xgboost" for f in active)):
-        raise SearchError(
-            "this split was loaded without its training rows, which only data-parallel "
-            "XGBoost trials can do without; load it with load_split(..., training_rows=True) "
-            "(see driver_loads_training_rows)"
-        )
+    if split is not None and not split.holds_training_rows:
+        needy = [f.name for f in active if f.flavor != "xgboost"]
+        if plan is None or needy:
+            raise SearchError(
+                "run_search was given a split loaded without its training rows "
+                "(load_split(training_rows=False)), but "
+                + ("search.data_parallel.enabled is false" if plan is None else
+                   f"the families {needy} fit in one process and need them")
+                + ": only data-parallel XGBoost trials read their own; load the split with "
+                "training_rows=True"
+            )
     if plan is not None and progress:
         _say(f"  XGBoost trials train data-parallel: {plan.why}")
     settings = TrialSettings(task.type, metric, s.report_every, s.seed,
@@ -748,10 +752,18 @@ def _data_parallel_plan(config: Config, split: Split | None,
                 "split= to run_search"
             )
         return None
-    use, why = use_data_parallel(section, split.train_rows, totals,
-                                 trial_cpus=DATA_PARALLEL_TRIAL_CPUS)
-    if not use:
-        return None
+    if split.holds_training_rows:
+        use, why = use_data_parallel(section, split.train_rows, totals,
+                                     trial_cpus=DATA_PARALLEL_TRIAL_CPUS)
+        if not use:
+            return None
+    else:
+        # decided once, when the cycle began (`driver_loads_training_rows`): asking the
+        # cluster again could answer otherwise (an autoscaler may have removed an idle node
+        # while the driver read the holdout), and these trials have no rows but Parquet's.
+        # Tune's resource requests bring nodes back.
+        why = (f"{split.train_rows} training rows, left to the data-parallel workers when "
+               "the cycle began")
     rows = parquet_rows(split, config.data, config.task.type)
     warm = warm_start is not None and warm_start.rows is not None and warm_start.seen
     return DataParallelPlan(

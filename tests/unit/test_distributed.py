@@ -310,3 +310,25 @@ def test_a_scikit_learn_family_needs_the_rows_on_the_driver(tmp_path):
         "data_parallel": {"enabled": True},
         "families": {"hist_gradient_boosting": {"enabled": True}}})
     assert driver_loads_training_rows(config_from_dict(raw), 10**9, connect=_connect)
+
+
+def test_a_split_without_training_rows_trains_data_parallel_whatever_the_cluster_says_now(
+    dataset
+):
+    """The cycle decided, before the driver skipped the rows, that the trials train
+    data-parallel; the search must not decide otherwise when the cluster looks smaller
+    later (an autoscaler removed an idle node)."""
+    from retrain.candidates import families
+    from retrain.search import _data_parallel_plan
+
+    config, full = dataset
+    config = config.model_copy(update={"search": config.search.model_copy(update={
+        "data_parallel": DataParallelConfig(enabled="auto", min_rows=1)})})
+    lean = load_split(config.data, config.task.type, training_rows=False)
+    active = families(config.search)
+    small = {"CPU": 1.0}  # cannot hold 2 workers x 1 CPU
+    assert _data_parallel_plan(config, full, active, None, small) is None
+    plan = _data_parallel_plan(config, lean, active, None, small)
+    assert plan is not None and "when the cycle began" in plan.why
+    assert plan.rows.train_rows == lean.train_rows == len(full.x_train)
+    assert plan.rows.valid_rows == len(full.x_valid)
