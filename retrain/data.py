@@ -274,8 +274,19 @@ def training_sample(config: DataConfig, task: str, split: Split, rows: int,
         picked = rng.choice(drawn, size=min(rows, len(drawn)), replace=False)
     picked = np.sort(picked)
     columns = [*split.spec.names, config.target]
-    frame = _dataset(list(split.train_partitions), columns).take(
-        pa.array(picked), columns=columns).to_pandas()
+    dataset = _dataset(list(split.train_partitions), columns)
+    # row group by row group (`Dataset.take` reads many at once: at 9M rows it held twice
+    # the memory the sample needs), each read as the whole dataset reads it (its schema)
+    pieces, offset = [], 0
+    for fragment in dataset.get_fragments():
+        for group in fragment.split_by_row_group():
+            size = group.row_groups[0].num_rows
+            lo, hi = np.searchsorted(picked, [offset, offset + size])
+            if hi > lo:
+                rows = group.to_table(schema=dataset.schema, columns=columns)
+                pieces.append(rows.take(pa.array(picked[lo:hi] - offset)))
+            offset += size
+    frame = pa.concat_tables(pieces).to_pandas()
     return split.spec.frame(frame), target_values(config, task, frame[config.target])
 
 

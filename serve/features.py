@@ -52,7 +52,9 @@ class FeatureSpec:
             column = frame[name]
             if is_categorical(name, column, categorical):
                 kinds.append("categorical")
-                values = column.dropna().astype("string").unique()
+                # distinct values first, then their text (then distinct again: 1 and 1.0
+                # read the same): a string per row would cost far more than the column
+                values = pd.Series(column.dropna().unique()).astype("string").unique()
                 categories[name] = tuple(sorted(str(v) for v in values))
             else:
                 kinds.append("numeric")
