@@ -56,11 +56,11 @@ a record in {record}, keyed by the partition and the digest of its content.</li>
 </ul>
 <p><b>How to re-admit a quarantined partition.</b> If the data is wrong (a unit change or a
 broken export upstream), fix it and rewrite the partition's files: new content has a new
-digest, and the next cycle judges it again. If the data is right and the world changed,
-relax the <code>admission:</code> settings of the config (for example
-<code>on_drift: warn</code> or a higher <code>max_drifted_share</code>) and remove the
-partition's lines from {record}; the next cycle then judges it again under the new
-settings.</p>
+digest, and the next cycle judges it again. If the data is right as it is, release it:
+<code>retrain readmit VALUE --config retrain.yaml --reason "..."</code> appends a release to
+{record} and records the reason in the ledger; the next cycle trains on it without judging it
+again. To stop such refusals, relax the <code>admission:</code> settings (for example
+<code>on_drift: warn</code>, <code>on_out_of_range: warn</code>, the defaults).</p>
 </div>
 """
 
@@ -232,7 +232,9 @@ def _policy_table(policy: AdmissionPolicy) -> str:
         ["range_margin", f"{policy.range_margin:.0%}",
          "a number may exceed the reference's [min, max] by this share of its range"],
         ["max_out_of_range_share", f"{policy.max_out_of_range_share:.1%}",
-         "more values out of range than this in a feature: quarantined"],
+         "more values out of range than this in a feature: out of range"],
+        ["on_out_of_range", html.escape(policy.on_out_of_range),
+         "what values out of range do (infinite or all-missing values always quarantine)"],
         ["on_drift", html.escape(policy.on_drift),
          "what a partition-wide distribution drift does"],
     ]

@@ -29,8 +29,14 @@ class AdmissionPolicy:
     range_margin: float = 0.1
     #: quarantine when more than this share of a feature's values is out of range
     max_out_of_range_share: float = 0.01
-    #: what a dataset-level distribution drift does to the partition
-    on_drift: Literal["quarantine", "warn"] = "quarantine"
+    #: what values out of the reference's range do: by default a warning, since real data
+    #: moves (prices rise, new ids grow); values that cannot be real (infinite, overflowing,
+    #: a column gone entirely missing) always quarantine
+    on_out_of_range: Literal["quarantine", "warn"] = "warn"
+    #: what a dataset-level distribution drift does to the partition: by default a warning,
+    #: since drift is information for the model (and evidence for the drift trigger), not a
+    #: defect of the data
+    on_drift: Literal["quarantine", "warn"] = "warn"
     drift: DriftPolicy = field(default_factory=DriftPolicy)
 
     def __post_init__(self) -> None:
@@ -81,7 +87,12 @@ class AdmissionReport:
         for p in self.partitions:
             why = "; ".join(p.problems or p.warnings)
             parts.append(f"{p.partition}: {p.status}" + (f" ({why})" if why else ""))
-        return "admission: " + ", ".join(parts)
+        line = "admission: " + ", ".join(parts)
+        if self.quarantined:
+            line += (f". Quarantined partitions stay on disk and out of training; fix the "
+                     f"files (a changed file is judged again) or release one as it is with "
+                     f"`retrain readmit {self.quarantined[0]} --reason '...'`")
+        return line
 
     def to_dict(self) -> dict:
         return {
@@ -101,6 +112,32 @@ def _schema_problems(frame: pd.DataFrame, reference: ReferenceSketch) -> list[st
         if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
             problems.append(f"column {name!r} should be numeric but has dtype {column.dtype}")
     return problems
+
+
+#: beyond this magnitude a number is an overflow or a sentinel, not a measurement; XGBoost
+#: refuses infinities and float32 overflows to them above 3.4e38
+ABSURD = 1e30
+
+
+def _absurd_problems(frame: pd.DataFrame, reference: ReferenceSketch) -> list[str]:
+    """Numbers that cannot be real: infinite or overflow-range values."""
+    problems = []
+    for name, sketch in reference.features.items():
+        if isinstance(sketch, NumericSketch):
+            values = frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
+            absurd = int(np.sum(~np.isnan(values) & ~(np.abs(values) < ABSURD)))
+            if absurd:
+                problems.append(f"{name}: {absurd} value(s) infinite or beyond {ABSURD:.0e} "
+                                "(overflow or sentinel values cannot be trained on)")
+    return problems
+
+
+def _emptied_problems(frame: pd.DataFrame, reference: ReferenceSketch) -> list[str]:
+    """Features the reference knew with values that are entirely missing here."""
+    return [f"{name}: every value is missing (the reference had values); fix the export, or "
+            "leave the feature out with data.exclude"
+            for name, sketch in reference.features.items()
+            if len(frame) and frame[name].isna().all() and sketch.missing_rate < 1.0]
 
 
 def _range_problems(frame: pd.DataFrame, reference: ReferenceSketch,
@@ -138,10 +175,18 @@ def admit_partition(
     problems = _schema_problems(frame, reference)
     if problems:  # the distribution cannot be judged on columns that are not there
         return PartitionVerdict(partition, "quarantined", rows, tuple(problems))
-    problems = _range_problems(frame, reference, policy)
+    problems = _absurd_problems(frame, reference)
+    if problems:  # the statistics below would be meaningless (or fail) on such values
+        return PartitionVerdict(partition, "quarantined", rows, tuple(problems))
+    problems = _emptied_problems(frame, reference)
+    warnings: list[str] = []
+    out_of_range = _range_problems(frame, reference, policy)
+    if policy.on_out_of_range == "quarantine":
+        problems += out_of_range
+    else:
+        warnings += out_of_range
     report = compare(reference, frame[list(reference.names)], policy=policy.drift)
     drifted = [f"{f.name}: {f.reason}" for f in report.features if f.drifted]
-    warnings: list[str] = []
     if report.dataset_drifted and policy.on_drift == "quarantine":
         problems.append(
             f"distribution drift in {len(report.drifted)} of {len(report.features)} features "

@@ -116,6 +116,45 @@ def family_distributions(family: Family) -> dict[str, Any]:
 #: the Optuna user attribute that records a trial's family
 FAMILY_ATTR = "family"
 
+#: each family's default configuration, the first trial of its search (see `default_params`):
+#: values a careful person would start from (XGBoost's own defaults but for depth and step,
+#: which match the common "depth 8, eta 0.1" baseline); parameters left out take the middle
+#: of their range
+DEFAULTS: dict[str, dict[str, Any]] = {
+    XGBOOST: {"max_depth": 8, "eta": 0.1, "min_child_weight": 1.0, "subsample": 1.0,
+              "colsample_bytree": 1.0, "lambda": 1.0, "alpha": 0.0, "gamma": 0.0},
+    WARM_START: {"eta": 0.05, "max_depth": 6, "subsample": 1.0, "lambda": 1.0,
+                 "min_child_weight": 1.0, "colsample_bytree": 1.0},
+    HIST_GRADIENT_BOOSTING: {"learning_rate": 0.1, "max_leaf_nodes": 31,
+                             "min_samples_leaf": 20, "l2_regularization": 0.0},
+    LINEAR: {"alpha": 1.0},
+}
+
+
+def default_params(family: Family) -> dict[str, Any]:
+    """The family's default configuration as Optuna parameters (``<family>/<param>``) of its
+    searched ranges: `DEFAULTS` clipped into each range (a categorical takes the default
+    when it is a choice, else its first choice), the middle of a range without a default."""
+    import math
+
+    out: dict[str, Any] = {}
+    wanted = DEFAULTS.get(family.name, {})
+    for name, entry in family.space.items():
+        if not isinstance(entry, ParamRange):
+            continue
+        key = f"{family.name}/{name}"
+        if entry.type == "categorical":
+            value = wanted.get(name)
+            out[key] = value if value in entry.choices else entry.choices[0]
+            continue
+        low, high = float(entry.low), float(entry.high)
+        if name in wanted:
+            value = min(max(float(wanted[name]), low), high)
+        else:
+            value = math.sqrt(low * high) if entry.log else (low + high) / 2
+        out[key] = round(value) if entry.type == "int" else value
+    return out
+
 
 @dataclass(frozen=True)
 class FamilySpace:
@@ -133,13 +172,17 @@ class FamilySpace:
     families: tuple[Family, ...]
 
     def __call__(self, trial: Any) -> dict[str, Any]:
-        counts = dict.fromkeys((f.name for f in self.families), 0)
-        for other in trial.study.get_trials(deepcopy=False):
-            name = other.user_attrs.get(FAMILY_ATTR)
-            if name in counts and other.number != trial.number:
-                counts[name] += 1
-        family = min(self.families, key=lambda f: counts[f.name])
-        trial.set_user_attr(FAMILY_ATTR, family.name)
+        by_name = {f.name: f for f in self.families}
+        # an enqueued trial (a family's default configuration) names its family already
+        family = by_name.get(trial.user_attrs.get(FAMILY_ATTR))
+        if family is None:
+            counts = dict.fromkeys(by_name, 0)
+            for other in trial.study.get_trials(deepcopy=False):
+                name = other.user_attrs.get(FAMILY_ATTR)
+                if name in counts and other.number != trial.number:
+                    counts[name] += 1
+            family = min(self.families, key=lambda f: counts[f.name])
+            trial.set_user_attr(FAMILY_ATTR, family.name)
         fixed = {}
         for name, entry in family.space.items():
             key = f"{family.name}/{name}"
@@ -177,15 +220,18 @@ def warm_start_problem(
     """Why the champion cannot be boosted on with this cycle's features, or None when it can.
 
     New trees are appended to the champion's, so both must read the same columns in the same
-    order with the same category codes: any difference in the feature spec would make the
-    old trees split on the wrong values.
+    order with the same category codes: a vocabulary may grow (new categories get new codes),
+    but any other difference in the feature spec would make the old trees split on the wrong
+    values.
     """
     if champion_spec is None:
         return "no champion yet"
     if champion_flavor != "xgboost":
         return f"the champion is a {champion_flavor} model; only an XGBoost champion can be " \
                "boosted on"
-    if champion_spec == spec:
+    if spec.extends(champion_spec):
+        # a vocabulary that grew keeps the champion's codes (`FeatureSpec.grown_from`): its
+        # trees read them as before, and the new trees learn the new categories
         return None
     old, new = champion_spec, spec
     if old.names != new.names:
@@ -197,13 +243,12 @@ def warm_start_problem(
     kinds = [n for n, a, b in zip(new.names, old.kinds, new.kinds, strict=True) if a != b]
     if kinds:
         return f"feature kinds changed since the champion was trained: {kinds}"
-    changed = {
-        name: sorted(set(new.categories.get(name, ())) ^ set(old.categories.get(name, ())))
-        for name in new.names
-        if new.categories.get(name, ()) != old.categories.get(name, ())
-    }
-    return (f"category vocabularies changed since the champion was trained "
-            f"(the champion's codes would be wrong): {changed}")
+    changed = [name for name in new.names
+               if new.categories.get(name, ())[: len(old.categories.get(name, ()))]
+               != old.categories.get(name, ())]
+    return (f"category codes changed since the champion was trained (the champion's codes "
+            f"would be wrong) for {changed}; vocabularies only grow when the split is loaded "
+            "with the champion's spec as its base")
 
 
 def build_sklearn(

@@ -208,6 +208,18 @@ def _cmd_request(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_readmit(args: argparse.Namespace) -> int:
+    from retrain.config import load_config
+    from retrain.quarantine import readmit
+
+    config = load_config(args.config)
+    entry = readmit(config, args.partition, reason=args.reason)
+    print(f"released {config.data.partition_column}={args.partition} (content "
+          f"{entry['digest'][:12]}): the next cycle trains on it as it is; recorded in the "
+          "ledger")
+    return 0
+
+
 def _cmd_backtest(args: argparse.Namespace) -> int:
     from retrain.backtest import backtest
     from retrain.config import load_config
@@ -376,6 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--reason", default="", help="recorded with the request")
     p.set_defaults(func=_cmd_request)
+
+    p = sub.add_parser("readmit", help="release a quarantined partition as it is")
+    p.add_argument("partition", help="the partition value, e.g. 7 for month=7")
+    p.add_argument("--config", required=True)
+    p.add_argument("--reason", required=True, help="why it may be trained on (recorded)")
+    p.set_defaults(func=_cmd_readmit)
 
     p = sub.add_parser("backtest", help="replay the partitions: never / every period / "
                        "the configured triggers")

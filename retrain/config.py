@@ -204,8 +204,9 @@ class WarmStartFamilyConfig(_Section):
     """XGBoost continuing the champion's booster on this cycle's training data."""
 
     enabled: bool = False
-    #: rounds added to the champion's trees (counted from the warm start)
-    num_boost_round: int = Field(default=20, ge=1)
+    #: the most rounds added to the champion's trees (counted from the warm start; early
+    #: stopping as in ``search.early_stopping_rounds``)
+    num_boost_round: int = Field(default=100, ge=1)
     #: new: boost on only the training rows of partitions the champion did not train on
     #: (continual learning: its cost follows the new data, not the window); new rows that all
     #: fall into the validation share (data.validation_fraction) leave nothing to boost on,
@@ -300,10 +301,23 @@ class DataParallelConfig(_Section):
 class SearchConfig(_Section):
     num_samples: int = Field(default=8, ge=1)
     max_concurrent: int = Field(default=2, ge=1)
-    num_boost_round: int = Field(default=100, ge=1)
+    #: the most boosting rounds of one XGBoost trial: a cap, since a trial stops once its
+    #: validation score has not improved for ``early_stopping_rounds``
+    num_boost_round: int = Field(default=500, ge=1)
+    #: a trial stops when its validation score has not improved for this many rounds
+    #: (checked at its reports) and keeps its best round; empty: every trial boosts to the cap
+    early_stopping_rounds: int | None = Field(default=30, ge=1)
     report_every: int = Field(default=10, ge=1)
     seed: int = 0
+    #: ASHA: weak trials are stopped early, compared with the others at the same report
     early_stopping: bool = True
+    #: each family's first trial is its default configuration (`retrain.candidates.DEFAULTS`,
+    #: clipped to the space), so the search never ends below a sane default
+    start_with_defaults: bool = True
+    #: the finalists are trained again on every training row (validation rows included) with
+    #: their parameters and rounds before they are scored on the holdout and registered: the
+    #: newest rows, which only validated during the search, are the most relevant ones
+    refit: bool = True
     asha: AshaConfig = AshaConfig()
     #: XGBoost parameters: a ParamRange is searched, a plain value is fixed
     space: dict[str, SpaceEntry] = Field(default_factory=_default_space)
@@ -340,6 +354,11 @@ class GuardrailConfig(_Section):
     max_latency_ratio: float | None = Field(default=2.0, gt=0)
     max_batch_latency_ratio: float | None = Field(default=2.0, gt=0)
     max_size_ratio: float | None = Field(default=10.0, gt=0)
+    #: floors: a ratio is checked only when the challenger's value is above its floor (a
+    #: 1.5 MB model ten times a 150 kB one, or 0.4 ms against 0.1 ms, costs nothing)
+    min_latency_ms: float = Field(default=5.0, ge=0)
+    min_batch_ms_per_1k: float = Field(default=50.0, ge=0)
+    min_size_mb: float = Field(default=20.0, ge=0)
     #: absolute limits, also applied to the very first model
     max_latency_ms: float | None = Field(default=None, gt=0)
     max_size_mb: float | None = Field(default=None, gt=0)
@@ -378,8 +397,12 @@ class AdmissionConfig(_Section):
     #: numeric values may exceed the reference's [min, max] by this share of its range
     range_margin: float = Field(default=0.1, ge=0)
     max_out_of_range_share: float = Field(default=0.01, ge=0, lt=1)
-    #: a dataset-level distribution drift quarantines the partition, or only warns
-    on_drift: Literal["quarantine", "warn"] = "quarantine"
+    #: values outside that range warn (real data moves), or quarantine the partition;
+    #: infinite, overflowing and entirely missing values always quarantine
+    on_out_of_range: Literal["quarantine", "warn"] = "warn"
+    #: a dataset-level distribution drift only warns (drift is information for the model and
+    #: evidence for the drift trigger), or quarantines the partition
+    on_drift: Literal["quarantine", "warn"] = "warn"
     psi_threshold: float = Field(default=0.2, gt=0)
     alpha: float = Field(default=0.01, gt=0, lt=1)
     #: the partition has drifted when more than this share of its features has
@@ -393,6 +416,7 @@ class AdmissionConfig(_Section):
         return AdmissionPolicy(
             min_rows=self.min_rows, range_margin=self.range_margin,
             max_out_of_range_share=self.max_out_of_range_share, on_drift=self.on_drift,
+            on_out_of_range=self.on_out_of_range,
             drift=DriftPolicy(psi_threshold=self.psi_threshold, alpha=self.alpha,
                               max_drifted_share=self.max_drifted_share,
                               missing_rate_jump=self.missing_rate_jump),
@@ -843,7 +867,9 @@ evaluation:
 
 admission:                     # new partitions vs the champion's training data
   enabled: true
-  on_drift: quarantine         # or warn; schema, range and row-count problems always quarantine
+  on_drift: warn               # or quarantine; drift is information, not a data defect
+  on_out_of_range: warn        # or quarantine; schema, row-count, infinite and all-missing
+                               # values always quarantine (`retrain readmit` releases one)
   max_drifted_share: 0.3       # the partition drifted when more features than this drifted
 
 mlflow:

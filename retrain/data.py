@@ -194,7 +194,7 @@ def read_partition(config: DataConfig, partition: Partition, columns: tuple[str,
 def load_split(
     config: DataConfig, task: str, *, extra_columns: tuple[str, ...] = (),
     exclude: frozenset[str] = frozenset(), partitions: list[Partition] | None = None,
-    training_rows: bool = True,
+    training_rows: bool = True, base_spec: FeatureSpec | None = None,
 ) -> Split:
     """Read the dataset and split it by time, leaving out the ``exclude``d partitions
     (quarantined ones). ``partitions`` spares a caller that listed them already a second
@@ -204,7 +204,10 @@ def load_split(
     training and validation rows are not loaded. Only the holdout is; the feature spec is
     learned from the categorical columns alone (numeric ones are never read) and the target
     column is read to be checked. `Split.row_counts` then holds the row counts, and
-    `training_sample` draws rows where some are needed."""
+    `training_sample` draws rows where some are needed.
+
+    ``base_spec`` (the champion's): vocabularies grow from it rather than being learned
+    afresh (`FeatureSpec.grown_from`), so categories keep the codes the champion knows."""
     train_parts, holdout_parts = _split_partitions(config, partitions, exclude)
     schema_names = open_dataset(config).schema.names
     names = feature_names(config, schema_names)
@@ -222,6 +225,7 @@ def load_split(
         targets = train[config.target]
     else:
         train, spec, targets = _training_contract(config, train_parts, names)
+    spec = spec.grown_from(base_spec)
     try:
         x_all, x_holdout = spec.frame(train), spec.frame(holdout)
     except InvalidInput as exc:

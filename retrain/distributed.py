@@ -360,6 +360,8 @@ class _Job:
     rows: ParquetRows
     nthread: int
     base_model: bytes | None
+    #: rounds without a better validation score after which training stops (None: never)
+    patience: int | None = None
     #: the `_Driver` actor that rank 0 reports to (set by the driver itself)
     driver: Any = None
 
@@ -500,6 +502,8 @@ def _worker(config: dict[str, Any]) -> None:
     import xgboost as xgb
 
     from retrain.candidates import XGB_METRICS
+    from retrain.config import METRIC_DIRECTIONS
+    from retrain.search import BestRound
 
     job: _Job = config["job"]
     start = time.perf_counter()
@@ -520,6 +524,10 @@ def _worker(config: dict[str, Any]) -> None:
     convert = XGB_METRICS[job.metric][1]
     total, every = job.rounds, job.report_every
     reporting = [0.0]
+    base = None if job.base_model is None else xgb.Booster(model_file=bytearray(job.base_model))
+    base_rounds = 0 if base is None else base.num_boosted_rounds()
+    # every worker sees the same reduced metric, so every worker stops at the same round
+    tracker = BestRound(greater=METRIC_DIRECTIONS[job.metric], patience=job.patience)
 
     class Report(xgb.callback.TrainingCallback):
         def after_iteration(self, model, epoch, evals_log) -> bool:
@@ -528,17 +536,21 @@ def _worker(config: dict[str, Any]) -> None:
                 return False
             # every worker evaluates: the metric is reduced over the collective
             line = model.eval(dvalid, "valid", epoch)
+            value = float(convert(float(line.rsplit(":", 1)[1])))
+            stop = tracker.add(done, value) or done == total
             if rank == 0:
                 began = time.perf_counter()
-                item = {"round": done, "score": float(convert(float(line.rsplit(":", 1)[1]))),
+                item = {"round": done, "score": value,
                         "gpu": device == "cuda", "trained": began - start - reporting[0]}
-                if done == total:
-                    item["model"] = bytes(model.save_raw("ubj"))
+                if stop:
+                    best = tracker.best_round
+                    kept = model[: base_rounds + best] if best < done else model
+                    item.update(round=best, score=tracker.best_value, final=True,
+                                model=bytes(kept.save_raw("ubj")))
                 ray.get(job.driver.put.remote(item))
                 reporting[0] += time.perf_counter() - began
-            return False
+            return stop
 
-    base = None if job.base_model is None else xgb.Booster(model_file=bytearray(job.base_model))
     xgb.train(params, dtrain, num_boost_round=total, callbacks=[Report()],
               verbose_eval=False, xgb_model=base)
 
@@ -563,7 +575,7 @@ def _stopping(session) -> bool:
 def _report(item: dict[str, Any], reporter) -> None:
     """One report to Tune through the trial's reporter (`retrain.search.TrialReporter`), with the
     keys of `retrain.search._boost`; the last one carries the model."""
-    from retrain.search import AT_KEY, FIT_KEY, MODEL_FILE, SCORE_KEY, TRAINED_KEY
+    from retrain.search import AT_KEY, FINAL_KEY, FIT_KEY, MODEL_FILE, SCORE_KEY, TRAINED_KEY
 
     if reporter is None:
         return
@@ -572,7 +584,7 @@ def _report(item: dict[str, Any], reporter) -> None:
     if "model" not in item:
         reporter.report(metrics)
         return
-    metrics[FIT_KEY] = item["trained"]
+    metrics[FIT_KEY], metrics[FINAL_KEY] = item["trained"], 1
     reporter.final(metrics, lambda tmp: Path(tmp, MODEL_FILE).write_bytes(item["model"]))
 
 
@@ -589,7 +601,7 @@ def _failure(error: BaseException) -> str:
 def train_data_parallel(
     params: dict[str, Any], rows: ParquetRows, *, metric: str, rounds: int, report_every: int,
     settings: DataParallelSettings, base_model: bytes | None = None,
-    storage_path: str | None = None, reporter=None,
+    storage_path: str | None = None, reporter=None, patience: int | None = None,
 ) -> DataParallelRun:
     """Train one XGBoost candidate data-parallel, from inside a Tune function trial.
 
@@ -613,7 +625,8 @@ def train_data_parallel(
         runtime_env={"env_vars": {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}},
     ).remote()
     job = _Job(params=dict(params), metric=metric, rounds=rounds, report_every=report_every,
-               rows=rows, nthread=settings.nthread, base_model=base_model)
+               rows=rows, nthread=settings.nthread, base_model=base_model,
+               patience=patience)
     done = driver.fit.remote(job, settings, name, storage_path)
     last, final, ended, stopped = 0, None, False, False
     try:

@@ -7,7 +7,9 @@
     ├── RegistryError             the model registry (MLflow) failed or is inconsistent
     │   └── ModelNotFoundError    a model, version or alias that does not exist
     ├── ClusterError              Ray could not be reached or started, or lacks resources
-    └── BusyError                 another process holds the project's cycle or controller lock
+    ├── BusyError                 another process holds the project's cycle or controller lock
+    └── StateError                the operation does not fit the current state (e.g. releasing a
+                                  partition that is not quarantined)
 
     RetrainWarning (UserWarning)  it runs, but not as configured
 
@@ -72,3 +74,9 @@ class BusyError(RetrainError):
     """Another process runs a cycle (or `retrain watch`) for this project right now."""
 
     exit_code = 7
+
+
+class StateError(RetrainError):
+    """The operation does not fit the project's current state; the message says what does."""
+
+    exit_code = 8

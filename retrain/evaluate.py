@@ -137,6 +137,8 @@ class Scored:
     trial_id: str | None = None
     #: the trial's validation score (finalists only)
     valid_score: float | None = None
+    #: rows the judged model trained on, when it was refit (finalists only)
+    trained_rows: int | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,8 @@ class Finalist:
     version: str | None = None
     trial_id: str | None = None
     valid_score: float | None = None
+    #: rows the model trained on, when it was refit on every training row
+    trained_rows: int | None = None
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,8 @@ class Comparison:
             fp = s.footprint
             return {
                 "name": s.name, "version": s.version, "trial_id": s.trial_id,
-                "valid_score": s.valid_score, "metrics": s.metrics,
+                "valid_score": s.valid_score, "trained_rows": s.trained_rows,
+                "metrics": s.metrics,
                 "footprint": None if fp is None else {
                     "single_row_ms": fp.single_row_ms, "batch_ms_per_1k": fp.batch_ms_per_1k,
                     "size_bytes": fp.size_bytes},
@@ -285,7 +290,8 @@ def compare(
     champion_parts, champion_metrics = done.pop() if champion else (None, {})
     parts = [p for p, _ in done]
     scored = [
-        Scored(f.name, metrics, f.footprint, f.version, f.trial_id, f.valid_score)
+        Scored(f.name, metrics, f.footprint, f.version, f.trial_id, f.valid_score,
+               f.trained_rows)
         for f, (_, metrics) in zip(finalists, done, strict=True)
     ]
     confidence = 1 - (1 - policy.confidence) / len(finalists)

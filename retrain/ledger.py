@@ -33,8 +33,8 @@ from typing import Any
 from retrain.errors import RetrainError
 
 #: bump when the table changes; a ledger written by a newer schema is refused, not misread, and
-#: an older one is migrated in place (2: the trigger and cycle kinds)
-SCHEMA_VERSION = 2
+#: an older one is migrated in place (2: the trigger and cycle kinds; 3: the admission kind)
+SCHEMA_VERSION = 3
 #: the values of `retrain.decide.Verdict`, spelled out so that this module stays import-light
 VERDICTS: tuple[str, ...] = ("promote", "keep", "reject")
 #: how far traffic weights may sum away from 1 (floating point splits such as 1/3 each)
@@ -48,6 +48,7 @@ class EventKind(str, Enum):
     ROLLBACK = "rollback"  # an alias was moved back to an earlier version
     TRIGGER = "trigger"  # the retraining triggers were evaluated: inputs and outcome in details
     CYCLE = "cycle"  # the controller started, finished or lost a retraining cycle
+    ADMISSION = "admission"  # a person released a quarantined partition (retrain readmit)
 
     def __str__(self) -> str:
         return self.value

@@ -55,6 +55,7 @@ from retrain.evaluate import Comparison, Finalist, compare, measure_footprints
 from retrain.ledger import EventKind, Ledger, LedgerEvent
 from retrain.locks import cycle_lock
 from retrain.quarantine import QuarantineRecord
+from retrain.refit import refit_finalists, refit_problem
 from retrain.registry import CHALLENGER, CHAMPION, MlflowRegistry
 from retrain.report import render_report
 from retrain.runtime import ensure_ray, quiet_defaults
@@ -137,7 +138,8 @@ class CycleStage:
         return Decision(verdict=Verdict(d["verdict"]), reasons=tuple(d["reasons"]),
                         metric=d["metric"], challenger_score=d["challenger_score"],
                         champion_score=d["champion_score"],
-                        checks=tuple(Check(**c) for c in d["checks"]))
+                        checks=tuple(Check(**c) for c in d["checks"]),
+                        alerts=tuple(d.get("alerts", ())))
 
 
 def cycles_folder(config: Config) -> Path:
@@ -205,8 +207,7 @@ def _footprints(split: Split, models: dict[str, LoadedModel]):
     )
 
 
-def _champion_finalist(registry: MlflowRegistry, version: str, split: Split):
-    champion = registry.load(version)
+def _champion_finalist(champion: LoadedModel, version: str, split: Split):
     try:
         frame = champion.spec.frame(split.holdout_raw)
     except InvalidInput as exc:
@@ -218,23 +219,44 @@ def _champion_finalist(registry: MlflowRegistry, version: str, split: Split):
                               version=version)
 
 
-def _finalists(config: Config, search: SearchResult, split: Split):
-    """The top trials by validation score, their boosters and their holdout predictions."""
+def _finalists(config: Config, search: SearchResult, split: Split, warm: WarmStart | None,
+               say=None):
+    """The top trials by validation score, refit on every training row (`retrain.refit`)
+    unless that is off or impossible, with their holdout predictions. Also says which rows
+    the finalists' models trained on (for the lineage and the report)."""
+    trials = search.finalists(config.evaluation.finalists)
+    problem = refit_problem(config, split)
+    refitted = {} if problem else refit_finalists(config, trials, split, warm)
     boosters, models, finalists = {}, {}, []
-    for trial in search.finalists(config.evaluation.finalists):
-        booster = load_model(trial)  # an XGBoost booster or a scikit-learn estimator
+    for trial in trials:
+        again = refitted.get(trial.trial_id)
+        # an XGBoost booster or a scikit-learn estimator
+        booster = again.model if again is not None else load_model(trial)
+        # a warm-started model reads categories as its champion did (XGBoost keeps the
+        # champion's categories in the model); new ones reach it as missing
+        spec = warm.spec if trial.family == "xgboost_warm_start" and warm is not None \
+            and warm.spec is not None else split.spec
         model = LoadedModel(name=config.model_name, version=f"trial-{trial.trial_id}",
-                            task=config.task.type, spec=split.spec, booster=booster,
+                            task=config.task.type, spec=spec, booster=booster,
                             flavor=trial.flavor)
-        boosters[trial.trial_id] = booster
+        boosters[trial.trial_id] = model
         models[f"trial-{trial.trial_id}"] = model
         finalists.append(Finalist(
             name=f"trial-{trial.trial_id}",
-            predictions=model.predict(split.x_holdout),
+            predictions=model.predict(spec.frame(split.holdout_raw)),
             trial_id=trial.trial_id,
             valid_score=trial.score,
+            trained_rows=again.rows if again is not None else None,
         ))
-    return boosters, models, finalists
+    if problem:
+        refit = f"not refit: {problem}"
+    else:
+        rows = split.train_rows + split.valid_rows
+        refit = (f"refit on all {rows} training rows (validation rows included; a warm start "
+                 "on the rows its champion had not seen)")
+    if say is not None:
+        say(f"  finalists {refit}")
+    return boosters, models, finalists, refit
 
 
 def _admission(config: Config, registry: MlflowRegistry, champion: str | None, cycle_id: str,
@@ -253,7 +275,8 @@ def _admission(config: Config, registry: MlflowRegistry, champion: str | None, c
     if reference is None:
         return None, held
     if resumed is None:
-        known = registry.version_partitions(champion)
+        # released by a person (`retrain readmit`): admitted as they are, not judged again
+        known = registry.version_partitions(champion) | record.released(partitions)
         new = [p for p in partitions if p.value not in known and p.value not in held]
     else:
         new = [p for p in partitions if p.value in resumed.judged]
@@ -314,9 +337,13 @@ def _run_cycle(config: Config, *, echo=None, resume: bool = False) -> CycleResul
     loads_rows = driver_loads_training_rows(
         config, training_row_count(config.data, partitions, excluded),
         connect=lambda: ensure_ray(config.ray))
+    # read once: its spec is the base the vocabularies grow from (known categories keep
+    # their codes, so the champion's trees stay valid for a warm start), and it competes
+    champion = None if champion_version is None else registry.load(champion_version)
     split = load_split(config.data, task.type,
                        extra_columns=tuple(s.column for s in policy.slices), exclude=excluded,
-                       partitions=partitions, training_rows=loads_rows)
+                       partitions=partitions, training_rows=loads_rows,
+                       base_spec=None if champion is None else champion.spec)
     lineage = {**split.lineage(), "data.driver_rows": "all" if loads_rows else "holdout"}
     if excluded:
         lineage["data.excluded_partitions"] = ",".join(sorted(excluded))
@@ -344,7 +371,7 @@ def _run_cycle(config: Config, *, echo=None, resume: bool = False) -> CycleResul
                                                error=None))
         try:
             return _stages(config, registry, stage, folder, split, lineage, admission, excluded,
-                           run_id, say, start)
+                           run_id, say, start, champion)
         except BaseException as exc:
             save_stage(folder, replace(read_stage(folder, cycle_id),
                                        error=f"{type(exc).__name__}: {exc}"[:2000]))
@@ -357,7 +384,8 @@ def read_stage(folder: Path, cycle_id: str) -> CycleStage:
 
 def _stages(config: Config, registry: MlflowRegistry, stage: CycleStage, folder: Path,
             split: Split, lineage: dict[str, str], admission: AdmissionReport | None,
-            excluded: frozenset[str], run_id: str, say, start: float) -> CycleResult:
+            excluded: frozenset[str], run_id: str, say, start: float,
+            champion_model: LoadedModel | None) -> CycleResult:
     """The cycle from its search on, skipping the steps with lasting effects that ``stage``
     says are done, and recording each one it does."""
     task, policy = config.task, config.evaluation
@@ -367,7 +395,7 @@ def _stages(config: Config, registry: MlflowRegistry, stage: CycleStage, folder:
     # warm-start trials continue the champion's booster on the rows it never trained on;
     # WarmStart says why not if they cannot (other features, a scikit-learn champion, no
     # new rows), and the search reports it
-    warm = (WarmStart.of(registry.load(champion_version), split, version=champion_version,
+    warm = (WarmStart.of(champion_model, split, version=champion_version,
                          seen=registry.version_partitions(champion_version, trained_only=True),
                          rows=config.search.families.xgboost_warm_start.rows)
             if champion_version is not None
@@ -380,11 +408,12 @@ def _stages(config: Config, registry: MlflowRegistry, stage: CycleStage, folder:
     if not stage.reached("searched"):
         registry.log_trials(run_id, search)  # failed trials too, before giving up on them
         stage = save_stage(folder, replace(stage, stage="searched"))
-    boosters, models, finalists = _finalists(config, search, split)
+    boosters, models, finalists, refit = _finalists(config, search, split, warm, say)
+    lineage = {**lineage, "search.refit": refit}
     champion = None
-    if champion_version is not None:
+    if champion_model is not None:
         models[f"v{champion_version}"], champion = _champion_finalist(
-            registry, champion_version, split
+            champion_model, champion_version, split
         )
     footprints = _footprints(split, models)
     finalists = [replace(f, footprint=footprints[f.name]) for f in finalists]
@@ -400,9 +429,9 @@ def _stages(config: Config, registry: MlflowRegistry, stage: CycleStage, folder:
     if decision is None:
         decision = decide(comparison, policy)
         challenger = comparison.challenger.trial_id
+        chosen = boosters[challenger]
         model_uri = registry.log_model(
-            run_id, boosters[challenger], split.spec, task=task.type,
-            metric=task.primary_metric,
+            run_id, chosen.booster, chosen.spec, task=task.type, metric=task.primary_metric,
         )
         # what later admissions compare new partitions with, should this model be promoted
         registry.log_reference(run_id, _reference(config, split))

@@ -54,13 +54,14 @@ from retrain.candidates import (
     FamilySpace,
     build_sklearn,
     check_sklearn_space,
+    default_params,
     families,
     family_distributions,
     trial_family,
     warm_start_problem,
     xgb_params,
 )
-from retrain.config import Config
+from retrain.config import METRIC_DIRECTIONS, Config
 from retrain.errors import ClusterError, ConfigError, RetrainWarning, SearchError
 
 if TYPE_CHECKING:
@@ -68,6 +69,8 @@ if TYPE_CHECKING:
     from retrain.distributed import DataParallelSettings, ParquetRows
 
 Status = Literal["completed", "stopped", "failed"]
+#: metric -> True when larger is better
+METRIC_GREATER = METRIC_DIRECTIONS
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,8 @@ class TrialSettings:
     data_key: str = ""
     #: XGBoost trials train data-parallel on Ray Train workers when set
     data_parallel: DataParallelPlan | None = None
+    #: rounds without a better validation score after which a trial stops (None: never)
+    patience: int | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,9 @@ class WarmStart:
     rows: np.ndarray | None = field(default=None, repr=False, compare=False)
     #: the partitions whose rows ``rows`` leaves out (the champion was trained on them)
     seen: tuple[str, ...] = ()
+    #: the champion's feature spec: warm-started models read their data through it (this
+    #: cycle's spec may have grown categories the champion's trees cannot take)
+    spec: Any = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, champion, split, *, version: str, seen: Collection[str] = (),
@@ -139,7 +147,8 @@ class WarmStart:
                     "(lower data.validation_fraction, or set "
                     "search.families.xgboost_warm_start.rows: all)"))
         return cls(version=version, model=bytes(champion.booster.save_raw("ubj")),
-                   rows=positions, seen=tuple(sorted(seen)) if positions is not None else ())
+                   rows=positions, seen=tuple(sorted(seen)) if positions is not None else (),
+                   spec=champion.spec)
 
 
 def new_rows(
@@ -240,6 +249,9 @@ METRICS_FILE = "metrics.json"
 #: report it made
 MANIFEST_KEY, CONFIG_KEY, REPORTS_KEY = "files", "config", "reports"
 SCORE_KEY = "valid_score"
+#: set on a trial's last report (the one with its model), which may come before its cap
+#: when the trial stopped early; its "round" is then the best round, the model's length
+FINAL_KEY = "final"
 FIT_KEY = "fit_seconds"
 #: every report: the trial's own training seconds so far, and when it reported (unix time)
 TRAINED_KEY = "trained_seconds"
@@ -324,21 +336,40 @@ class TrialReporter:
 _MATRICES: dict[tuple[str, str], Any] = {}
 
 
-def _matrices(data: TrainData, key: str, rows: np.ndarray | None, nthread: int):
-    """The training (all rows, or the warm start's ``rows``) and validation DMatrix."""
+def _matrices(data: TrainData, key: str, rows: np.ndarray | None, nthread: int,
+              narrow_to=None):
+    """The training (all rows, or the warm start's ``rows``) and validation DMatrix;
+    ``narrow_to``: a warm start's champion spec, which the frames are narrowed to
+    (`serve.features.FeatureSpec.narrow`)."""
     import xgboost as xgb
 
     for stale in [k for k in _MATRICES if k[0] != key]:
         del _MATRICES[stale]
     which = "all" if rows is None else "rows"
+    valid = "valid"
+    if narrow_to is not None:
+        which, valid = f"{which}-narrow", "valid-narrow"
     if (key, which) not in _MATRICES:
         x, y = (data.x_train, data.y_train) if rows is None \
             else (data.x_train.iloc[rows], data.y_train[rows])
+        x = x if narrow_to is None else _narrowed(x, narrow_to)
         _MATRICES[key, which] = xgb.DMatrix(x, y, enable_categorical=True, nthread=nthread)
-    if (key, "valid") not in _MATRICES:
-        _MATRICES[key, "valid"] = xgb.DMatrix(data.x_valid, data.y_valid,
-                                              enable_categorical=True, nthread=nthread)
-    return _MATRICES[key, which], _MATRICES[key, "valid"]
+    if (key, valid) not in _MATRICES:
+        x = data.x_valid if narrow_to is None else _narrowed(data.x_valid, narrow_to)
+        _MATRICES[key, valid] = xgb.DMatrix(x, data.y_valid, enable_categorical=True,
+                                            nthread=nthread)
+    return _MATRICES[key, which], _MATRICES[key, valid]
+
+
+def _narrowed(frame: pd.DataFrame, spec) -> pd.DataFrame:
+    """``frame``'s categoricals recoded to ``spec``'s vocabularies (a prefix of theirs)."""
+    from serve.features import FeatureSpec
+
+    kinds = tuple("categorical" if isinstance(frame[c].dtype, pd.CategoricalDtype)
+                  else "numeric" for c in frame.columns)
+    categories = {c: tuple(frame[c].cat.categories) for c in frame.columns
+                  if isinstance(frame[c].dtype, pd.CategoricalDtype)}
+    return FeatureSpec(tuple(frame.columns), kinds, categories).narrow(frame, spec)
 
 
 def _boost(family: Family, config: dict[str, Any], data: TrainData, settings: TrialSettings,
@@ -358,17 +389,23 @@ def _boost(family: Family, config: dict[str, Any], data: TrainData, settings: Tr
 
         rows = plan.warm_rows if champion is not None and plan.warm_rows is not None \
             else plan.rows
+        if champion is not None and champion.spec is not None:
+            # the champion's trees take only the categories they know (see `_matrices`)
+            rows = replace(rows, spec=champion.spec)
         train_data_parallel(params, rows, metric=settings.metric, rounds=family.rounds,
                             report_every=settings.report_every, settings=plan.settings,
                             base_model=None if champion is None else champion.model,
-                            reporter=reporter)
+                            reporter=reporter, patience=settings.patience)
         return
     dtrain, dvalid = _matrices(data, settings.data_key,
-                               None if champion is None else champion.rows, nthread)
+                               None if champion is None else champion.rows, nthread,
+                               None if champion is None else champion.spec)
     base = None if champion is None else xgb.Booster(model_file=bytearray(champion.model))
+    base_rounds = 0 if base is None else base.num_boosted_rounds()
     convert = XGB_METRICS[settings.metric][1]
     total, every = family.rounds, settings.report_every
     reporting = [0.0]  # seconds spent in tune.report: Ray's cost, not training
+    tracker = BestRound(greater=METRIC_GREATER[settings.metric], patience=settings.patience)
 
     class Report(xgb.callback.TrainingCallback):
         def after_iteration(self, model, epoch, evals_log) -> bool:
@@ -381,16 +418,21 @@ def _boost(family: Family, config: dict[str, Any], data: TrainData, settings: Tr
             # predictions on dvalid are cached by XGBoost and only new trees are added
             line = model.eval(dvalid, "valid", epoch)
             value = float(convert(float(line.rsplit(":", 1)[1])))
+            stop = tracker.add(done, value) or done == total
             began = time.perf_counter()
             metrics = {SCORE_KEY: value, "round": done, "gpu": int(device == "cuda"),
                        TRAINED_KEY: began - start - reporting[0], AT_KEY: time.time()}
-            if done == total:
-                metrics[FIT_KEY] = began - start - reporting[0]
-                reporter.final(metrics, lambda tmp: model.save_model(os.path.join(tmp, MODEL_FILE)))
+            if stop:
+                # the model as it was at its best report: later rounds only overfit
+                best = tracker.best_round
+                metrics.update({SCORE_KEY: tracker.best_value, "round": best, FINAL_KEY: 1,
+                                FIT_KEY: began - start - reporting[0]})
+                kept = model[: base_rounds + best] if best < done else model
+                reporter.final(metrics, lambda tmp: kept.save_model(os.path.join(tmp, MODEL_FILE)))
             else:
                 reporter.report(metrics)
             reporting[0] += time.perf_counter() - began
-            return False
+            return stop
 
     xgb.train(
         params,
@@ -400,6 +442,23 @@ def _boost(family: Family, config: dict[str, Any], data: TrainData, settings: Tr
         verbose_eval=False,
         xgb_model=base,
     )
+
+
+@dataclass
+class BestRound:
+    """Early stopping at reports: the best validation score so far and its round; `add` says
+    when ``patience`` rounds have passed without a better one (never, with no patience)."""
+
+    greater: bool
+    patience: int | None
+    best_round: int = 0
+    best_value: float = math.nan
+
+    def add(self, done: int, value: float) -> bool:
+        better = (value > self.best_value if self.greater else value < self.best_value)
+        if math.isnan(self.best_value) or better:
+            self.best_round, self.best_value = done, value
+        return self.patience is not None and done - self.best_round >= self.patience
 
 
 def _fit_sklearn(family: Family, params: dict[str, Any], data: TrainData,
@@ -646,7 +705,7 @@ def run_search(
         _say(f"  XGBoost trials train data-parallel: {plan.why}")
     settings = TrialSettings(task.type, metric, s.report_every, s.seed,
                              {f.name: f for f in active}, data_key=uuid.uuid4().hex,
-                             data_parallel=plan)
+                             data_parallel=plan, patience=s.early_stopping_rounds)
     # every active family gets at least one trial; with nothing to search, one each is all
     samples = max(s.num_samples, len(active)) if any(f.searched for f in active) \
         else len(active)
@@ -900,7 +959,8 @@ def _tuner(trainable, config: Config, name: str, storage: str, active: tuple[Fam
             mode=mode,
             search_alg=OptunaSearch(space=space, metric=SCORE_KEY, mode=mode,
                                     seed=s.seed + offset,
-                                    storage=_told_storage(space, told, mode)),
+                                    storage=_told_storage(space, told, mode,
+                                                          defaults=s.start_with_defaults)),
             scheduler=_scheduler(config, active),
             num_samples=samples,
             max_concurrent_trials=concurrent or s.max_concurrent,
@@ -918,12 +978,19 @@ def _tuner(trainable, config: Config, name: str, storage: str, active: tuple[Fam
     )
 
 
-def _told_storage(space: FamilySpace, told: tuple[TrialResult, ...], mode: str):
+def _told_storage(space: FamilySpace, told: tuple[TrialResult, ...], mode: str, *,
+                  defaults: bool = False):
     """An in-memory Optuna storage whose study (named as `OptunaSearch` names its own) already
-    holds the ``told`` trials; None when there are none. Each is replayed through the
-    define-by-run space with its parameters fixed (``enqueue_trial``), so it is recorded
-    with the same distributions as a trial TPE suggested."""
-    if not told:
+    holds the ``told`` trials; None when there are none and no defaults are asked for. Each
+    is replayed through the define-by-run space with its parameters fixed (``enqueue_trial``),
+    so it is recorded with the same distributions as a trial TPE suggested.
+
+    ``defaults``: each searched family that no told trial covers gets its default
+    configuration enqueued (`retrain.candidates.default_params`), so it is its first trial.
+    """
+    waiting = [f for f in space.families if f.searched
+               and not any(t.family == f.name for t in told)] if defaults else []
+    if not told and not waiting:
         return None
     import optuna
     from optuna.trial import TrialState
@@ -931,6 +998,8 @@ def _told_storage(space: FamilySpace, told: tuple[TrialResult, ...], mode: str):
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(storage=storage, study_name="optuna",
                                 direction="maximize" if mode == "max" else "minimize")
+    for family in waiting:
+        study.enqueue_trial(default_params(family), user_attrs={FAMILY_ATTR: family.name})
     by_name = {f.name: f for f in space.families}
     for trial in told:
         family = by_name.get(trial.family)
@@ -999,7 +1068,8 @@ def _result_of(config: dict[str, Any], metrics: dict[str, Any], reports: list[di
     rounds = int(_number(metrics.get("round")) or 0)
     if error is not None:
         status: Status = "failed"
-    elif rounds >= rounds_by_family.get(family, 1) and checkpoint is not None:
+    elif checkpoint is not None and (_number(metrics.get(FINAL_KEY))
+                                     or rounds >= rounds_by_family.get(family, 1)):
         status = "completed"
     else:
         status = "stopped"

@@ -60,6 +60,46 @@ class FeatureSpec:
                 kinds.append("numeric")
         return cls(names=tuple(names), kinds=tuple(kinds), categories=categories)
 
+    def grown_from(self, base: FeatureSpec | None) -> FeatureSpec:
+        """This spec with ``base``'s category codes kept: each vocabulary is ``base``'s, in
+        its order, followed by the categories new here (sorted). A model trained with
+        ``base`` then reads the same codes for the categories it knew, so its trees stay
+        valid (a warm start can continue them) while new categories get codes of their own.
+        Categories gone from the new data keep their codes. With other names or kinds than
+        ``base`` (or no base), this spec as it is."""
+        if base is None or base.names != self.names or base.kinds != self.kinds:
+            return self
+        categories = {}
+        for name, vocabulary in self.categories.items():
+            known = base.categories.get(name, ())
+            seen = set(known)
+            categories[name] = (*known, *(v for v in vocabulary if v not in seen))
+        return FeatureSpec(names=self.names, kinds=self.kinds, categories=categories)
+
+    def extends(self, base: FeatureSpec) -> bool:
+        """Whether this spec reads every column of ``base`` the same way: same names and
+        kinds, and each of ``base``'s vocabularies a prefix of this one's (same codes)."""
+        return base.names == self.names and base.kinds == self.kinds and all(
+            self.categories.get(name, ())[: len(known)] == known
+            for name, known in base.categories.items())
+
+    def narrow(self, frame: pd.DataFrame, base: FeatureSpec) -> pd.DataFrame:
+        """``frame`` (typed by this spec, which `extends` ``base``) as ``base`` types it:
+        categories ``base`` does not know become missing, known ones keep their codes. A
+        model trained with ``base`` (XGBoost stores its categories and refuses to continue
+        on data with more) reads it as it read its own data."""
+        out = {}
+        for name, kind in zip(self.names, self.kinds, strict=True):
+            column = frame[name]
+            if kind == "categorical" and self.categories[name] != base.categories[name]:
+                known = len(base.categories[name])
+                codes = column.cat.codes.to_numpy()
+                column = pd.Series(pd.Categorical.from_codes(
+                    np.where(codes < known, codes, -1), categories=list(base.categories[name])),
+                    index=frame.index)
+            out[name] = column
+        return pd.DataFrame(out, index=frame.index)
+
     def frame(self, data: pd.DataFrame) -> pd.DataFrame:
         """Select, order and type the model's columns; raise `InvalidInput` on what cannot be."""
         missing = [name for name in self.names if name not in data.columns]

@@ -49,14 +49,15 @@ def test_a_drifted_partition_gets_one_plot_per_drifted_feature_and_none_for_stab
 def test_quarantine_reasons_and_what_quarantine_means_appear():
     out_of_range = _frame(3000, 1)
     out_of_range.loc[:99, "x2"] = 250.0
-    report = admit({"7": out_of_range, "8": _frame(3000, 2).drop(columns="cat")}, REFERENCE)
+    report = admit({"7": out_of_range, "8": _frame(3000, 2).drop(columns="cat")}, REFERENCE,
+                   AdmissionPolicy(on_out_of_range="quarantine"))
     assert report.quarantined == ("7", "8")
     page = render_admission_report(report, title="t", record="/work/quarantine.jsonl")
     for verdict in report.partitions:
         for problem in verdict.problems:
             assert html.escape(problem) in page
     assert "outside the reference range" in page and "missing column(s)" in page
-    assert "left on disk" in page and "How to re-admit" in page
+    assert "left on disk" in page and "How to re-admit" in page and "retrain readmit" in page
     assert "<code>/work/quarantine.jsonl</code>" in page
     assert page.count('<span class="status quarantined">quarantined</span></h2>') == 2
     # no columns to compare for 8, and x2's range problem is no distribution drift for 7
@@ -98,6 +99,8 @@ def test_an_empty_report_says_there_was_nothing_to_judge():
 def test_a_feature_without_values_on_one_side_still_gets_its_plot():
     new = _frame(3000, 1).assign(x2=np.nan)  # all missing: no distribution, a missing-rate jump
     verdict = admit_partition("9", new, REFERENCE, AdmissionPolicy(on_drift="warn"))
+    # a feature gone entirely missing is an integrity failure, and its plot still shows why
+    assert verdict.status == "quarantined" and "every value is missing" in verdict.problems[0]
     (x2,) = [f for f in verdict.drift.features if f.name == "x2"]
     assert x2.drifted and x2.shares is None and x2.causes == ("missing_rate",)
     page = render_admission_report(AdmissionReport((verdict,)), title="t")

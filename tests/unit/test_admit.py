@@ -39,18 +39,45 @@ def test_wrong_dtype_is_quarantined():
     assert "column 'x2' should be numeric" in verdict.problems[0]
 
 
-def test_out_of_range_values_are_quarantined():
+def test_out_of_range_values_warn_by_default_and_quarantine_when_asked():
     frame = _frame(3000, 1)
     frame.loc[:99, "x2"] = 250.0  # 3.3 % of rows far above the reference's [0, 10]
     verdict = admit_partition("7", frame, REFERENCE)
+    assert verdict.status == "warned"  # real data moves: out of range is not a defect
+    assert any(w.startswith("x2: 3.3% of values outside the reference range")
+               for w in verdict.warnings)
+    verdict = admit_partition("7", frame, REFERENCE,
+                              AdmissionPolicy(on_out_of_range="quarantine"))
     assert verdict.status == "quarantined"
     assert any(p.startswith("x2: 3.3% of values outside the reference range")
                for p in verdict.problems)
 
 
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, 1e300])
+def test_values_that_cannot_be_real_always_quarantine(bad):
+    frame = _frame(3000, 1)
+    frame.loc[:14, "x1"] = bad  # 0.5 %: under any out-of-range share
+    lenient = AdmissionPolicy(on_drift="warn", on_out_of_range="warn",
+                              max_out_of_range_share=0.5)
+    verdict = admit_partition("7", frame, REFERENCE, lenient)
+    assert verdict.status == "quarantined"
+    assert verdict.problems == ("x1: 15 value(s) infinite or beyond 1e+30 (overflow or "
+                                "sentinel values cannot be trained on)",)
+
+
+def test_a_feature_gone_entirely_missing_quarantines():
+    verdict = admit_partition("7", _frame(3000, 1).assign(x2=np.nan), REFERENCE,
+                              AdmissionPolicy(on_drift="warn"))
+    assert verdict.status == "quarantined"
+    assert verdict.problems[0].startswith("x2: every value is missing")
+
+
 def test_a_strong_shift_is_quarantined_and_a_mild_one_only_warns():
     strong = _frame(3000, 1, shift=2.0).assign(cat="c")
-    verdict = admit_partition("7", strong, REFERENCE)
+    # by default drift admits with a warning (it is information for the model) ...
+    assert admit_partition("7", strong, REFERENCE).status == "warned"
+    # ... and quarantines when the project asks for it
+    verdict = admit_partition("7", strong, REFERENCE, AdmissionPolicy(on_drift="quarantine"))
     assert verdict.status == "quarantined"
     assert "distribution drift in" in verdict.problems[0]
     # one drifted feature of three stays under a 50 % drifted-share rule: a warning

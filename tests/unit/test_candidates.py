@@ -141,9 +141,13 @@ def test_warm_start_needs_an_xgboost_champion_with_the_same_features():
     assert warm_start_problem(spec, "xgboost", spec) is None
     assert warm_start_problem(None, None, spec) == "no champion yet"
     assert "scikit-learn" in warm_start_problem(spec, "scikit-learn", spec)
-    grown = FeatureSpec(spec.names, spec.kinds, {"cat": ("a", "b", "c", "d")})
-    problem = warm_start_problem(spec, "xgboost", grown)
-    assert "category vocabularies changed" in problem and "{'cat': ['d']}" in problem
+    # a vocabulary that grew at its end keeps every known code: the warm start proceeds
+    grown = FeatureSpec(spec.names, spec.kinds, {"cat": (*spec.categories["cat"], "zz")})
+    assert warm_start_problem(spec, "xgboost", grown) is None
+    # one renumbered (a new category sorted in among the known ones) does not
+    renumbered = FeatureSpec(spec.names, spec.kinds, {"cat": ("0", *spec.categories["cat"])})
+    problem = warm_start_problem(spec, "xgboost", renumbered)
+    assert "category codes changed" in problem and "['cat']" in problem
     more = FeatureSpec((*spec.names, "x3"), (*spec.kinds, "numeric"), spec.categories)
     assert "features added ['x3']" in warm_start_problem(spec, "xgboost", more)
     kinds = FeatureSpec(spec.names, ("numeric", "categorical", "categorical"),
@@ -259,3 +263,67 @@ def test_asha_ranks_trials_only_against_their_own_family():
     assert report(scratch, 2, 0.70) == "CONTINUE"
     # within a family ASHA still stops the weak
     assert report(scratch_weak, 2, 0.60) == "STOP"
+
+
+# -- the search never loses to the default ---------------------------------------------------
+def test_each_family_starts_from_its_default_clipped_into_its_space():
+    from retrain.candidates import default_params
+
+    raw = config_dict("d", "w", search={
+        "families": {"xgboost_warm_start": {"enabled": True},
+                     "hist_gradient_boosting": {"enabled": True}},
+        "space": {"max_depth": {"type": "int", "low": 3, "high": 6},
+                  "eta": {"type": "float", "low": 0.01, "high": 0.3, "log": True},
+                  "gamma": {"type": "categorical", "choices": [1, 2]},
+                  "colsample_bynode": {"type": "float", "low": 0.5, "high": 0.7},
+                  "nthread_fixed": 1}})
+    config = config_from_dict(raw)
+    by_name = {f.name: f for f in families(config.search)}
+    xgb_default = default_params(by_name["xgboost"])
+    assert xgb_default["xgboost/max_depth"] == 6  # 8 clipped to the range's top
+    assert xgb_default["xgboost/eta"] == pytest.approx(0.1)
+    assert xgb_default["xgboost/gamma"] == 1  # 0 is not a choice: the first choice
+    assert xgb_default["xgboost/colsample_bynode"] == pytest.approx(0.6)  # no default: middle
+    assert "xgboost/nthread_fixed" not in xgb_default  # fixed values are not searched
+    hgb = default_params(by_name["hist_gradient_boosting"])
+    assert hgb["hist_gradient_boosting/l2_regularization"] == pytest.approx(0.001)  # clipped
+
+
+def test_enqueued_defaults_are_the_first_trial_of_each_family():
+    import optuna
+
+    from retrain.search import _told_storage
+
+    config = _config(xgboost_warm_start={"enabled": True}, linear={"enabled": True})
+    space = FamilySpace(families(config.search))
+    storage = _told_storage(space, (), "max", defaults=True)
+    study = optuna.load_study(study_name="optuna", storage=storage,
+                              sampler=optuna.samplers.TPESampler(seed=0))
+    asked = []
+    for _ in range(6):
+        trial = study.ask()
+        asked.append((space(trial)["family"], dict(trial.params)))
+        study.tell(trial, 0.5)
+    assert [f for f, _ in asked] == ["xgboost", "xgboost_warm_start", "linear"] * 2
+    assert asked[0][1]["xgboost/max_depth"] == 8 and asked[0][1]["xgboost/eta"] == 0.1
+    assert asked[2][1] == {"linear/alpha": 1.0}
+    assert asked[3][1] != asked[0][1]  # after the defaults, TPE samples
+    assert _told_storage(space, (), "max", defaults=False) is None
+
+
+@pytest.mark.parametrize("greater, scores, stop_at, best", [
+    (True, [0.70, 0.72, 0.71, 0.715, 0.70], 4, 2),   # AUC: no gain for 2 reports -> stop
+    (False, [5.0, 4.0, 4.5, 3.9, 4.0, 4.1], 6, 4),  # RMSE: a late gain resets patience
+])
+def test_early_stopping_keeps_the_best_round_and_stops_after_patience(greater, scores,
+                                                                      stop_at, best):
+    from retrain.search import BestRound
+
+    tracker = BestRound(greater=greater, patience=20)
+    stopped = None
+    for i, value in enumerate(scores, start=1):
+        if tracker.add(i * 10, value) and stopped is None:
+            stopped = i
+    assert stopped == stop_at
+    assert tracker.best_round == best * 10 and tracker.best_value == scores[best - 1]
+    assert not BestRound(greater=True, patience=None).add(10, 0.5)

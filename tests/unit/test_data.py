@@ -209,3 +209,47 @@ def test_a_training_sample_draws_distinct_training_rows_by_seed(tmp_path):
     x, y = training_sample(config, "classification", lean, 10**9)
     assert sorted(x["x"].tolist()) == sorted(every["x"].tolist())
     assert y.sum() == full.y_train.sum() + full.y_valid.sum()
+
+
+def test_vocabularies_grow_from_the_champions_spec_and_keep_its_codes(tmp_path):
+    import xgboost as xgb
+
+    from retrain.candidates import warm_start_problem
+    from serve.features import FeatureSpec
+
+    write_partitions(tmp_path / "data", [1, 2, 3], rows=500)
+    config = _config(tmp_path)
+    first = load_split(config, "classification")
+    assert first.spec.categories["cat"] == ("a", "b", "c")
+    # a new category sorts first ("0"): learned afresh it would renumber every known one
+    path = tmp_path / "data" / "period=2" / "part-0.parquet"
+    extra = pd.read_parquet(path)
+    extra.loc[:50, "cat"] = "0"  # rows that train (validation is the newest 20 %)
+    extra.to_parquet(path, index=False)
+    fresh = load_split(config, "classification")
+    assert fresh.spec.categories["cat"] == ("0", "a", "b", "c")
+    grown = load_split(config, "classification", base_spec=first.spec)
+    assert grown.spec.categories["cat"] == ("a", "b", "c", "0")
+    assert grown.spec.extends(first.spec) and not fresh.spec.extends(first.spec)
+    # known categories keep their codes, the new one gets the next code
+    codes = grown.x_train["cat"].cat.codes.to_numpy()
+    texts = grown.x_train["cat"].astype(str).to_numpy()
+    assert set(codes[texts == "a"]) == {0} and set(codes[texts == "0"]) == {3}
+    # so the champion's booster can be continued on the grown spec
+    champion = xgb.train({"objective": "binary:logistic"},
+                         xgb.DMatrix(first.x_train, first.y_train, enable_categorical=True),
+                         num_boost_round=3)
+    assert warm_start_problem(first.spec, "xgboost", grown.spec) is None
+    assert warm_start_problem(first.spec, "xgboost", fresh.spec) is not None
+    # XGBoost keeps the champion's categories in the model: the warm start reads the grown
+    # frame narrowed to them (the new category as missing, the known codes unchanged)
+    narrowed = grown.spec.narrow(grown.x_train, first.spec)
+    assert narrowed["cat"].isna().sum() == (texts == "0").sum()
+    assert (narrowed["cat"].cat.codes.to_numpy()[texts != "0"] == codes[texts != "0"]).all()
+    more = xgb.train({"objective": "binary:logistic"},
+                     xgb.DMatrix(narrowed, grown.y_train, enable_categorical=True),
+                     num_boost_round=2, xgb_model=champion)
+    assert more.num_boosted_rounds() == 5
+    # an unrelated base (other features) leaves the spec as learned
+    other = FeatureSpec(("z",), ("numeric",))
+    assert load_split(config, "classification", base_spec=other).spec == fresh.spec

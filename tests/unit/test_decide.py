@@ -62,12 +62,51 @@ def test_slow_or_large_challenger_fails_its_guardrail():
     slow = Footprint(single_row_ms=5.0, batch_ms_per_1k=5.0, size_bytes=100_000)
     big = Footprint(single_row_ms=1.0, batch_ms_per_1k=5.0, size_bytes=1_200_000)
     better, base = _scores(1.5, 1), _scores(0.8, 2)
-    decision, _ = _decide(better, base, footprints=(slow, FAST))
+    no_floors = EvaluationConfig(guardrails=GuardrailConfig(
+        min_latency_ms=0, min_batch_ms_per_1k=0, min_size_mb=0))
+    decision, _ = _decide(better, base, no_floors, footprints=(slow, FAST))
     assert decision.verdict is Verdict.REJECT
     assert any(r.startswith("latency ratio 5.00x") for r in decision.reasons)
-    decision, _ = _decide(better, base, footprints=(big, FAST))
+    assert decision.deciding == "latency ratio 5.00x > 2x"
+    decision, _ = _decide(better, base, no_floors, footprints=(big, FAST))
     assert decision.verdict is Verdict.REJECT
     assert any(r.startswith("size ratio 12.00x") for r in decision.reasons)
+    assert decision.deciding == "size ratio 12.00x > 10x"
+
+
+def test_ratio_guardrails_apply_only_above_their_floors():
+    # the demo's case: 1.45 MB against a 145 kB champion is 10x, and harmless
+    small = Footprint(single_row_ms=4.0, batch_ms_per_1k=40.0, size_bytes=1_450_000)
+    tiny = Footprint(single_row_ms=1.0, batch_ms_per_1k=5.0, size_bytes=145_000)
+    better, base = _scores(1.5, 1), _scores(0.8, 2)
+    decision, _ = _decide(better, base, footprints=(small, tiny))
+    assert decision.verdict is Verdict.PROMOTE
+    ratios = {c.name: c for c in decision.checks if "ratio" in c.name}
+    assert all(c.passed and "not checked" in c.detail for c in ratios.values())
+    assert "min_size_mb=20" in ratios["size ratio"].detail
+    # above the floor the ratio counts again
+    huge = Footprint(single_row_ms=4.0, batch_ms_per_1k=40.0, size_bytes=25_000_000)
+    decision, _ = _decide(better, base, footprints=(huge, Footprint(1.0, 5.0, 2_000_000)))
+    assert decision.verdict is Verdict.REJECT and decision.deciding.startswith("size ratio")
+
+
+def test_a_champion_below_min_score_is_not_protected_by_it():
+    policy = EvaluationConfig(min_score=0.9)
+    better, worse = _scores(1.5, 1), _scores(0.3, 2)  # AUC about 0.84 and 0.58
+    decision, comparison = _decide(better, worse, policy)
+    assert comparison.challenger.metrics["auc"] < 0.9 and comparison.difference.low > 0
+    assert decision.verdict is Verdict.PROMOTE
+    value = next(c for c in decision.checks if c.name == "value")
+    assert value.passed and "misses it too" in value.detail
+    assert decision.alerts and "below min_score" in decision.alerts[0]
+    assert "ALERT" in decision.summary()
+    # a challenger no better than that champion: kept, with the alert still raised
+    decision, _ = _decide(worse, better * 0 + worse, policy)
+    assert decision.verdict is Verdict.KEEP and decision.alerts
+    # a champion above the bar: a challenger below it is rejected as before, no alert
+    decision, _ = _decide(worse, better, EvaluationConfig(min_score=0.7))
+    assert decision.verdict is Verdict.REJECT and not decision.alerts
+    assert decision.deciding.startswith("auc") and "below min_score" in decision.deciding
 
 
 def test_first_model_is_judged_on_absolute_thresholds_alone():
