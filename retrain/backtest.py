@@ -17,9 +17,11 @@ The report gives, per period, each policy's metric on that period and whether it
 and per policy the mean metric and the number of cycles it cost. No retraining happens after
 the last period: there is no later period to serve.
 
-A cycle here is one XGBoost fit with fixed parameters (the space's fixed values, the middle of
-each searched range), not a search: the backtest measures *when* to retrain, cheaply and
-deterministically, without Ray or MLflow. The search's own gains come on top.
+A cycle here (``--mode fit``) is one XGBoost fit with fixed parameters (the space's fixed
+values, the middle of each searched range), not a search: it measures *when* to retrain,
+cheaply and deterministically, without Ray or MLflow. Like a cycle, it judges the model on the
+newest partition (the performance trigger's bar) and then serves one trained on every row.
+``--mode cycle`` (`retrain.backtest_cycle`) replays real cycles instead.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from retrain.data import (
 from retrain.drift import build_reference, compare
 from retrain.errors import DataError
 from retrain.evaluate import score
+from retrain.opportunity import estimate_opportunity
 from retrain.triggers import MonitorSignals, TriggerInputs, TriggerState, evaluate
 from serve.features import FeatureSpec
 from serve.schemas import InvalidInput
@@ -76,6 +79,10 @@ class BacktestResult:
     periods: tuple[Period, ...]
     #: policy -> cycles (fits after the initial one)
     cycles: dict[str, int]
+    #: the policies replayed, in column order
+    policies: tuple[str, ...] = POLICIES
+    #: policy -> seconds its retrainings took, the first one included (cycle mode)
+    seconds: dict[str, float] | None = None
 
     def mean(self, policy: str) -> float:
         return float(np.mean([p.metrics[policy] for p in self.periods]))
@@ -85,11 +92,13 @@ class BacktestResult:
             "metric": self.metric,
             "initial": list(self.initial),
             "periods": [p.to_dict() for p in self.periods],
-            "summary": {policy: {"mean": self.mean(policy), "cycles": self.cycles[policy]}
-                        for policy in POLICIES},
+            "summary": {policy: {"mean": self.mean(policy), "cycles": self.cycles[policy],
+                                 **({"seconds": self.seconds[policy]} if self.seconds else {})}
+                        for policy in self.policies},
         }
 
     def table(self) -> str:
+        POLICIES = self.policies
         head = f"{'period':<10}{'rows':>8}" + "".join(f"{p:>14}" for p in POLICIES)
         lines = [f"metric: {self.metric} "
                  f"({'higher' if METRIC_DIRECTIONS[self.metric] else 'lower'} is better); "
@@ -102,8 +111,11 @@ class BacktestResult:
         lines.append("-" * len(head))
         lines.append(f"{'mean':<18}" + "".join(f"{self.mean(k):>13.4f} " for k in POLICIES))
         lines.append(f"{'cycles':<18}" + "".join(f"{self.cycles[k]:>13d} " for k in POLICIES))
+        if self.seconds:
+            lines.append(f"{'seconds':<18}"
+                         + "".join(f"{self.seconds[k]:>13.0f} " for k in POLICIES))
         triggered = [f"  after {p.partition}: {p.trigger_reason}" for p in self.periods
-                     if p.retrained["triggers"]]
+                     if p.retrained.get("triggers")]
         if triggered:
             lines += ["triggers retrained:", *triggered]
         return "\n".join(lines)
@@ -125,13 +137,20 @@ def fixed_params(space: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: boosting rounds of a fit (``search.num_boost_round`` is a cap for early-stopped trials, too
+#: many for one fixed-parameter fit)
+FIT_ROUNDS = 150
+
+
 @dataclass
 class _Model:
     spec: FeatureSpec
     booster: Any
     reference: Any
-    #: its validation score when trained: the bar the performance trigger holds it to
+    #: its score on the newest partition it was judged on (as a cycle's holdout score at
+    #: promotion): the bar the performance trigger holds it to
     evaluated: float
+    flavor: str = "xgboost"
 
 
 class _Trainer:
@@ -148,13 +167,20 @@ class _Trainer:
         c = self.config
         train = pd.concat(frames, ignore_index=True)
         spec = FeatureSpec.learn(train, self.names, categorical=c.data.categorical)
-        cut = round(len(train) * (1 - c.data.validation_fraction))
+        # judged as a cycle judges: trained without the newest partition, scored on it (the
+        # validation share when there is one partition); then, as a cycle's refit, the
+        # served model trains on every row
+        cut = len(train) - len(frames[-1]) if len(frames) > 1 \
+            else round(len(train) * (1 - c.data.validation_fraction))
         x = spec.frame(train)
         y = target_values(c.data, c.task.type, train[c.data.target])
-        fit = xgb.DMatrix(x.iloc[:cut], y[:cut], enable_categorical=True)
-        booster = xgb.train(self.params, fit, num_boost_round=c.search.num_boost_round)
-        evaluated = score(c.task.primary_metric, y[cut:],
-                          booster.inplace_predict(x.iloc[cut:]))
+        rounds = min(c.search.num_boost_round, FIT_ROUNDS)
+        judged = xgb.train(self.params, xgb.DMatrix(x.iloc[:cut], y[:cut],
+                                                    enable_categorical=True),
+                           num_boost_round=rounds)
+        evaluated = score(c.task.primary_metric, y[cut:], judged.inplace_predict(x.iloc[cut:]))
+        booster = xgb.train(self.params, xgb.DMatrix(x, y, enable_categorical=True),
+                            num_boost_round=rounds)
         return _Model(spec, booster, build_reference(train[list(self.names)],
                                                      categorical=c.data.categorical), evaluated)
 
@@ -198,13 +224,15 @@ def backtest(config: Config, *, initial: int = 2, period_s: float = 30 * 86_400.
         served = models["triggers"]
         drift = compare(served.reference, frame[list(names)], policy=config.monitor.policy())
         now = clock + timedelta(seconds=period_s * (t - initial + 1))
+        labels = target_values(config.data, config.task.type, frame[config.data.target])
         evaluation = evaluate(config.triggers, state, TriggerInputs(
             now=now, metric=metric, champion_metric=served.evaluated,
             monitor=MonitorSignals(
                 drift_detected=None if drift.insufficient_data else drift.dataset_drifted,
-                drifted_features=tuple(drift.drifted),
+                drifted_features=tuple(drift.drifted), drifted_share=drift.drifted_share,
                 drift_summary=drift.summary().splitlines()[0],
-                rows=len(frame), live_metric=metrics["triggers"], labelled=len(frame)),
+                rows=len(frame), live_metric=metrics["triggers"], labelled=len(frame),
+                opportunity=estimate_opportunity(config, served, frame, labels)),
         ))
         state = evaluation.state
         retrained = {"never": False, "every": not last,

@@ -224,8 +224,15 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     from retrain.backtest import backtest
     from retrain.config import load_config
 
-    result = backtest(load_config(args.config), initial=args.initial,
-                      period_s=args.period_days * 86_400)
+    config = load_config(args.config)
+    if args.mode == "cycle":
+        from retrain.backtest_cycle import backtest_cycles
+
+        result = backtest_cycles(config, initial=args.initial,
+                                 period_s=args.period_days * 86_400, trials=args.trials,
+                                 echo=None if args.json else print)
+    else:
+        result = backtest(config, initial=args.initial, period_s=args.period_days * 86_400)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.table())
     return 0
 
@@ -402,6 +409,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="partitions the first model trains on")
     p.add_argument("--period-days", type=float, default=30.0,
                    help="time between partitions, for the schedule, cooldown and cap")
+    p.add_argument("--mode", choices=["fit", "cycle"], default="fit",
+                   help="fit: one fixed-parameter fit per retraining (fast, no Ray); cycle: "
+                        "the real cycle (search, refit, decision) on a local Ray cluster")
+    p.add_argument("--trials", type=int, default=None,
+                   help="cycle mode: trials per cycle (default: search.num_samples)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_backtest)
 

@@ -314,10 +314,14 @@ class SearchConfig(_Section):
     #: each family's first trial is its default configuration (`retrain.candidates.DEFAULTS`,
     #: clipped to the space), so the search never ends below a sane default
     start_with_defaults: bool = True
-    #: the finalists are trained again on every training row (validation rows included) with
-    #: their parameters and rounds before they are scored on the holdout and registered: the
-    #: newest rows, which only validated during the search, are the most relevant ones
-    refit: bool = True
+    #: training: the finalists are trained again on every training row (validation rows
+    #: included) with their parameters and rounds before they are scored on the holdout: the
+    #: newest rows, which only validated during the search, are the most relevant ones.
+    #: all (default): as training, and a promoted challenger is then trained once more on
+    #: the holdout rows too before it is registered, so the served model has seen the newest
+    #: partition (the decision was made on the model without them). off: the trials' own
+    #: models are judged and registered
+    refit: Literal["off", "training", "all"] = "all"
     asha: AshaConfig = AshaConfig()
     #: XGBoost parameters: a ParamRange is searched, a plain value is fixed
     space: dict[str, SpaceEntry] = Field(default_factory=_default_space)
@@ -531,14 +535,35 @@ class ScheduleTrigger(_Section):
 class PerformanceTrigger(_Section):
     enabled: bool = True
     #: fire when the live metric is worse than the champion's evaluated holdout metric by more
-    #: than this (in the metric's units)
-    tolerance: float = Field(default=0.02, ge=0)
+    #: than this share of it (0.02: 2 %, so one default fits an AUC of 0.8 and an RMSE of 100)
+    relative_tolerance: float = Field(default=0.02, ge=0)
+    #: ... or, when set, by more than this in the metric's own units (replaces the share)
+    tolerance: float | None = Field(default=None, ge=0)
     #: labelled predictions the live metric must rest on before it can fire
     min_samples: int = Field(default=200, ge=1)
 
 
 class DriftTrigger(_Section):
     enabled: bool = True
+    #: when at least this share of the features drifted, the drift is beyond doubt and
+    #: fires at the first check (debounce is for borderline drift)
+    immediate_share: float = Field(default=0.5, gt=0, le=1)
+
+
+class OpportunityTrigger(_Section):
+    """Fire when retraining would help, even though nothing degrades: the champion continued
+    on the older part of the new labelled rows beats it on the newest part, with evidence
+    (see `retrain.opportunity`)."""
+
+    enabled: bool = True
+    #: new labelled rows needed before it is judged
+    min_rows: int = Field(default=1000, ge=10)
+    #: the older share of them the cheap challenger is fitted on; the rest compares
+    fit_share: float = Field(default=0.5, gt=0, lt=1)
+    #: boosting rounds added to the champion for the cheap challenger
+    rounds: int = Field(default=20, ge=1)
+    #: fires when the interval's lower bound exceeds this (the metric's units; > 0 better)
+    min_improvement: float = Field(default=0.0, ge=0)
 
 
 class TriggersConfig(_Section):
@@ -547,8 +572,12 @@ class TriggersConfig(_Section):
     schedule: ScheduleTrigger = ScheduleTrigger()
     performance: PerformanceTrigger = PerformanceTrigger()
     drift: DriftTrigger = DriftTrigger()
-    #: a performance or drift condition must hold on this many consecutive checks
+    opportunity: OpportunityTrigger = OpportunityTrigger()
+    #: a borderline performance or drift condition must hold on this many consecutive
+    #: checks; one far beyond its tolerance (``immediate_factor`` times it, or a drift in
+    #: ``drift.immediate_share`` of the features) fires at once
     debounce: int = Field(default=2, ge=1)
+    immediate_factor: float = Field(default=2.0, ge=1)
     #: no cycle starts within this many seconds after the last one started (on demand excepted)
     cooldown_s: float = Field(default=3600.0, ge=0)
     #: at most this many cycles ...
@@ -898,11 +927,16 @@ triggers:                      # when `retrain watch` starts a cycle
   schedule:
     interval_s:                # e.g. 604800 (weekly); or cron: "0 3 * * 1" (UTC)
   performance:
-    tolerance: 0.02            # live metric worse than the champion's holdout metric by this
+    relative_tolerance: 0.02   # live metric 2 % worse than the champion's holdout metric
     min_samples: 200           # labelled predictions it must rest on
   drift:
     enabled: true
-  debounce: 2                  # consecutive checks a condition must hold
+    immediate_share: 0.5       # this share of features drifted: fire at the first check
+  opportunity:                 # the champion continued on new labels beats it, with evidence
+    enabled: true
+    min_rows: 1000
+  debounce: 2                  # consecutive checks a borderline condition must hold
+  immediate_factor: 2.0        # a drop of 2x the tolerance fires at the first check
   cooldown_s: 3600             # quiet time after a cycle starts
   max_cycles: 6                # at most this many cycles ...
   period_s: 86400              # ... per day

@@ -545,7 +545,7 @@ def _worker(config: dict[str, Any]) -> None:
                 if stop:
                     best = tracker.best_round
                     kept = model[: base_rounds + best] if best < done else model
-                    item.update(round=best, score=tracker.best_value, final=True,
+                    item.update(best_round=best, score=tracker.best_value, final=True,
                                 model=bytes(kept.save_raw("ubj")))
                 ray.get(job.driver.put.remote(item))
                 reporting[0] += time.perf_counter() - began
@@ -575,7 +575,15 @@ def _stopping(session) -> bool:
 def _report(item: dict[str, Any], reporter) -> None:
     """One report to Tune through the trial's reporter (`retrain.search.TrialReporter`), with the
     keys of `retrain.search._boost`; the last one carries the model."""
-    from retrain.search import AT_KEY, FINAL_KEY, FIT_KEY, MODEL_FILE, SCORE_KEY, TRAINED_KEY
+    from retrain.search import (
+        AT_KEY,
+        BEST_ROUND_KEY,
+        FINAL_KEY,
+        FIT_KEY,
+        MODEL_FILE,
+        SCORE_KEY,
+        TRAINED_KEY,
+    )
 
     if reporter is None:
         return
@@ -585,6 +593,7 @@ def _report(item: dict[str, Any], reporter) -> None:
         reporter.report(metrics)
         return
     metrics[FIT_KEY], metrics[FINAL_KEY] = item["trained"], 1
+    metrics[BEST_ROUND_KEY] = item.get("best_round", item["round"])
     reporter.final(metrics, lambda tmp: Path(tmp, MODEL_FILE).write_bytes(item["model"]))
 
 

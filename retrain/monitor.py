@@ -59,6 +59,8 @@ class MonitorReport:
     drift: DriftReport | None
     live: LiveMetric
     notes: tuple[str, ...] = field(default=())
+    #: a cheap challenger against the champion on the new labels (`retrain.opportunity`)
+    opportunity: Any = None
 
     @property
     def drift_detected(self) -> bool | None:
@@ -88,6 +90,7 @@ class MonitorReport:
             "drifted_share": self.drift.drifted_share if self.drift else None,
             "live": self.live.to_dict(),
             "notes": list(self.notes),
+            "opportunity": None if self.opportunity is None else self.opportunity.to_dict(),
         }
 
 
@@ -166,4 +169,29 @@ def check(config: Config, *, registry: MlflowRegistry | None = None,
                 if not feedback.empty else window.iloc[:0])
     live = live_metric(task.type, task.primary_metric, labelled, feedback, version=champion,
                        evaluated=registry.evaluated_score(champion), max_rows=m.metric_rows)
-    return MonitorReport(now, champion, len(window), drift, live, notes)
+    chance = None
+    if config.triggers.opportunity.enabled and live.labelled >= \
+            config.triggers.opportunity.min_rows:
+        from retrain.opportunity import estimate_opportunity
+
+        frame, y = labelled_rows(labelled, feedback, version=champion,
+                                 max_rows=OPPORTUNITY_ROWS)
+        chance = estimate_opportunity(config, registry.load(champion), frame, y)
+    return MonitorReport(now, champion, len(window), drift, live, notes, opportunity=chance)
+
+
+#: the newest labelled rows the opportunity estimate reads at most (a cheap fit)
+OPPORTUNITY_ROWS = 200_000
+
+
+def labelled_rows(predictions: pd.DataFrame, feedback: pd.DataFrame, *, version: str,
+                  max_rows: int | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """``version``'s logged rows (their raw features) that got a label, oldest first, and
+    the labels (the latest label of a row wins)."""
+    mine = predictions.loc[predictions["model_version"] == version]
+    labels = feedback.sort_values("ts").drop_duplicates(KEY, keep="last")[[*KEY, "label"]]
+    joined = mine.merge(labels, on=KEY, how="inner").sort_values("ts")
+    joined = joined[np.isfinite(joined["label"])]
+    if max_rows is not None:
+        joined = joined.tail(max_rows)
+    return joined.reset_index(drop=True), joined["label"].to_numpy()

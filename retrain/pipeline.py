@@ -430,6 +430,13 @@ def _stages(config: Config, registry: MlflowRegistry, stage: CycleStage, folder:
         decision = decide(comparison, policy)
         challenger = comparison.challenger.trial_id
         chosen = boosters[challenger]
+        if decision.verdict is Verdict.PROMOTE and config.search.refit == "all" \
+                and split.holds_training_rows:
+            # served: the judged configuration trained on the holdout rows too
+            trial = next(t for t in search.trials if t.trial_id == challenger)
+            final = refit_finalists(config, [trial], split, warm, holdout=True)[challenger]
+            chosen = replace(chosen, booster=final.model)
+            say(f"  promoted model refit on all {final.rows} rows, the holdout's included")
         model_uri = registry.log_model(
             run_id, chosen.booster, chosen.spec, task=task.type, metric=task.primary_metric,
         )
@@ -443,7 +450,8 @@ def _stages(config: Config, registry: MlflowRegistry, stage: CycleStage, folder:
             model_version = registry.register(
                 stage.model_uri,
                 tags={**lineage, "retrain.run_id": run_id, "retrain.cycle_id": cycle_id,
-                      "retrain.search": search.experiment_path},
+                      "retrain.search": search.experiment_path,
+                      "data.trained_partitions": _trained_partitions(config, split)},
             )
             # recorded before the alias moves: a crash in between resumes to the alias move
             # (idempotent), never to a second registration
@@ -527,6 +535,15 @@ def _stages(config: Config, registry: MlflowRegistry, stage: CycleStage, folder:
         excluded=tuple(sorted(excluded)),
         resumed_from=resumed_from,
     )
+
+
+def _trained_partitions(config: Config, split: Split) -> str:
+    """The partitions a registered model trained on: the holdout's too when it was refit on
+    them for serving (a later warm start then continues on what it has not seen)."""
+    parts = list(split.train_partitions)
+    if config.search.refit == "all" and split.holds_training_rows:
+        parts += split.holdout_partitions
+    return ",".join(p.value for p in parts)
 
 
 #: training rows drawn for the drift reference when the driver did not load them all

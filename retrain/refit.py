@@ -8,11 +8,15 @@ the only relevant rows (on a drifting stream the same parameters scored 0.710 wi
 of rounds (its best round, when it stopped early) on training + validation rows, and that
 model is what the evaluator scores on the holdout and what is registered.
 
-The holdout stays untouched: it judges the refit models as it judged the trials' own. A
-warm-started finalist continues the champion on the rows of partitions the champion was not
-trained on, validation rows included. Refits run in parallel as Ray tasks with a trial's
-resources. Data-parallel trials (whose rows the driver never loaded) keep their trial models;
-`RefitPlan.skipped` says so.
+The holdout stays untouched: it judges the refit models as it judged the trials' own. Once a
+challenger is promoted, with ``search.refit: all`` it is trained once more, on the holdout
+rows too, and that model is registered: the holdout partition is the newest data there is, and
+a model that skips it serves a period behind ("retrain on everything" sees it). The evidence
+was for the configuration on the older rows; the same configuration on one more partition is
+what a careful person deploys. A warm-started finalist continues the champion on the rows of
+partitions the champion was not trained on, validation (and holdout) rows included. Refits
+run in parallel as Ray tasks with a trial's resources. Data-parallel trials (whose rows the
+driver never loaded) keep their trial models; `refit_problem` says so.
 """
 
 from __future__ import annotations
@@ -47,8 +51,8 @@ class Refitted:
 
 def refit_problem(config: Config, split: Split) -> str | None:
     """Why finalists keep their trial models, or None when they are refit."""
-    if not config.search.refit:
-        return "search.refit is false"
+    if config.search.refit == "off":
+        return "search.refit is off"
     if not split.holds_training_rows:
         return ("the trials trained data-parallel and the driver holds no training rows; "
                 "the trials' own models are judged")
@@ -56,17 +60,24 @@ def refit_problem(config: Config, split: Split) -> str | None:
 
 
 def refit_finalists(config: Config, finalists: Sequence[TrialResult], split: Split,
-                    warm: WarmStart | None) -> dict[str, Refitted]:
-    """Each finalist trained on training + validation rows, in parallel on the cluster."""
+                    warm: WarmStart | None, *, holdout: bool = False) -> dict[str, Refitted]:
+    """Each finalist trained on training + validation rows (and the holdout's with
+    ``holdout``: the promoted model, for serving), in parallel on the cluster."""
     import ray
 
-    x = pd.concat([split.x_train, split.x_valid], ignore_index=True)
-    y = np.concatenate([split.y_train, split.y_valid])
+    frames, targets, partitions = [split.x_train, split.x_valid], \
+        [split.y_train, split.y_valid], list(split.train_partitions)
+    if holdout:
+        frames.append(split.x_holdout)
+        targets.append(split.y_holdout)
+        partitions += split.holdout_partitions
+    x = pd.concat(frames, ignore_index=True)
+    y = np.concatenate(targets)
     shared = ray.put((x, y))
     # the warm start's rows: partitions the champion was not trained on, validation included
     warm_rows = None
     if warm is not None and warm.model is not None and warm.rows is not None:
-        warm_rows = new_rows(split.train_partitions, warm.seen, len(y), len(y))
+        warm_rows = new_rows(partitions, warm.seen, len(y), len(y))
     resources = config.resources
     refs = {}
     for trial in finalists:

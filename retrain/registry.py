@@ -287,6 +287,9 @@ class MlflowRegistry:
         ``trained_only``: those it was trained on (what a warm start need not see again)."""
         with _translated(f"reading the lineage of version {version}"):
             tags = self.client.get_model_version(self.model_name, version).tags
+        if trained_only and "data.trained_partitions" in tags:
+            # a model refit on its holdout for serving trained on those partitions too
+            return {v for v in tags["data.trained_partitions"].split(",") if v}
         keys = ("data.train_partitions",) if trained_only else (
             "data.train_partitions", "data.holdout_partitions")
         return {value for key in keys for value in tags.get(key, "").split(",") if value}

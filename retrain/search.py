@@ -174,6 +174,8 @@ class TrialResult:
     params: dict[str, Any]
     status: Status
     score: float | None
+    #: boosting rounds of its model: the best round when it stopped early or boosted past its
+    #: best (later rounds are cut off); the last round reported when it did not complete
     rounds: int
     train_seconds: float
     #: one entry per report: {"round": n, "score": validation score, "trained": the trial's
@@ -250,8 +252,9 @@ METRICS_FILE = "metrics.json"
 MANIFEST_KEY, CONFIG_KEY, REPORTS_KEY = "files", "config", "reports"
 SCORE_KEY = "valid_score"
 #: set on a trial's last report (the one with its model), which may come before its cap
-#: when the trial stopped early; its "round" is then the best round, the model's length
-FINAL_KEY = "final"
+#: when the trial stopped early; that report's score is the kept model's, its best round's
+#: (BEST_ROUND_KEY: the rounds the kept model has; later rounds are cut off)
+FINAL_KEY, BEST_ROUND_KEY = "final", "best_round"
 FIT_KEY = "fit_seconds"
 #: every report: the trial's own training seconds so far, and when it reported (unix time)
 TRAINED_KEY = "trained_seconds"
@@ -425,8 +428,8 @@ def _boost(family: Family, config: dict[str, Any], data: TrainData, settings: Tr
             if stop:
                 # the model as it was at its best report: later rounds only overfit
                 best = tracker.best_round
-                metrics.update({SCORE_KEY: tracker.best_value, "round": best, FINAL_KEY: 1,
-                                FIT_KEY: began - start - reporting[0]})
+                metrics.update({SCORE_KEY: tracker.best_value, BEST_ROUND_KEY: best,
+                                FINAL_KEY: 1, FIT_KEY: began - start - reporting[0]})
                 kept = model[: base_rounds + best] if best < done else model
                 reporter.final(metrics, lambda tmp: kept.save_model(os.path.join(tmp, MODEL_FILE)))
             else:
@@ -1066,6 +1069,7 @@ def _result_of(config: dict[str, Any], metrics: dict[str, Any], reports: list[di
         if _number(r.get("round")) is not None and _number(r.get(SCORE_KEY)) is not None
     )
     rounds = int(_number(metrics.get("round")) or 0)
+    kept = int(_number(metrics.get(BEST_ROUND_KEY)) or rounds)
     if error is not None:
         status: Status = "failed"
     elif checkpoint is not None and (_number(metrics.get(FINAL_KEY))
@@ -1079,7 +1083,7 @@ def _result_of(config: dict[str, Any], metrics: dict[str, Any], reports: list[di
         params=params,
         status=status,
         score=score,
-        rounds=rounds,
+        rounds=kept if status == "completed" else rounds,
         # Tune's own clock when its log has it, else the trial's (a read-back record)
         train_seconds=float(_number(metrics.get("time_total_s"))
                             or _number(metrics.get(TRAINED_KEY)) or 0.0),

@@ -19,14 +19,19 @@ Triggers, highest priority first (one cycle serves every trigger that is ready a
 - performance: the live metric is worse than the champion's evaluated holdout metric by more
   than ``tolerance`` (below it for higher-is-better metrics such as auc, above it for
   lower-is-better ones such as rmse), resting on at least ``min_samples`` labelled predictions.
+- opportunity: a cheap challenger (the champion continued on the older new labels) beats the
+  champion on the newest labels with evidence (`retrain.opportunity`): retraining would help
+  although nothing degrades.
 - drift: the monitor found the live inputs drifted from the champion's training data.
 - schedule: ``interval_s`` after the last cycle start, or a ``cron`` slot that passed since the
   last slot handled. A due slot fires once; if the cooldown or the cap holds it back it stays
   due, and slots that pass meanwhile fold into that one cycle. The first check arms the
   schedule without firing (no catch-up for slots from before the controller ever ran).
 
-Gates: performance and drift must hold on ``debounce`` consecutive checks (a check where they
-do not hold, or cannot be judged, resets the count); no cycle starts within ``cooldown_s`` of
+Gates: borderline performance and drift conditions must hold on ``debounce`` consecutive
+checks (a check where they do not hold, or cannot be judged, resets the count); a drop of
+``immediate_factor`` times the tolerance, or a drift in ``drift.immediate_share`` of the
+features, fires at the first check; no cycle starts within ``cooldown_s`` of
 the last start (on demand excepted); at most ``max_cycles`` starts fall in any sliding window
 of ``period_s`` seconds (a start at time s counts while now - s < period_s).
 """
@@ -52,6 +57,7 @@ class TriggerKind(str, Enum):
 
     ON_DEMAND = "on_demand"
     PERFORMANCE = "performance"
+    OPPORTUNITY = "opportunity"
     DRIFT = "drift"
     SCHEDULE = "schedule"
 
@@ -111,6 +117,11 @@ class MonitorSignals:
     live_metric: float | None = None
     #: labelled predictions ``live_metric`` rests on
     labelled: int = 0
+    #: the share of features that drifted (None: not judged)
+    drifted_share: float | None = None
+    #: the cheap challenger against the champion on new labels (`retrain.opportunity`;
+    #: None: not judged)
+    opportunity: Any = None
 
     def __post_init__(self) -> None:
         if self.rows < 0 or self.labelled < 0:
@@ -130,6 +141,8 @@ class MonitorSignals:
             "rows": self.rows,
             "live_metric": self.live_metric,
             "labelled": self.labelled,
+            "drifted_share": self.drifted_share,
+            "opportunity": None if self.opportunity is None else self.opportunity.to_dict(),
         }
 
 
@@ -387,7 +400,12 @@ def _demand(inputs: TriggerInputs) -> _Condition:
     return _Condition(TriggerKind.ON_DEMAND, True, True, None, f"requested: {asked}")
 
 
-def _debounced(kind: TriggerKind, streak: int, debounce: int, detail: str) -> _Condition:
+def _debounced(kind: TriggerKind, streak: int, debounce: int, detail: str, *,
+               clear: bool = False) -> _Condition:
+    """A condition that held on ``streak`` consecutive checks; ``clear``: far beyond its
+    tolerance, it needs no second look (an abrupt change is answered at once)."""
+    if clear:
+        return _Condition(kind, True, True, None, f"{detail} (clear at the first check)")
     counted = f"{detail} ({min(streak, debounce)}/{debounce} consecutive checks)"
     if streak >= debounce:
         return _Condition(kind, True, True, None, counted)
@@ -419,12 +437,35 @@ def _performance(config: TriggersConfig, streak: int,
     better = "higher" if inputs.greater_is_better else "lower"
     facts = (f"live {metric} {_num(live)} on {labelled} labels vs champion {_num(baseline)} "
              f"({better} is better): " + (f"{_num(drop)} worse" if drop > 0 else "not worse"))
+    tolerance = policy.tolerance if policy.tolerance is not None \
+        else policy.relative_tolerance * abs(baseline)
+    shown = f"{tolerance:.4g}" + ("" if policy.tolerance is not None
+                                  else f" ({policy.relative_tolerance:.1%} of the champion's)")
     # a hair of slack: 0.75 - 0.73 is 0.0200000000000000018 in floating point, not beyond 0.02
-    if drop - policy.tolerance > 1e-12:
+    if drop - tolerance > 1e-12:
+        clear = drop - config.immediate_factor * tolerance > 1e-12
         return _debounced(kind, streak + 1, config.debounce,
-                          f"{facts}, beyond tolerance {policy.tolerance:g}"), streak + 1
+                          f"{facts}, beyond tolerance {shown}", clear=clear), streak + 1
     return _Condition(kind, False, False, Hold.NOT_MET,
-                      f"{facts}, within tolerance {policy.tolerance:g}"), 0
+                      f"{facts}, within tolerance {shown}"), 0
+
+
+def _opportunity(config: TriggersConfig, inputs: TriggerInputs) -> _Condition:
+    """Retraining would help: a cheap challenger beats the champion on new labels with
+    evidence. The interval is the evidence, so no debounce."""
+    kind, policy = TriggerKind.OPPORTUNITY, config.opportunity
+    if not policy.enabled:
+        return _Condition(kind, False, False, Hold.OFF, "disabled")
+    chance = inputs.monitor.opportunity
+    if chance is None:
+        return _Condition(kind, False, False, Hold.TOO_FEW_LABELS,
+                          f"not judged (needs {policy.min_rows} new labelled rows and an "
+                          "XGBoost champion)")
+    if chance.low > policy.min_improvement:
+        return _Condition(kind, True, True, None,
+                          f"{chance.summary()}, lower bound above {policy.min_improvement:g}")
+    return _Condition(kind, False, False, Hold.NOT_MET,
+                      f"{chance.summary()}, lower bound not above {policy.min_improvement:g}")
 
 
 def _drift(config: TriggersConfig, streak: int,
@@ -442,8 +483,10 @@ def _drift(config: TriggersConfig, streak: int,
         return _Condition(kind, False, False, Hold.NOT_MET,
                           f"no drift in {seen.rows} live rows{summary}"), 0
     features = ", ".join(seen.drifted_features) or "features not listed"
+    clear = seen.drifted_share is not None and seen.drifted_share >= config.drift.immediate_share
     return _debounced(kind, streak + 1, config.debounce,
-                      f"live inputs drifted ({features}) in {seen.rows} rows{summary}"), streak + 1
+                      f"live inputs drifted ({features}) in {seen.rows} rows{summary}",
+                      clear=clear), streak + 1
 
 
 def _schedule_spec(config: TriggersConfig) -> str | None:
@@ -542,7 +585,8 @@ def evaluate(config: TriggersConfig, state: TriggerState, inputs: TriggerInputs)
     performance, performance_streak = _performance(config, state.performance_streak, inputs)
     drift, drift_streak = _drift(config, state.drift_streak, inputs)
     schedule = _schedule(config, state, now)
-    conditions = (_demand(inputs), performance, drift, schedule.condition)
+    conditions = (_demand(inputs), performance, _opportunity(config, inputs), drift,
+                  schedule.condition)
 
     capped, cap_text = _cap(config, starts, now)
     cooling, cooldown_text = _cooldown(config, state.last_start, now)

@@ -204,6 +204,8 @@ class Controller:
             rows=report.rows,
             live_metric=report.live.value,
             labelled=report.live.labelled,
+            drifted_share=drift.drifted_share if drift else None,
+            opportunity=report.opportunity,
         )
         inputs = TriggerInputs(now=now, metric=self.config.task.primary_metric,
                                champion_metric=report.live.evaluated, monitor=signals,

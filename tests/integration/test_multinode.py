@@ -90,7 +90,8 @@ def _project(root: Path, cluster: LocalCluster, *, trials: int, rows: int, round
     write_partitions(root / "data", [1, 2, 3], rows=rows)
     raw = config_dict(root / "data", root / "work")
     raw["search"].update(num_samples=trials, max_concurrent=2, num_boost_round=rounds,
-                         report_every=report_every, early_stopping=False, max_failures=3)
+                         report_every=report_every, early_stopping=False, max_failures=3,
+                         early_stopping_rounds=None)
     # one trial fills a node: two at a time must use both
     raw["resources"] = {"cpus_per_trial": 1}
     raw["ray"] = {"address": cluster.address}

@@ -185,7 +185,8 @@ def test_a_search_whose_driver_died_resumes_without_running_finished_trials_agai
     write_partitions(tmp_path / "data", [1, 2, 3], rows=30000, seed=5)
     raw = config_dict(tmp_path / "data", tmp_path / "work",
                       search={"num_samples": TRIALS, "num_boost_round": ROUNDS,
-                              "report_every": EVERY, "early_stopping": False},
+                              "report_every": EVERY, "early_stopping": False,
+                              "early_stopping_rounds": None},
                       resources={"cpus_per_trial": 0.9})
     path = tmp_path / "retrain.yaml"
     path.write_text(yaml.safe_dump(raw))

@@ -1,9 +1,10 @@
 """Candidate families on a real Ray cluster, a real SQLite MLflow store and real HTTP.
 
-Warm start: a champion is trained on a large history; then retention drops the old months and
-a new one arrives. The cycle's training window is now one small partition, so a model from
-scratch learns from few rows, while the warm-started candidate keeps everything the champion
-learned and adds a few trees on the new rows. The warm-started trials must train faster, and
+Warm start: a champion is trained on a large history (and, refit for serving, on its holdout
+month too); then retention drops the old months and two new ones arrive. The cycle's training
+window is now two small partitions, so a model from scratch learns from few rows, while the
+warm-started candidate keeps everything the champion learned and adds a few trees on the rows
+it has not seen. The warm-started trials must train faster, and
 the evaluator must pick one of them because its holdout score is better.
 
 scikit-learn: a project whose only families are HistGradientBoosting and the linear pipeline
@@ -46,6 +47,7 @@ def _config(root, name, **overrides):
 def _search(rounds, **families):
     return {
         "num_boost_round": rounds, "report_every": rounds // 6, "early_stopping": False,
+        "early_stopping_rounds": None,  # every trial boosts to its rounds: timed and counted
         "families": {"xgboost_warm_start": {"enabled": True, "num_boost_round": WARM_ROUNDS,
                                             "space": {"eta": {"type": "float", "low": 0.01,
                                                               "high": 0.05, "log": True},
@@ -65,10 +67,11 @@ def warm(ray_cluster, tmp_path_factory):
                 "space": {"max_depth": 4, "eta": 0.1}},
         resources={"cpus_per_trial": 0.9},
     ))
-    # retention drops the old months; a new month arrives
+    # retention drops the old months; two new months arrive (the champion, refit on its
+    # holdout month 4 for serving, has seen month 4: the warm start continues on month 5)
     for old in (1, 2, 3):
         shutil.rmtree(root / "data" / f"period={old}")
-    write_partitions(root / "data", [5], rows=3000, seed=3)
+    write_partitions(root / "data", [5, 6], rows=3000, seed=3)
     config = _config(
         root, "warm",
         search={**_search(SCRATCH_ROUNDS), "num_samples": 4,
@@ -143,32 +146,54 @@ def test_the_promoted_warm_start_is_the_champion_plus_its_new_rounds(warm):
     assert all("fit_seconds" in c.data.metrics for c in children)
 
 
-def test_warm_start_is_skipped_when_the_features_changed(warm, tmp_path):
-    """A new category changes the feature spec: the warm start sits out and says why."""
+def test_a_new_category_keeps_the_old_codes_and_the_warm_start_runs(warm, tmp_path):
+    """A new category grows the vocabulary at its end: the champion's codes stay valid, so the
+    warm start proceeds (it reads the new category as missing, as the champion would), while
+    models from scratch learn it."""
     from tests.synthetic import frame
 
     config = warm["config"]
     data = tmp_path / "data"
     for source in sorted(config.data.path.iterdir()):
         shutil.copytree(source, data / source.name)
-    # month 6 brings a new category into the training window; month 7 is the holdout
-    write_partitions(data, [7], rows=1500, seed=4)
-    folder = data / "period=6"
+    # month 7 brings a new category into the training window; month 8 is the holdout
+    write_partitions(data, [8], rows=1500, seed=4)
+    folder = data / "period=7"
     folder.mkdir()
-    frame(1500, 66).assign(cat=lambda f: f["cat"].replace("c", "d")).to_parquet(
+    frame(6000, 77).assign(cat=lambda f: f["cat"].replace("c", "d")).to_parquet(
         folder / "part-0.parquet", index=False)
-    shifted = config.model_copy(update={
+    grown = config.model_copy(update={
         "data": config.data.model_copy(update={"path": data}),
         "admission": config.admission.model_copy(update={"enabled": False}),
-        "search": config.search.model_copy(update={"num_samples": 1, "num_boost_round": 20,
-                                                   "space": {"eta": 0.1}}),
+        "search": config.search.model_copy(update={
+            "num_samples": 2, "num_boost_round": 20, "report_every": 10,
+            "space": {"eta": 0.1, "max_depth": 3}}),
     })
-    result = run_cycle(shifted)
-    assert result.search.families == (XGBOOST,)
-    why = result.search.skipped[WARM_START]
-    assert why.startswith("champion version 2: category vocabularies changed") and "'d'" in why
-    tags = MlflowClient(tracking_uri=config.tracking_uri).get_run(result.run_id).data.tags
-    assert tags[f"retrain.skipped.{WARM_START}"] == why
+    champion = MlflowRegistry.from_config(config).load(warm["second"].model_version)
+    result = run_cycle(grown)
+    assert result.search.families == (XGBOOST, WARM_START) and result.search.skipped == {}
+    warm_trials = [t for t in result.search.trials if t.family == WARM_START]
+    assert warm_trials and all(t.status == "completed" for t in warm_trials)
+    # each warm-started model is the champion's trees plus its own: the champion's part
+    # predicts exactly as the champion does
+    from retrain.search import load_model
+
+    rows = champion.spec.frame(frame(200, 78).assign(cat="d"))
+    for trial in warm_trials:
+        booster = load_model(trial)
+        base = champion.booster.num_boosted_rounds()
+        assert booster.num_boosted_rounds() == base + trial.rounds
+        assert np.allclose(booster.inplace_predict(rows, iteration_range=(0, base)),
+                           champion.booster.inplace_predict(rows))
+    # the cycle's spec grew at the end: every known category keeps its code
+    registry = MlflowRegistry.from_config(grown)
+    assert champion.spec.categories["cat"] == ("a", "b", "c")
+    if result.model_version is not None:
+        served = registry.load(result.model_version)
+        family = {t.trial_id: t.family for t in result.search.trials}[
+            result.comparison.challenger.trial_id]
+        expected = ("a", "b", "c") if family == WARM_START else ("a", "b", "c", "d")
+        assert served.spec.categories["cat"] == expected
 
 
 @pytest.fixture(scope="module")

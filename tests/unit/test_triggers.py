@@ -61,8 +61,10 @@ def test_nothing_fires_on_quiet_inputs_and_every_trigger_says_why():
     assert [c.kind for c in ev.checks] == list(TriggerKind)  # priority order
     assert {c.kind: c.held_by for c in ev.checks} == {
         TriggerKind.ON_DEMAND: Hold.NOT_MET, TriggerKind.PERFORMANCE: Hold.NOT_MET,
-        TriggerKind.DRIFT: Hold.NOT_MET, TriggerKind.SCHEDULE: Hold.OFF}
-    assert ev.reason.startswith("no trigger:") and "within tolerance 0.02" in ev.reason
+        TriggerKind.OPPORTUNITY: Hold.TOO_FEW_LABELS, TriggerKind.DRIFT: Hold.NOT_MET,
+        TriggerKind.SCHEDULE: Hold.OFF}
+    assert ev.reason.startswith("no trigger:")
+    assert "within tolerance 0.016 (2.0% of the champion's)" in ev.reason
 
 
 def test_on_demand_fires_and_names_the_requests():
@@ -152,7 +154,8 @@ def test_priority_on_demand_then_performance_then_drift_then_schedule():
     worse = MonitorSignals(drift_detected=True, rows=1000, live_metric=0.50, labelled=500)
     ev = evaluate(config, due, inputs(monitor=worse, demands=ASK))
     assert ev.fired is TriggerKind.ON_DEMAND
-    assert [c.held_by for c in ev.checks[1:]] == [Hold.OUTRANKED] * 3
+    assert [c.held_by for c in ev.checks[1:]] == [Hold.OUTRANKED, Hold.TOO_FEW_LABELS,
+                                                  Hold.OUTRANKED, Hold.OUTRANKED]
     assert "also ready: performance, drift, schedule" in ev.reason
     assert evaluate(config, due, inputs(monitor=worse)).fired is TriggerKind.PERFORMANCE
     assert evaluate(config, due, inputs(monitor=DRIFTED)).fired is TriggerKind.DRIFT
@@ -161,7 +164,8 @@ def test_priority_on_demand_then_performance_then_drift_then_schedule():
 
 # --- debounce, cooldown, cap ----------------------------------------------------------------
 
-WORSE = MonitorSignals(drift_detected=False, rows=1000, live_metric=0.50, labelled=500)
+# borderline: beyond the tolerance (0.016 on 0.80), short of the immediate 2x
+WORSE = MonitorSignals(drift_detected=False, rows=1000, live_metric=0.775, labelled=500)
 UNKNOWN = MonitorSignals(drift_detected=None, rows=10, live_metric=None, labelled=0)
 
 
@@ -363,3 +367,60 @@ def test_inputs_are_checked():
         TriggerState().started(datetime(2026, 3, 2))
     plus_one = timezone(timedelta(hours=1))
     assert inputs(now=datetime(2026, 3, 2, 13, 30, tzinfo=plus_one)).now == T0
+
+
+# -- tolerances that fit every metric, evidence-based debounce, opportunity ------------------
+@pytest.mark.parametrize("metric, champion, live, fires", [
+    ("auc", 0.80, 0.785, False),   # 0.015 below: within 2 % (0.016)
+    ("auc", 0.80, 0.78, True),     # 0.02 below: beyond it
+    ("rmse", 100.0, 101.5, False),  # 1.5 above: within 2 % of 100 (an absolute 0.02 fired)
+    ("rmse", 100.0, 103.0, True),
+])
+def test_the_default_tolerance_is_relative_so_one_default_fits_auc_and_rmse(metric, champion,
+                                                                          live, fires):
+    monitor = MonitorSignals(drift_detected=False, rows=1000, live_metric=live, labelled=500)
+    ev = evaluate(policy(), TriggerState(), inputs(monitor=monitor, metric=metric,
+                                                   champion=champion))
+    assert (ev.fired is TriggerKind.PERFORMANCE) is fires
+
+
+def test_a_drop_far_beyond_tolerance_fires_at_once_and_a_borderline_one_waits():
+    config = policy(debounce=2)  # tolerance 0.016 on 0.80; immediate at 0.032
+    borderline = MonitorSignals(drift_detected=False, rows=1000, live_metric=0.775,
+                                labelled=500)
+    first = evaluate(config, TriggerState(), inputs(monitor=borderline))
+    assert first.fired is None and first.check(TriggerKind.PERFORMANCE).held_by is Hold.DEBOUNCE
+    second = evaluate(config, first.state, inputs(T0 + minutes(1), monitor=borderline))
+    assert second.fired is TriggerKind.PERFORMANCE
+    abrupt = MonitorSignals(drift_detected=False, rows=1000, live_metric=0.70, labelled=500)
+    ev = evaluate(config, TriggerState(), inputs(monitor=abrupt))
+    assert ev.fired is TriggerKind.PERFORMANCE and "clear at the first check" in ev.reason
+
+
+def test_a_drift_in_most_features_fires_at_once():
+    config = policy(debounce=3)
+    some = MonitorSignals(drift_detected=True, drifted_features=("a",), drifted_share=0.34,
+                          rows=1000, live_metric=0.80, labelled=500)
+    assert evaluate(config, TriggerState(), inputs(monitor=some)).fired is None
+    most = MonitorSignals(drift_detected=True, drifted_features=("a", "b"), drifted_share=0.67,
+                          rows=1000, live_metric=0.80, labelled=500)
+    assert evaluate(config, TriggerState(), inputs(monitor=most)).fired is TriggerKind.DRIFT
+
+
+def test_opportunity_fires_on_evidence_alone_when_nothing_degrades():
+    from retrain.opportunity import Opportunity
+
+    clear = Opportunity(0.012, 0.004, 0.020, 5000, 5000, "auc")
+    unsure = Opportunity(0.004, -0.002, 0.010, 5000, 5000, "auc")
+    for chance, fires in ((clear, True), (unsure, False)):
+        monitor = MonitorSignals(drift_detected=False, rows=1000, live_metric=0.81,
+                                 labelled=10_000, opportunity=chance)
+        ev = evaluate(policy(debounce=3), TriggerState(), inputs(monitor=monitor))
+        assert (ev.fired is TriggerKind.OPPORTUNITY) is fires
+        assert "[+0.0040, +0.0200]" in ev.reason if fires else "not above 0" in ev.reason
+    # a bar above zero asks for more
+    monitor = MonitorSignals(drift_detected=False, rows=1000, live_metric=0.81,
+                             labelled=10_000, opportunity=clear)
+    ev = evaluate(policy(opportunity={"min_improvement": 0.005}), TriggerState(),
+                  inputs(monitor=monitor))
+    assert ev.fired is None
