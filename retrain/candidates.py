@@ -3,6 +3,8 @@
 Four families compete in one search:
 
 - ``xgboost``: XGBoost from scratch over ``search.space``;
+- ``xgboost_window``: XGBoost from scratch on a searched training window (the newest k
+  partitions, rows weighted by a searched recency half-life), see `window_weights`;
 - ``xgboost_warm_start``: the champion's booster, boosted on for a few more rounds on the
   training rows it has not seen (continual learning); valid only when the champion's feature
   spec equals this cycle's, see `warm_start_problem`;
@@ -13,9 +15,11 @@ Everything here is pure or a thin constructor; Ray Tune is driven by `retrain.se
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from retrain.config import ParamRange, SearchConfig
@@ -32,12 +36,15 @@ XGB_METRICS: dict[str, tuple[str, Any]] = {
 OBJECTIVES = {"classification": "binary:logistic", "regression": "reg:squarederror"}
 
 XGBOOST = "xgboost"
+WINDOW = "xgboost_window"
 WARM_START = "xgboost_warm_start"
 HIST_GRADIENT_BOOSTING = "hist_gradient_boosting"
 LINEAR = "linear"
 #: family -> how its models are stored, logged and served
-FLAVORS = {XGBOOST: "xgboost", WARM_START: "xgboost", HIST_GRADIENT_BOOSTING: "sklearn",
-           LINEAR: "sklearn"}
+FLAVORS = {XGBOOST: "xgboost", WINDOW: "xgboost", WARM_START: "xgboost",
+           HIST_GRADIENT_BOOSTING: "sklearn", LINEAR: "sklearn"}
+#: a window trial's own parameters (`window_weights`), not XGBoost's
+WINDOW_PARAMS = ("recent_partitions", "half_life")
 #: the key of a trial's config that names its family
 FAMILY_KEY = "family"
 
@@ -71,6 +78,8 @@ def families(search: SearchConfig) -> tuple[Family, ...]:
     out = []
     if f.xgboost.enabled:
         out.append(Family(XGBOOST, dict(search.space), search.num_boost_round))
+    if f.xgboost_window.enabled:
+        out.append(Family(WINDOW, dict(f.xgboost_window.space), search.num_boost_round))
     if f.xgboost_warm_start.enabled:
         w = f.xgboost_warm_start
         out.append(Family(WARM_START, dict(w.space), w.num_boost_round))
@@ -123,6 +132,10 @@ FAMILY_ATTR = "family"
 DEFAULTS: dict[str, dict[str, Any]] = {
     XGBOOST: {"max_depth": 8, "eta": 0.1, "min_child_weight": 1.0, "subsample": 1.0,
               "colsample_bytree": 1.0, "lambda": 1.0, "alpha": 0.0, "gamma": 0.0},
+    # the window family starts at the other end from plain XGBoost: every partition, but
+    # each one's rows worth half the next one's
+    WINDOW: {"recent_partitions": 1000, "half_life": 1.0, "max_depth": 8, "eta": 0.1,
+             "min_child_weight": 1.0},
     WARM_START: {"eta": 0.05, "max_depth": 6, "subsample": 1.0, "lambda": 1.0,
                  "min_child_weight": 1.0, "colsample_bytree": 1.0},
     HIST_GRADIENT_BOOSTING: {"learning_rate": 0.1, "max_leaf_nodes": 31,
@@ -135,8 +148,6 @@ def default_params(family: Family) -> dict[str, Any]:
     """The family's default configuration as Optuna parameters (``<family>/<param>``) of its
     searched ranges: `DEFAULTS` clipped into each range (a categorical takes the default
     when it is a choice, else its first choice), the middle of a range without a default."""
-    import math
-
     out: dict[str, Any] = {}
     wanted = DEFAULTS.get(family.name, {})
     for name, entry in family.space.items():
@@ -199,10 +210,34 @@ def trial_family(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return name, dict(config.get(name) or {})
 
 
+def window_weights(params: dict[str, Any], ages: np.ndarray) -> np.ndarray:
+    """Row weights of a window trial: 0 outside the newest ``recent_partitions`` partitions,
+    ``0.5 ** (age / half_life)`` inside (``ages``: each row's partition age, 0 the newest)."""
+    k = int(params.get("recent_partitions", 10**9))
+    half_life = float(params.get("half_life", math.inf))
+    weights = np.power(0.5, ages / half_life) if math.isfinite(half_life) \
+        else np.ones(len(ages))
+    return np.where(ages < k, weights, 0.0)
+
+
+def partition_ages(partitions, n_rows: int) -> np.ndarray | None:
+    """Each of ``n_rows`` time-ordered rows' partition age (0: the newest of ``partitions``);
+    None when the partitions' row counts do not add up (rows cannot be told apart)."""
+    sizes = [p.rows for p in partitions]
+    if sum(sizes) != n_rows:
+        return None
+    # pieces of one partition (a holdout's head and tail) share its age
+    order = list(dict.fromkeys(p.value for p in partitions))
+    age = {value: len(order) - 1 - i for i, value in enumerate(order)}
+    return np.repeat([age[p.value] for p in partitions], sizes).astype(np.float64)
+
+
 def xgb_params(
     task: str, metric: str, params: dict[str, Any], *, nthread: int, device: str, seed: int
 ) -> dict[str, Any]:
-    """Full XGBoost training parameters for one trial."""
+    """Full XGBoost training parameters for one trial (a window trial's own parameters left
+    out)."""
+    params = {k: v for k, v in params.items() if k not in WINDOW_PARAMS}
     return {
         "objective": OBJECTIVES[task],
         "eval_metric": XGB_METRICS[metric][0],

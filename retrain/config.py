@@ -66,6 +66,12 @@ class DataConfig(_Section):
     categorical: tuple[str, ...] = ()
     #: the newest N partitions form the holdout on which champion and challenger are compared
     holdout_partitions: int = Field(default=1, ge=1)
+    #: the newest share of the holdout partitions' rows judges champion and challengers; the
+    #: older rest trains (as the newest training rows). After an abrupt change the holdout
+    #: partition holds the only rows of the new regime: challengers must learn from some of
+    #: them to show they are better on the rest. 1: the whole partitions judge (data-parallel
+    #: cycles always judge on whole partitions)
+    holdout_share: float = Field(default=0.5, gt=0.0, le=1.0)
     #: share of the (time-ordered) training rows kept for validation during the search
     validation_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
     min_rows_per_partition: int = Field(default=1, ge=1)
@@ -216,6 +222,28 @@ class WarmStartFamilyConfig(_Section):
     space: dict[str, SpaceEntry] = Field(default_factory=_default_warm_start_space)
 
 
+def _default_window_space() -> dict[str, SpaceEntry]:
+    return {
+        # the newest k training partitions (more than there are: all of them) ...
+        "recent_partitions": ParamRange(type="int", low=1, high=12),
+        # ... each row weighted 0.5 ** (its partition's age / half_life), age 0 the newest
+        "half_life": ParamRange(type="float", low=0.5, high=24.0, log=True),
+        "max_depth": ParamRange(type="int", low=4, high=10),
+        "eta": ParamRange(type="float", low=0.03, high=0.3, log=True),
+        "min_child_weight": ParamRange(type="float", low=1.0, high=20.0, log=True),
+    }
+
+
+class WindowFamilyConfig(_Section):
+    """XGBoost from scratch on a training window chosen per cycle by evidence: the newest
+    ``recent_partitions`` partitions, rows weighted by recency with a ``half_life`` (in
+    partitions). After a concept drift the old rows mislead; on stable data all rows help:
+    the search and the holdout decide, cycle by cycle."""
+
+    enabled: bool = True
+    space: dict[str, SpaceEntry] = Field(default_factory=_default_window_space)
+
+
 class HistGradientBoostingFamilyConfig(_Section):
     """scikit-learn HistGradientBoosting{Classifier,Regressor}; categoricals natively."""
 
@@ -236,6 +264,7 @@ class FamiliesConfig(_Section):
     active ones in turn, and the evaluator picks between them on the holdout."""
 
     xgboost: XGBoostFamilyConfig = XGBoostFamilyConfig()
+    xgboost_window: WindowFamilyConfig = WindowFamilyConfig()
     xgboost_warm_start: WarmStartFamilyConfig = WarmStartFamilyConfig()
     hist_gradient_boosting: HistGradientBoostingFamilyConfig = (
         HistGradientBoostingFamilyConfig()
@@ -831,6 +860,7 @@ data:
   exclude: []
   categorical: []              # string columns are categorical anyway
   holdout_partitions: 1        # newest N partitions: champion and challenger are compared there
+  holdout_share: 0.5           # ... on their newest half; the older half trains
   validation_fraction: 0.2     # newest share of the training rows, used to rank trials
 
 task:
@@ -860,6 +890,13 @@ search:
   families:                    # candidates searched together; num_samples is shared in turn
     xgboost:                   # XGBoost from scratch, over search.space above
       enabled: true
+    xgboost_window:            # XGBoost on the newest partitions, weighted by recency: the
+      enabled: true            # training window as a searched choice (after a drift, old
+      space:                   # rows mislead; on stable data they help)
+        recent_partitions: {{type: int, low: 1, high: 12}}
+        half_life: {{type: float, low: 0.5, high: 24, log: true}}
+        max_depth: {{type: int, low: 4, high: 10}}
+        eta: {{type: float, low: 0.03, high: 0.3, log: true}}
     xgboost_warm_start:        # continue the champion's booster on the new data (needs a
       enabled: true            # champion with the same features; skipped, with the reason, if not)
       num_boost_round: 20      # rounds added to the champion's trees

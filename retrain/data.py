@@ -49,6 +49,26 @@ class Split:
     #: (training, validation) rows when the split was loaded without them (``x_train`` and
     #: ``x_valid`` then hold the columns and no rows); None: the frames hold every row
     row_counts: tuple[int, int] | None = None
+    #: the holdout partitions' older rows that train (``data.holdout_share``): they follow
+    #: the training partitions' rows in ``x_train`` / ``x_valid``
+    holdout_head: int = 0
+
+    def pieces(self, *, holdout: bool = False) -> list[Partition]:
+        """The partitions behind the rows of ``x_train`` + ``x_valid`` (+ ``x_holdout`` with
+        ``holdout``), in row order, each with the rows it gives there: the training
+        partitions whole, then the holdout partitions' head, then (``holdout``) their tail."""
+        out = list(self.train_partitions)
+        bounds, offset = [], 0
+        for p in self.holdout_partitions:
+            bounds.append((p, offset, offset + p.rows))
+            offset += p.rows
+        ranges = [(0, self.holdout_head)] + ([(self.holdout_head, offset)] if holdout else [])
+        for lo, hi in ranges:
+            for p, start, stop in bounds:
+                rows = min(stop, hi) - max(start, lo)
+                if rows > 0:
+                    out.append(Partition(p.value, rows, p.files, p.digest))
+        return out
 
     @property
     def holds_training_rows(self) -> bool:
@@ -73,6 +93,7 @@ class Split:
         return {
             "data.train_partitions": names(self.train_partitions),
             "data.holdout_partitions": names(self.holdout_partitions),
+            "data.holdout_head_rows": str(self.holdout_head),
             "data.train_rows": str(self.train_rows + self.valid_rows),
             "data.holdout_rows": str(len(self.x_holdout)),
             "data.digest": digest,
@@ -195,6 +216,7 @@ def load_split(
     config: DataConfig, task: str, *, extra_columns: tuple[str, ...] = (),
     exclude: frozenset[str] = frozenset(), partitions: list[Partition] | None = None,
     training_rows: bool = True, base_spec: FeatureSpec | None = None,
+    holdout_share: float | None = None,
 ) -> Split:
     """Read the dataset and split it by time, leaving out the ``exclude``d partitions
     (quarantined ones). ``partitions`` spares a caller that listed them already a second
@@ -204,7 +226,11 @@ def load_split(
     training and validation rows are not loaded. Only the holdout is; the feature spec is
     learned from the categorical columns alone (numeric ones are never read) and the target
     column is read to be checked. `Split.row_counts` then holds the row counts, and
-    `training_sample` draws rows where some are needed.
+    `training_sample` draws rows where some are needed. Such a split judges on its whole
+    holdout partitions (its workers read whole training partitions).
+
+    ``holdout_share`` (default ``data.holdout_share``): the newest share of the holdout rows
+    judges, the older rest is appended to the training rows (`Split.holdout_head`).
 
     ``base_spec`` (the champion's): vocabularies grow from it rather than being learned
     afresh (`FeatureSpec.grown_from`), so categories keep the codes the champion knows."""
@@ -232,6 +258,14 @@ def load_split(
         raise DataError(f"the data does not fit the features: {exc}") from exc
     y_all = target_values(config, task, targets)
     y_holdout = target_values(config, task, holdout[config.target])
+    share = config.holdout_share if holdout_share is None else holdout_share
+    head = 0 if not training_rows else len(y_holdout) - max(1, round(len(y_holdout) * share))
+    if head > 0:
+        # the holdout's older rows are the newest training rows
+        x_all = pd.concat([x_all, x_holdout.iloc[:head]], ignore_index=True)
+        y_all = np.concatenate([y_all, y_holdout[:head]])
+        x_holdout, y_holdout = x_holdout.iloc[head:], y_holdout[head:]
+        holdout = holdout.iloc[head:]
     cut = _cut(config, len(y_all))
     if training_rows:
         x_train, x_valid = x_all.iloc[:cut].reset_index(drop=True), \
@@ -252,6 +286,7 @@ def load_split(
         train_partitions=tuple(train_parts),
         holdout_partitions=tuple(holdout_parts),
         row_counts=counts,
+        holdout_head=max(0, head),
     )
 
 

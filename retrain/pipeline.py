@@ -39,6 +39,7 @@ from typing import Any
 
 from retrain.admission_report import render_admission_report
 from retrain.admit import AdmissionReport, admit
+from retrain.candidates import partition_ages
 from retrain.config import Config
 from retrain.data import (
     Split,
@@ -343,7 +344,8 @@ def _run_cycle(config: Config, *, echo=None, resume: bool = False) -> CycleResul
     split = load_split(config.data, task.type,
                        extra_columns=tuple(s.column for s in policy.slices), exclude=excluded,
                        partitions=partitions, training_rows=loads_rows,
-                       base_spec=None if champion is None else champion.spec)
+                       base_spec=None if champion is None else champion.spec,
+                       holdout_share=_holdout_share(config, partitions, excluded))
     lineage = {**split.lineage(), "data.driver_rows": "all" if loads_rows else "holdout"}
     if excluded:
         lineage["data.excluded_partitions"] = ",".join(sorted(excluded))
@@ -391,7 +393,9 @@ def _stages(config: Config, registry: MlflowRegistry, stage: CycleStage, folder:
     task, policy = config.task, config.evaluation
     cycle_id, champion_version = stage.cycle_id, stage.champion_version
     resumed_from = stage.stage if stage.attempts > 1 else None
-    data = TrainData(split.x_train, split.y_train, split.x_valid, split.y_valid)
+    ages = partition_ages(split.pieces(), split.train_rows + split.valid_rows)
+    data = TrainData(split.x_train, split.y_train, split.x_valid, split.y_valid,
+                     ages=None if ages is None else ages[: split.train_rows])
     # warm-start trials continue the champion's booster on the rows it never trained on;
     # WarmStart says why not if they cannot (other features, a scikit-learn champion, no
     # new rows), and the search reports it
@@ -535,6 +539,16 @@ def _stages(config: Config, registry: MlflowRegistry, stage: CycleStage, folder:
         excluded=tuple(sorted(excluded)),
         resumed_from=resumed_from,
     )
+
+
+def _holdout_share(config: Config, partitions: list, excluded: frozenset[str]) -> float:
+    """``data.holdout_share``, or 1 (whole partitions judge) where trials may train
+    data-parallel: their workers read whole training partitions from Parquet."""
+    section = config.search.data_parallel
+    if section.enabled is True or (section.enabled == "auto" and training_row_count(
+            config.data, partitions, excluded) >= section.min_rows):
+        return 1.0
+    return config.data.holdout_share
 
 
 def _trained_partitions(config: Config, split: Split) -> str:

@@ -29,7 +29,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from retrain.candidates import build_sklearn, xgb_params
+from retrain.candidates import (
+    WINDOW,
+    build_sklearn,
+    partition_ages,
+    window_weights,
+    xgb_params,
+)
 from retrain.search import FLAVORS, TrialResult, WarmStart, new_rows
 
 if TYPE_CHECKING:
@@ -65,12 +71,11 @@ def refit_finalists(config: Config, finalists: Sequence[TrialResult], split: Spl
     ``holdout``: the promoted model, for serving), in parallel on the cluster."""
     import ray
 
-    frames, targets, partitions = [split.x_train, split.x_valid], \
-        [split.y_train, split.y_valid], list(split.train_partitions)
+    frames, targets = [split.x_train, split.x_valid], [split.y_train, split.y_valid]
     if holdout:
         frames.append(split.x_holdout)
         targets.append(split.y_holdout)
-        partitions += split.holdout_partitions
+    partitions = split.pieces(holdout=holdout)
     x = pd.concat(frames, ignore_index=True)
     y = np.concatenate(targets)
     shared = ray.put((x, y))
@@ -78,6 +83,8 @@ def refit_finalists(config: Config, finalists: Sequence[TrialResult], split: Spl
     warm_rows = None
     if warm is not None and warm.model is not None and warm.rows is not None:
         warm_rows = new_rows(partitions, warm.seen, len(y), len(y))
+    # a window finalist keeps its window and half-life, counted from the newest partition
+    ages = partition_ages(partitions, len(y))
     resources = config.resources
     refs = {}
     for trial in finalists:
@@ -93,7 +100,9 @@ def refit_finalists(config: Config, finalists: Sequence[TrialResult], split: Spl
             nthread=max(1, round(resources.cpus_per_trial)),
             base_model=warm.model if warm_started and warm is not None else None,
             rows=warm_rows if warm_started else None,
-            narrow_to=warm.spec if warm_started and warm is not None else None)
+            narrow_to=warm.spec if warm_started and warm is not None else None,
+            weights=window_weights(trial.params, ages)
+            if trial.family == WINDOW and ages is not None else None)
     out = {}
     for trial_id, ref in refs.items():
         model, rows, rounds, seconds = ray.get(ref)
@@ -103,7 +112,7 @@ def refit_finalists(config: Config, finalists: Sequence[TrialResult], split: Spl
 
 def _refit_one(shared, *, family: str, params: dict[str, Any], rounds: int, task: str,
                metric: str, seed: int, nthread: int, base_model: bytes | None,
-               rows: np.ndarray | None, narrow_to=None):
+               rows: np.ndarray | None, narrow_to=None, weights: np.ndarray | None = None):
     """One refit (a Ray task): (model, rows trained on, rounds, seconds)."""
     from retrain.search import _narrowed
 
@@ -127,6 +136,6 @@ def _refit_one(shared, *, family: str, params: dict[str, Any], rounds: int, task
     base = None if base_model is None else xgb.Booster(model_file=bytearray(base_model))
     booster = xgb.train(
         xgb_params(task, metric, params, nthread=nthread, device=device, seed=seed),
-        xgb.DMatrix(x, y, enable_categorical=True, nthread=nthread),
+        xgb.DMatrix(x, y, weight=weights, enable_categorical=True, nthread=nthread),
         num_boost_round=rounds, xgb_model=base, verbose_eval=False)
     return booster, len(y), rounds, time.perf_counter() - start

@@ -48,6 +48,7 @@ from retrain.candidates import (
     FAMILY_ATTR,
     FAMILY_KEY,
     FLAVORS,
+    WINDOW,
     XGB_METRICS,
     XGBOOST,
     Family,
@@ -59,6 +60,7 @@ from retrain.candidates import (
     family_distributions,
     trial_family,
     warm_start_problem,
+    window_weights,
     xgb_params,
 )
 from retrain.config import METRIC_DIRECTIONS, Config
@@ -81,6 +83,9 @@ class TrainData:
     y_train: np.ndarray
     x_valid: pd.DataFrame
     y_valid: np.ndarray
+    #: each training row's partition age (0: the newest training partition), for window
+    #: trials (`retrain.candidates.window_weights`); None when unknown
+    ages: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -138,7 +143,7 @@ class WarmStart:
             return cls(version=version, problem=f"champion version {version}: {problem}")
         positions = None
         if rows == "new":
-            positions = new_rows(split.train_partitions, seen, split.train_rows,
+            positions = new_rows(split.pieces(), seen, split.train_rows,
                                  split.train_rows + split.valid_rows)
             if positions is not None and len(positions) == 0:
                 return cls(version=version, problem=(
@@ -340,7 +345,7 @@ _MATRICES: dict[tuple[str, str], Any] = {}
 
 
 def _matrices(data: TrainData, key: str, rows: np.ndarray | None, nthread: int,
-              narrow_to=None):
+              narrow_to=None, *, window: bool = False):
     """The training (all rows, or the warm start's ``rows``) and validation DMatrix;
     ``narrow_to``: a warm start's champion spec, which the frames are narrowed to
     (`serve.features.FeatureSpec.narrow`)."""
@@ -348,7 +353,7 @@ def _matrices(data: TrainData, key: str, rows: np.ndarray | None, nthread: int,
 
     for stale in [k for k in _MATRICES if k[0] != key]:
         del _MATRICES[stale]
-    which = "all" if rows is None else "rows"
+    which = "window" if window else "all" if rows is None else "rows"
     valid = "valid"
     if narrow_to is not None:
         which, valid = f"{which}-narrow", "valid-narrow"
@@ -402,7 +407,13 @@ def _boost(family: Family, config: dict[str, Any], data: TrainData, settings: Tr
         return
     dtrain, dvalid = _matrices(data, settings.data_key,
                                None if champion is None else champion.rows, nthread,
-                               None if champion is None else champion.spec)
+                               None if champion is None else champion.spec,
+                               window=family.name == WINDOW)
+    if family.name == WINDOW:
+        if data.ages is None:
+            raise SearchError("a window trial was started without its rows' partition ages")
+        # a matrix of its own (see `_matrices`): each window trial sets its own weights
+        dtrain.set_weight(window_weights(config, data.ages))
     base = None if champion is None else xgb.Booster(model_file=bytearray(champion.model))
     base_rounds = 0 if base is None else base.num_boosted_rounds()
     convert = XGB_METRICS[settings.metric][1]
@@ -704,6 +715,11 @@ def run_search(
                 + ": only data-parallel XGBoost trials read their own; load the split with "
                 "training_rows=True"
             )
+    if plan is not None and any(f.name == WINDOW for f in active):
+        # its weights need the rows in one process; data-parallel workers read their own
+        active = tuple(f for f in active if f.name != WINDOW)
+        skipped[WINDOW] = "XGBoost trials train data-parallel; window trials need the rows " \
+                          "in one process"
     if plan is not None and progress:
         _say(f"  XGBoost trials train data-parallel: {plan.why}")
     settings = TrialSettings(task.type, metric, s.report_every, s.seed,

@@ -47,4 +47,11 @@ def config_dict(data: Path, workdir: Path, **overrides) -> dict:
     }
     for section, values in overrides.items():
         raw.setdefault(section, {}).update(values)
+    # XGBoost from scratch alone unless a test asks for more families: the window family
+    # (on by default) would take half of a test's few trials
+    families = raw["search"].setdefault("families", {})
+    families.setdefault("xgboost_window", {"enabled": False})
+    # whole holdout partitions judge, so tests count rows by partition; tests of the
+    # default (the holdout's older half trains) ask for it
+    raw["data"].setdefault("holdout_share", 1.0)
     return raw

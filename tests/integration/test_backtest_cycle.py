@@ -21,6 +21,7 @@ def test_cycle_mode_replays_real_cycles_under_each_policy(ray_cluster, tmp_path,
     raw = config_dict(tmp_path / "data", tmp_path / "work",
                       resources={"cpus_per_trial": 0.9})
     raw["ray"] = {"address": ray_cluster["address"]}
+    raw["data"]["holdout_share"] = 0.5  # the default: the holdout's older half trains
     path = tmp_path / "retrain.yaml"
     path.write_text(yaml.safe_dump(raw))
     assert main(["backtest", "--config", str(path), "--mode", "cycle", "--initial", "2",

@@ -14,6 +14,7 @@ from retrain.candidates import (
     HIST_GRADIENT_BOOSTING,
     LINEAR,
     WARM_START,
+    WINDOW,
     XGBOOST,
     FamilySpace,
     build_sklearn,
@@ -54,11 +55,33 @@ def test_default_is_xgboost_alone_over_search_space():
 def test_enabled_families_come_in_a_fixed_order_with_their_own_rounds():
     config = _config(linear={"enabled": True}, xgboost_warm_start={"enabled": True,
                                                                    "num_boost_round": 7},
-                     hist_gradient_boosting={"enabled": True})
+                     hist_gradient_boosting={"enabled": True},
+                     xgboost_window={"enabled": True})
     found = families(config.search)
-    assert [f.name for f in found] == [XGBOOST, WARM_START, HIST_GRADIENT_BOOSTING, LINEAR]
-    assert [f.rounds for f in found] == [20, 7, 1, 1]
-    assert [f.flavor for f in found] == ["xgboost", "xgboost", "sklearn", "sklearn"]
+    assert [f.name for f in found] == [XGBOOST, WINDOW, WARM_START, HIST_GRADIENT_BOOSTING,
+                                       LINEAR]
+    assert [f.rounds for f in found] == [20, 20, 7, 1, 1]
+    assert [f.flavor for f in found] == ["xgboost", "xgboost", "xgboost", "sklearn", "sklearn"]
+
+
+def test_the_product_default_searches_xgboost_and_its_training_window():
+    config = config_from_dict({"project": {"name": "p"}, "data": {
+        "path": "d", "partition_column": "m", "target": "y"}, "task": {"type": "regression"}})
+    assert [f.name for f in families(config.search)] == [XGBOOST, WINDOW]
+
+
+def test_window_weights_keep_the_newest_partitions_and_decay_with_age():
+    from retrain.candidates import partition_ages, window_weights
+    from retrain.data import Partition
+
+    parts = [Partition(str(i), rows, (), "") for i, rows in enumerate((3, 2, 1))]
+    ages = partition_ages(parts, 6)
+    assert ages.tolist() == [2, 2, 2, 1, 1, 0]
+    assert partition_ages(parts, 7) is None
+    weights = window_weights({"recent_partitions": 2, "half_life": 1.0}, ages)
+    assert weights.tolist() == [0, 0, 0, 0.5, 0.5, 1.0]
+    flat = window_weights({"recent_partitions": 1000, "half_life": float("inf")}, ages)
+    assert flat.tolist() == [1.0] * 6
 
 
 def test_family_config_errors_name_the_field_and_the_fix():
@@ -160,7 +183,7 @@ def _split(spec, sizes=(100, 100, 100), valid=60):
                   for i, n in enumerate(sizes))
     total = sum(sizes)
     return SimpleNamespace(spec=spec, train_partitions=parts, train_rows=total - valid,
-                           valid_rows=valid)
+                           valid_rows=valid, pieces=lambda holdout=False: list(parts))
 
 
 def test_warm_start_carries_the_champion_booster_and_the_new_rows():

@@ -253,3 +253,31 @@ def test_vocabularies_grow_from_the_champions_spec_and_keep_its_codes(tmp_path):
     # an unrelated base (other features) leaves the spec as learned
     other = FeatureSpec(("z",), ("numeric",))
     assert load_split(config, "classification", base_spec=other).spec == fresh.spec
+
+
+def test_the_holdouts_older_share_trains_and_its_newest_share_judges(tmp_path):
+    write_partitions(tmp_path / "data", [1, 2, 3], rows=100)
+    config = _config(tmp_path, holdout_share=0.3)
+    split = load_split(config, "classification")
+    whole = load_split(config, "classification", holdout_share=1.0)
+    # 70 of the holdout's 100 rows train, after the training partitions' rows
+    assert split.holdout_head == 70 and len(split.x_holdout) == 30
+    assert split.train_rows + split.valid_rows == 270
+    assert (split.y_holdout == whole.y_holdout[70:]).all()
+    trained = pd.concat([split.x_train, split.x_valid], ignore_index=True)
+    assert trained.tail(70).reset_index(drop=True).equals(
+        whole.x_holdout.head(70).reset_index(drop=True))
+    assert len(split.x_valid) == 54  # the newest 20 % of the 270 training rows
+    assert split.lineage()["data.holdout_head_rows"] == "70"
+    # the partitions behind the rows, in row order: the holdout's head, then its tail
+    assert [(p.value, p.rows) for p in split.pieces()] == [("1", 100), ("2", 100), ("3", 70)]
+    assert [(p.value, p.rows) for p in split.pieces(holdout=True)] == [
+        ("1", 100), ("2", 100), ("3", 70), ("3", 30)]
+    from retrain.candidates import partition_ages
+
+    ages = partition_ages(split.pieces(holdout=True), 300)
+    assert ages.tolist() == [2] * 100 + [1] * 100 + [0] * 100  # one partition, one age
+    # a split without training rows (data-parallel workers read whole partitions) judges
+    # on the whole holdout
+    lean = load_split(config, "classification", training_rows=False)
+    assert lean.holdout_head == 0 and len(lean.x_holdout) == 100
