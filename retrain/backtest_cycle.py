@@ -8,7 +8,7 @@ new local) Ray cluster, with a temporary MLflow store and ledger per policy. It 
 per cycle; it measures the served model, not a proxy of it.
 
 Timeline, per policy: the first cycle runs on the first ``initial`` partitions (the last of
-them its holdout). Then each arriving partition is first *served*: the policy's champion (the
+them its holdout), once: every policy starts from that model. Then each arriving partition is first *served*: the policy's champion (the
 version its ``champion`` alias points at) is scored on it, its labels standing for the feedback
 that arrives later. Then the policy decides whether to run a cycle on every partition so far
 (the arrived one as the holdout): ``never`` does not, ``every`` does, ``triggers`` asks
@@ -103,14 +103,23 @@ def backtest_cycles(config: Config, *, initial: int = 2, period_s: float = 30 * 
         # "never" serves the first model of "every": the same first cycle, run once
         runs = {p: _Policy(p, _policy_config(config, root, p, trials))
                 for p in policies if p != "never"}
+        # one first cycle, its project copied to the other policies: every policy starts
+        # from the same first model (two searches in parallel could pick two)
+        leader = None
         for policy in runs.values():
             for partition in partitions[:initial]:
                 _stage(partition, source, column, Path(policy.config.data.path))
-            began = time.perf_counter()
-            first = run_cycle(policy.config)
-            policy.seconds += time.perf_counter() - began
-            say(f"{policy.name}: first model v{first.champion_version} on "
-                f"{', '.join(p.value for p in partitions[:initial])}")
+            if leader is None:
+                began = time.perf_counter()
+                first = run_cycle(policy.config)
+                policy.seconds += time.perf_counter() - began
+                leader = policy
+                say(f"first model v{first.champion_version} on "
+                    f"{', '.join(p.value for p in partitions[:initial])}")
+            else:
+                # the copy's registry reads the leader's model files, which stay until the end
+                shutil.copytree(leader.config.project.workdir, policy.config.project.workdir)
+                policy.seconds = leader.seconds
         registries = {p: MlflowRegistry.from_config(r.config) for p, r in runs.items()}
         never_from = "every" if "every" in runs else next(iter(runs), None)
         first_version = {p: registries[p].alias_version(CHAMPION) for p in runs}

@@ -40,6 +40,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     print(f"data ok: train partitions {lineage['data.train_partitions']} "
           f"({lineage['data.train_rows']} rows), holdout {lineage['data.holdout_partitions']} "
           f"({lineage['data.holdout_rows']} rows), features {list(split.spec.names)}")
+    from retrain.suspects import suspects_in
+
+    for suspect in suspects_in(config, list(split.train_partitions)):
+        print(f"warning: {suspect.message()}")
     return 0
 
 

@@ -330,6 +330,10 @@ class DataParallelConfig(_Section):
 class SearchConfig(_Section):
     num_samples: int = Field(default=8, ge=1)
     max_concurrent: int = Field(default=2, ge=1)
+    #: one trial at a time, so that the same data and seed give the same trials and the same
+    #: champion: with trials in parallel, which results TPE and ASHA have seen when they act
+    #: depends on timing (the search is then as good, not identical)
+    deterministic: bool = False
     #: the most boosting rounds of one XGBoost trial: a cap, since a trial stops once its
     #: validation score has not improved for ``early_stopping_rounds``
     num_boost_round: int = Field(default=500, ge=1)

@@ -355,6 +355,12 @@ def _run_cycle(config: Config, *, echo=None, resume: bool = False) -> CycleResul
         + f"), holdout {lineage['data.holdout_partitions']} ({lineage['data.holdout_rows']} rows)"
         + (f", left out (quarantined) {lineage['data.excluded_partitions']}" if excluded else "")
     )
+    if champion is None and split.holds_training_rows and resumed is None:
+        # the first model is where a leak or a row index gets in: say so before training
+        from retrain.suspects import suspects_in
+
+        for suspect in suspects_in(config, list(split.train_partitions)):
+            say(f"warning: {suspect.message()}")
     ensure_ray(config.ray)
     tags = {**lineage, "retrain.cycle_id": cycle_id}
     opened = registry.cycle_run(f"cycle-{cycle_id}", tags,

@@ -115,6 +115,17 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _choice(trial) -> str:
+    """What a finalist chose beyond its hyperparameters: its training window and rounds."""
+    if trial is None:
+        return "-"
+    parts = [f"{trial.rounds} rounds"] if trial.flavor == "xgboost" else []
+    if "recent_partitions" in trial.params:
+        parts.append(f"newest {trial.params['recent_partitions']} partitions, half-life "
+                     f"{float(trial.params.get('half_life', 0)):.1f}")
+    return ", ".join(parts) or "-"
+
+
 def render_report(
     *, title: str, decision: Decision, comparison: Comparison, search: SearchResult,
     lineage: Mapping[str, str], tolerances: Mapping[str, float] | None = None,
@@ -129,17 +140,22 @@ def render_report(
     models = [c.champion] if c.champion else []
     models += list(c.finalists)
     metric_names = list(c.challenger.metrics)
+    by_id = {t.trial_id: t for t in search.trials}
     comparison_rows = []
     for m in models:
         role = ("champion" if m is c.champion
                 else "challenger" if m.name == c.challenger.name else "finalist")
         fp = m.footprint
+        trial = by_id.get(m.trial_id)
         comparison_rows.append([
-            e(m.name), role, *(f"{m.metrics[k]:.4f}" for k in metric_names),
+            e(m.name), role, e(trial.family if trial else "-"),
+            e(_choice(trial)), "-" if m.trained_rows is None else f"{m.trained_rows:,}",
+            *(f"{m.metrics[k]:.4f}" for k in metric_names),
             "-" if fp is None else f"{fp.single_row_ms:.2f}",
             "-" if fp is None else f"{fp.size_bytes / 1e3:.0f}",
         ])
-    comparison_table = _table(comparison_rows, ["model", "role", *metric_names,
+    comparison_table = _table(comparison_rows, ["model", "role", "family", "choices",
+                                                "trained rows", *metric_names,
                                                 "1-row ms", "size kB"])
     lineage_table = _table([[e(k), e(str(v))] for k, v in lineage.items()], ["lineage", ""])
     admission_html = (

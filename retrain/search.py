@@ -756,7 +756,7 @@ def run_search(
         run_name = name if not earlier else f"{name}.resume{len(earlier)}"
         tuner = _tuner(trainable, config, run_name, storage, active, samples - len(carried),
                        mode, progress, told=carried, offset=len(earlier),
-                       concurrent=_concurrent(config, plan, totals))
+                       concurrent=1 if s.deterministic else _concurrent(config, plan, totals))
         trials += tuple(_trial_result(r, rounds) for r in tuner.fit())
     wall = time.perf_counter() - start
     completed = [t for t in trials if t.status == "completed" and t.score is not None]
