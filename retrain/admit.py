@@ -208,3 +208,22 @@ def admit(
     return AdmissionReport(tuple(
         admit_partition(value, frame, reference, policy) for value, frame in frames.items()
     ))
+
+
+def integrity_verdicts(candidates, partitions) -> tuple[PartitionVerdict, ...]:
+    """Quarantine verdicts for ``candidates`` (`retrain.data.Partition` values) that fail
+    before any statistics: unreadable files, and content identical (same digest) to an
+    older partition of ``partitions``. Partitions released by a person are not passed in."""
+    first_of: dict[str, str] = {}
+    for p in partitions:
+        if p.problem is None:
+            first_of.setdefault(p.digest, p.value)
+    out = []
+    for p in candidates:
+        if p.problem is not None:
+            out.append(PartitionVerdict(p.value, "quarantined", p.rows, (p.problem,)))
+        elif first_of.get(p.digest, p.value) != p.value:
+            out.append(PartitionVerdict(p.value, "quarantined", p.rows, (
+                f"the same content (sha256 {p.digest[:12]}) as partition "
+                f"{first_of[p.digest]}: a copy, not new data",)))
+    return tuple(out)

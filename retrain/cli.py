@@ -30,10 +30,11 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from retrain.config import load_config
-    from retrain.data import load_split
+    from retrain.data import list_partitions, load_split
 
     config = load_config(args.config)
-    split = load_split(config.data, config.task.type)
+    partitions = list_partitions(config.data)
+    split = load_split(config.data, config.task.type, partitions=partitions)
     lineage = split.lineage()
     print(f"config ok: project {config.project.name!r}, task {config.task.type} "
           f"({config.task.primary_metric})")
@@ -44,6 +45,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     for suspect in suspects_in(config, list(split.train_partitions)):
         print(f"warning: {suspect.message()}")
+    for p in partitions:
+        if p.problem:
+            print(f"warning: partition {config.data.partition_column}={p.value} is left out: "
+                  f"{p.problem}; a cycle quarantines it until its files are replaced")
     return 0
 
 

@@ -30,6 +30,9 @@ class Partition:
     files: tuple[str, ...]
     #: sha256 over the partition's file contents: names the exact data a model saw
     digest: str
+    #: why the partition cannot be read at all (a truncated or corrupt file); such a
+    #: partition is left out of every split and quarantined by admission
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -148,12 +151,19 @@ def list_partitions(config: DataConfig) -> list[Partition]:
         digest = hashlib.sha256()
         for fragment in sorted(fragments, key=lambda f: f.path):
             digest.update(Path(fragment.path).read_bytes())
+        try:
+            rows, problem = sum(f.count_rows() for f in fragments), None
+        except (pa.ArrowInvalid, OSError) as exc:
+            # one unreadable partition must not block the others: it is quarantined
+            first = (str(exc).strip().splitlines() or ["unreadable"])[0][:300]
+            rows, problem = 0, f"unreadable Parquet ({type(exc).__name__}: {first})"
         partitions.append(
             Partition(
                 value=value,
-                rows=sum(f.count_rows() for f in fragments),
+                rows=rows,
                 files=tuple(sorted(f.path for f in fragments)),
                 digest=digest.hexdigest(),
+                problem=problem,
             )
         )
     return partitions
@@ -333,7 +343,7 @@ def _split_partitions(config: DataConfig, partitions: list[Partition] | None,
                       exclude: frozenset[str]) -> tuple[list[Partition], list[Partition]]:
     """(training, holdout) partitions, the ``exclude``d ones left out."""
     listed = list_partitions(config) if partitions is None else partitions
-    partitions = [p for p in listed if p.value not in exclude]
+    partitions = [p for p in listed if p.value not in exclude and p.problem is None]
     for partition in partitions:
         if partition.rows < config.min_rows_per_partition:
             raise DataError(

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from retrain.admission_report import render_admission_report
-from retrain.admit import AdmissionReport, admit
+from retrain.admit import AdmissionReport, admit, integrity_verdicts
 from retrain.candidates import partition_ages
 from retrain.config import Config
 from retrain.data import (
@@ -270,19 +270,29 @@ def _admission(config: Config, registry: MlflowRegistry, champion: str | None, c
     """
     record = QuarantineRecord(Path(config.project.workdir) / "quarantine.jsonl")
     held = record.held(partitions) if resumed is None else frozenset(resumed.excluded)
+    # integrity first, with or without a champion: unreadable files, and byte copies of
+    # another partition (a copy judged as new data would judge models on rows they saw)
+    broken = integrity_verdicts([p for p in partitions if p.value not in held], partitions)
     if champion is None or not config.admission.enabled:
-        return None, held
-    reference = registry.load_reference(champion)
-    if reference is None:
-        return None, held
-    if resumed is None:
-        # released by a person (`retrain readmit`): admitted as they are, not judged again
-        known = registry.version_partitions(champion) | record.released(partitions)
-        new = [p for p in partitions if p.value not in known and p.value not in held]
+        report = AdmissionReport(broken) if broken else None
     else:
-        new = [p for p in partitions if p.value in resumed.judged]
-    frames = {p.value: read_partition(config.data, p, reference.names) for p in new}
-    report = admit(frames, reference, config.admission.policy())
+        reference = registry.load_reference(champion)
+        if reference is None:
+            report = AdmissionReport(broken) if broken else None
+        else:
+            if resumed is None:
+                # released by a person (`retrain readmit`): admitted as they are
+                known = registry.version_partitions(champion) | record.released(partitions)
+                new = [p for p in partitions if p.value not in known and p.value not in held]
+            else:
+                new = [p for p in partitions if p.value in resumed.judged]
+            skip = {v.partition for v in broken}
+            frames = {p.value: read_partition(config.data, p, reference.names) for p in new
+                      if p.value not in skip}
+            judged = admit(frames, reference, config.admission.policy())
+            report = AdmissionReport((*broken, *judged.partitions))
+    if report is None:
+        return None, held
     if resumed is None:
         record.add(report, partitions, cycle_id=cycle_id)
     return report, held | frozenset(report.quarantined)

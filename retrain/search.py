@@ -746,6 +746,10 @@ def run_search(
         _say(f"  resuming search {name}: {len(carried)} of {samples} trials had finished "
              "and are not run again")
     if len(carried) < samples and not read_only:
+        # Ctrl-C must stop the cycle, not end the search early and let the cycle promote from
+        # the trials that finished: without Tune's own SIGINT handler the interrupt reaches
+        # the cycle, which records where it stopped (resumable) and promotes nothing
+        os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
         champion = warm_start if any(f.warm_start for f in active) else None
         resources = trial_resources(config, totals)
         shipped, champion = shipped_to_trials(data, champion, active, plan)

@@ -136,6 +136,26 @@ def test_the_promoted_warm_start_is_the_champion_plus_its_new_rounds(warm):
     v1, v2 = registry.load("1"), registry.load("2")
     assert v2.flavor == "xgboost"
     assert v2.booster.num_boosted_rounds() == v1.booster.num_boosted_rounds() + WARM_ROUNDS
+    # Refit for serving: a tree's root cover is the sum of the hessians p(1 - p) of the rows
+    # it grew on (p the champion's prediction for the first new tree), so it names the rows
+    # exactly: every row of month 5 (its validation share included, which the trial itself
+    # never trained on) and of month 6, the holdout; none of month 4, which v1 had seen.
+    import pandas as pd
+    import xgboost as xgb
+
+    def hessians(months, head=None) -> float:
+        raw = pd.concat([pd.read_parquet(warm["config"].data.path / f"period={m}")
+                         for m in months], ignore_index=True)
+        raw = raw if head is None else raw.head(head)
+        p = v1.booster.predict(xgb.DMatrix(v1.spec.frame(raw), enable_categorical=True))
+        return float(np.sum(p * (1 - p)))
+
+    base = v1.booster.num_boosted_rounds()
+    trees = v2.booster[base:base + 1].trees_to_dataframe()
+    cover = float(trees.loc[trees["Node"] == 0, "Cover"].iloc[0])
+    assert cover == pytest.approx(hessians([5, 6]), rel=1e-3)
+    # the trial's own rows (month 5 without its validation share) would be far fewer
+    assert cover > 1.5 * hessians([5], head=3000 - 1600)
     client = MlflowClient(tracking_uri=warm["config"].tracking_uri)
     parent = client.get_run(second.run_id)
     assert parent.data.tags["retrain.families"] == f"{XGBOOST},{WARM_START}"

@@ -281,3 +281,32 @@ def test_the_holdouts_older_share_trains_and_its_newest_share_judges(tmp_path):
     # on the whole holdout
     lean = load_split(config, "classification", training_rows=False)
     assert lean.holdout_head == 0 and len(lean.x_holdout) == 100
+
+
+def test_an_unreadable_partition_is_named_and_left_out_not_fatal(tmp_path):
+    from retrain.admit import integrity_verdicts
+
+    write_partitions(tmp_path / "data", [1, 2, 3, 4], rows=100)
+    path = tmp_path / "data" / "period=4" / "part-0.parquet"
+    path.write_bytes(path.read_bytes()[:200])  # truncated in transfer
+    config = _config(tmp_path)
+    partitions = list_partitions(config)
+    bad = partitions[-1]
+    assert bad.value == "4" and bad.rows == 0 and bad.problem.startswith("unreadable Parquet")
+    split = load_split(config, "classification", partitions=partitions)
+    assert [p.value for p in split.holdout_partitions] == ["3"]  # the others carry on
+    (verdict,) = integrity_verdicts(partitions, partitions)
+    assert verdict.partition == "4" and verdict.status == "quarantined"
+
+
+def test_a_byte_copy_of_an_older_partition_is_quarantined_as_a_copy(tmp_path):
+    import shutil
+
+    from retrain.admit import integrity_verdicts
+
+    write_partitions(tmp_path / "data", [1, 2], rows=100)
+    shutil.copytree(tmp_path / "data" / "period=1", tmp_path / "data" / "period=3")
+    partitions = list_partitions(_config(tmp_path))
+    (verdict,) = integrity_verdicts(partitions, partitions)
+    assert verdict.partition == "3"
+    assert "same content" in verdict.problems[0] and "as partition 1" in verdict.problems[0]
