@@ -10,11 +10,12 @@ per cycle; it measures the served model, not a proxy of it.
 Timeline, per policy: the first cycle runs on the first ``initial`` partitions (the last of
 them its holdout), once: every policy starts from that model. Then each arriving partition
 is first *served*: the policy's champion (the version its ``champion`` alias points at) is
-scored on it, its labels standing for the feedback that arrives later. Then the policy decides whether to run a cycle on every partition so far
-(the arrived one as the holdout): ``never`` does not, ``every`` does, ``triggers`` asks
-`retrain.triggers.evaluate` with what the monitor would have seen (the partition's drift
-against the champion's reference sketch, the champion's metric on it, and the opportunity
-estimate, `retrain.opportunity`). Nothing retrains after the last partition.
+scored on it, its labels standing for the feedback that arrives later. Then the policy
+decides whether to run a cycle on every partition so far (the arrived one as the holdout):
+``never`` does not, ``every`` does, ``triggers`` asks `retrain.triggers.evaluate` with what
+the monitor would have seen (the partition's drift against the champion's reference sketch,
+the champion's metric on it, and the opportunity estimate, `retrain.opportunity`). Nothing
+retrains after the last partition.
 """
 
 from __future__ import annotations
