@@ -31,8 +31,10 @@ def _cmd_init(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from retrain.config import load_config
     from retrain.data import list_partitions, load_split
+    from retrain.preflight import check
 
     config = load_config(args.config)
+    check(config)  # writable paths, known URI schemes, reachable servers: fail in seconds
     partitions = list_partitions(config.data)
     split = load_split(config.data, config.task.type, partitions=partitions)
     lineage = split.lineage()

@@ -319,8 +319,11 @@ def run_cycle(config: Config, *, echo=None, resume: bool = False) -> CycleResult
 
 
 def _run_cycle(config: Config, *, echo=None, resume: bool = False) -> CycleResult:
+    from retrain.preflight import check
+
     start = time.perf_counter()
     say = echo or _silent
+    check(config)  # an unwritable store or an unreachable server fails now, not minutes in
     quiet_defaults()
     folder = cycles_folder(config)
     resumed = unfinished_cycle(folder) if resume else None
