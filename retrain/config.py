@@ -419,7 +419,14 @@ class ServingConfig(_Section):
     #: how often each replica checks the registry for a new champion
     poll_interval_s: float = Field(default=2.0, gt=0)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    #: a request body must arrive whole within this many seconds (else 408)
+    body_timeout_s: float = Field(default=10.0, gt=0)
     max_rows: int = Field(default=10_000, ge=1)
+    #: columns one request may name, and values (rows x columns) it may hold
+    max_columns: int = Field(default=1024, ge=1)
+    max_cells: int = Field(default=1_000_000, ge=1)
+    #: false: a row in which every feature is missing or null is refused (400)
+    allow_all_missing_rows: bool = False
     #: Serve's per-request access log (off by default: it costs throughput)
     access_log: bool = False
     #: the environment variable holding the bearer token of /feedback and /admin/* (read

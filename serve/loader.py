@@ -282,6 +282,10 @@ def set_alias(tracking_uri: str, name: str, alias: str, version: str) -> None:
     _client(tracking_uri).set_registered_model_alias(name, alias, version)
 
 
+def delete_alias(tracking_uri: str, name: str, alias: str) -> None:
+    _client(tracking_uri).delete_registered_model_alias(name, alias)
+
+
 def write_traffic_tag(tracking_uri: str, name: str, value: str | None) -> None:
     """Set the split tag to ``value``; None removes it (all traffic to the alias' version)."""
     client = _client(tracking_uri)
