@@ -29,6 +29,7 @@ MAX_COLUMNS = 1024
 MAX_CELLS = 1_000_000
 # A JSON escape of a UTF-16 surrogate: the only way a lone surrogate gets into a parsed body
 # (raw bytes that are not UTF-8 fail to decode), so bodies without one skip the walk.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 
 
@@ -50,6 +51,21 @@ def check_text(where: str, value: str, *, max_chars: int) -> str:
     if any((ord(c) < 32 and c not in "\t\n") or ord(c) == 127 for c in value):
         raise InvalidInput(f"{where} holds a control character; send printable text")
     return value
+
+
+def clean_text(value: str, *, max_chars: int) -> str:
+    """``value`` made storable and printable for a reader of stored data: lone surrogates
+    become U+FFFD and the text is cut at ``max_chars`` (marked with an ellipsis)."""
+    text = value if _encodes(value) else _SURROGATE.sub("\ufffd", value)
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "\u2026"
+
+
+def _encodes(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def refuse_surrogates(raw: bytes, body: Any) -> None:
