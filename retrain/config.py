@@ -432,8 +432,9 @@ class ServingConfig(_Section):
     #: the environment variable holding the bearer token of /feedback and /admin/* (read
     #: where `retrain serve` runs; without it those endpoints answer 403)
     admin_token_env: str = Field(default="RETRAIN_ADMIN_TOKEN", min_length=1)
-    #: requests one replica holds at once (Serve's max_ongoing_requests)
-    max_ongoing_requests: int = Field(default=32, ge=1)
+    #: requests one replica holds at once (Serve's max_ongoing_requests); an upload still
+    #: arriving holds one too, so keep it well above the slow clients you expect
+    max_ongoing_requests: int = Field(default=256, ge=1)
     #: each model version predicts in its own pool of this many threads per replica ...
     version_threads: int = Field(default=2, ge=1)
     #: ... with at most this many requests waiting for it (more: 503) ...

@@ -85,6 +85,11 @@ def base_url(config: Config) -> str:
 
 def start_serving(config: Config) -> str:
     """Deploy (or update) the app on the connected Ray cluster; returns its base URL."""
+    from serve.proxy import CALLBACK, CALLBACK_ENV
+
+    # Serve's proxy reads this where it starts: in a local runtime started here, this
+    # process's environment (a cluster of its own needs it in the environment of `ray start`)
+    os.environ.setdefault(CALLBACK_ENV, CALLBACK)
     ensure_ray(config.ray)
     deploy(serve_settings(config))
     return base_url(config)

@@ -330,7 +330,7 @@ def _request_id(request: Request) -> str:
     return request.headers.get("x-request-id") or uuid.uuid4().hex
 
 
-@serve.deployment(max_ongoing_requests=32, health_check_period_s=5)
+@serve.deployment(max_ongoing_requests=256, health_check_period_s=5)
 @serve.ingress(api)
 class ModelServer:
     def __init__(self, settings: dict[str, Any]) -> None:

@@ -54,9 +54,11 @@ class ServeSettings:
     admin_token_hash: str | None = None
     #: the environment variable the token was read from, named in the 403 message
     admin_token_env: str = "RETRAIN_ADMIN_TOKEN"
-    #: requests one replica holds at once (Serve's ``max_ongoing_requests``); versions
-    #: predict in their own pools, so waiting requests cost the replica little
-    max_ongoing_requests: int = 32
+    #: requests one replica holds at once (Serve's ``max_ongoing_requests``). High on
+    #: purpose: a request whose body is still arriving holds a slot (until body_timeout_s),
+    #: so a low number let 33 stalled uploads starve every caller; the CPU work is bounded
+    #: per version instead (version_threads + version_queue, then 503)
+    max_ongoing_requests: int = 256
     #: threads per model version in a replica (its own pool: a slow version queues only
     #: its own requests)
     version_threads: int = 2

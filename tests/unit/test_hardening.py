@@ -206,3 +206,15 @@ def test_only_a_salted_hash_of_the_token_reaches_the_deployment_arguments(monkey
     assert token not in json.dumps(args) and ServeSettings(**args).token_matches(token)
     none = ServeSettings(tracking_uri="t", model_name="m")
     assert none.admin_token_hash is None and not none.token_matches("")
+
+
+def test_the_proxy_check_refuses_headers_serves_proxy_would_fail_on():
+    from serve.proxy import _problem, middlewares
+
+    assert _problem([(b"x-request-id", b"abc-123"), (b"x-user", "é".encode())]) is None
+    for headers, expected in (([(b"x-request-id", b"\x80")], "printable ASCII"),
+                              ([(b"x-request-id", "é".encode())], "printable ASCII"),
+                              ([(b"x-request-id", b"a" * 257)], "printable ASCII"),
+                              ([(b"traceparent", b"\xff\xfe")], "traceparent header is not UTF-8")):
+        assert expected in _problem(headers)
+    assert middlewares()[0].cls.__name__ == "HeaderCheck"
