@@ -167,6 +167,51 @@ def test_a_request_id_that_is_not_printable_ascii_gets_a_400_saying_so(served, r
     assert ok.status_code == 200 and ok.json()["request_id"] == "caller-chosen-1"
 
 
+def test_poisoned_labels_are_refused_and_every_valid_label_is_stored(served):
+    """Valid and poisoned /feedback calls interleaved, all flushed together: each poisoned
+    one is a 400 naming its label, and all 999 valid labels are in the log."""
+    from serve.inference_log import read_feedback
+
+    url, tag = served["url"], uuid.uuid4().hex[:8]
+    poisoned = [{"request_id": "p", "row": 10**400, "label": 1},
+                {"request_id": "p\ud800", "row": 0, "label": 1},
+                {"request_id": "p", "row": 0, "label": 10**400}]
+    refused = []
+    with httpx.Client(timeout=30, headers=AUTH) as http:
+        for batch in range(9):
+            labels = [{"request_id": f"{tag}-{batch}-{i}", "row": i % 3, "label": i % 2}
+                      for i in range(111)]
+            r = http.post(f"{url}/feedback", json={"labels": labels})
+            assert r.status_code == 200 and r.json()["accepted"] == 111, r.text
+            bad = poisoned[batch % 3]
+            r = http.post(f"{url}/feedback", content=json.dumps({"labels": [labels[0], bad]}))
+            refused.append((r.status_code, r.json()["error"]))
+    assert all(status == 400 and "labels[1]" in error for status, error in refused), refused
+
+    def stored():
+        rows = read_feedback(served["root"] / "inference")
+        return rows[rows["request_id"].str.startswith(tag)]
+
+    mine = wait_until(lambda: (rows := stored()) is not None and len(rows) >= 999 and (rows,),
+                      timeout=30)[0]
+    assert len(mine) == 999 and mine["request_id"].nunique() == 999
+    assert _health(url)["inference_log"]["rows_dropped"] == 0
+
+
+def test_a_retrain_reason_that_is_not_bounded_text_is_refused(served):
+    from serve.inference_log import pending_requests
+
+    url = served["url"]
+    for reason in ("\ud800", "x" * 1001, "a\x00"):
+        r = httpx.post(f"{url}/admin/retrain", headers=AUTH,
+                       content=json.dumps({"reason": reason}))
+        assert r.status_code == 400 and "reason" in r.json()["error"], r.text
+    r = httpx.post(f"{url}/admin/retrain", headers=AUTH, json={"reason": "drift \u00e9t\u00e9"})
+    assert r.status_code == 202
+    reasons = [q.reason for q in pending_requests(served["root"] / "inference")]
+    assert "drift \u00e9t\u00e9" in reasons and not any("\ud800" in x for x in reasons)
+
+
 # -- slow and oversized uploads while normal callers are answered -------------------------------
 
 
