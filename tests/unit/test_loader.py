@@ -147,3 +147,24 @@ def test_check_flavors_accepts_what_retrain_writes():
     assert check_flavors(sk, "x")[0] == "sklearn"
     with pytest.raises(ModelUnavailable, match="saved with skops"):
         check_flavors({"sklearn": {"serialization_format": "cloudpickle"}}, "x")
+
+
+@pytest.mark.parametrize("family", ["hist_gradient_boosting", "linear"])
+def test_scikit_learn_versions_load_through_skops_and_predict(registry, family):
+    """The skops path keeps working behind the MLmodel check: both scikit-learn families
+    retrain logs are read with the allow-list and predict as the fitted estimator did."""
+    from retrain import candidates
+
+    name = {"hist_gradient_boosting": candidates.HIST_GRADIENT_BOOSTING,
+            "linear": candidates.LINEAR}[family]
+    reg, spec, data = registry["reg"], registry["spec"], registry["data"]
+    shaped = spec.frame(data)
+    estimator = candidates.build_sklearn(name, "classification", {}, frame=shaped, seed=0)
+    estimator.fit(shaped, data["label"])
+    with reg.cycle_run(f"sk-{family}", {}) as run_id:
+        uri = reg.log_model(run_id, estimator, spec, task="classification", metric="auc")
+    version = reg.register(uri, tags={})
+    model = load_version(reg.tracking_uri, MODEL, version)
+    assert model.flavor == "sklearn"
+    head = shaped.head(20)
+    assert np.allclose(model.predict(head), estimator.predict_proba(head)[:, 1])
