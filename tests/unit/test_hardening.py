@@ -218,3 +218,19 @@ def test_the_proxy_check_refuses_headers_serves_proxy_would_fail_on():
                               ([(b"traceparent", b"\xff\xfe")], "traceparent header is not UTF-8")):
         assert expected in _problem(headers)
     assert middlewares()[0].cls.__name__ == "HeaderCheck"
+
+
+def test_the_app_refuses_a_bad_request_id_itself_where_no_proxy_check_runs():
+    """The app's own check (for clusters started without serve/proxy.py in front): a 400
+    before any endpoint runs, and a good id passes on."""
+    from starlette.testclient import TestClient
+
+    from serve.model import api
+
+    with TestClient(api) as client:
+        for bad in ("\u00e9t\u00e9".encode(), b"a" * 257, b"\x80"):
+            r = client.get("/no-such-path", headers={"x-request-id": bad})
+            assert r.status_code == 400 and "printable ASCII" in r.json()["error"]
+        assert client.get("/no-such-path", headers={"x-request-id": "ok-1"}).status_code == 404
+        # no public documentation of the admin endpoints
+        assert client.get("/docs").status_code == 404
