@@ -27,10 +27,11 @@ MAX_TEXT_CHARS = 1024
 #: 150,000 columns costs seconds of CPU to build and is refused anyway.
 MAX_COLUMNS = 1024
 MAX_CELLS = 1_000_000
-# A JSON escape of a UTF-16 surrogate: the only way a lone surrogate gets into a parsed body
-# (raw bytes that are not UTF-8 fail to decode), so bodies without one skip the walk.
+# How a lone surrogate gets into a parsed body: a JSON escape (\\ud800), or its 3 bytes
+# (ED A0..BF xx), which json.loads decodes with "surrogatepass". Bodies with neither skip
+# the walk.
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]|\xed[\xa0-\xbf]")
 
 
 class InvalidInput(ValueError):

@@ -420,6 +420,7 @@ _RAW = st.sampled_from([
     b'{"weights": {"1": ' + b"1" * 4400 + b"}}",
     _deep(100), _deep(5000), _deep(200_000), _wide(2000), _wide(60_000),
     b'{"dataframe_records": [{"cat": "\xff\xfe"}]}', b"\xef\xbb\xbf{}", b"", b"null",
+    b'{"id": "\xed\xa0\x80", "dataframe_records": [{"cat\xed\xb0\x80": "b"}]}',
 ])
 _BODY = {
     ("POST", "/invocations"): _MLFLOW,

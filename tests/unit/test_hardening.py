@@ -160,6 +160,9 @@ def test_lone_surrogates_anywhere_in_a_body_are_refused_with_where():
         with pytest.raises(InvalidInput, match="lone UTF-16 surrogate") as refused:
             refuse_surrogates(raw, json.loads(raw))
         assert str(refused.value).startswith(where), refused.value
+    raw = b'{"id": "\xed\xa0\x80"}'  # the surrogate's own bytes, which json.loads lets in
+    with pytest.raises(InvalidInput, match=r"^body\.id holds a lone UTF-16 surrogate"):
+        refuse_surrogates(raw, json.loads(raw))
     pair = json.dumps({"cat": "\U0001f600"}).encode()  # a valid pair is text
     refuse_surrogates(pair, json.loads(pair))
     assert check_text("r", "ok", max_chars=2) == "ok"
