@@ -57,9 +57,11 @@ READY_LINE = "Ray runtime started"
 #: under a node's temp dir, so the temp dir itself must stay short.
 MAX_TEMP_DIR_CHARS = 40
 #: The defaults a local cluster sets for its nodes unless the caller's environment names
-#: them: token auth (Ray 2.60's default, stated so that clients match) and no drain wait on
-#: SIGTERM (nothing on a local cluster is worth the wait of the drain phase).
-NODE_ENV_DEFAULTS = {"RAY_AUTH_MODE": "token", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+#: them: token auth (Ray 2.60's default, stated so that clients match), no drain wait on
+#: SIGTERM (nothing on a local cluster is worth the wait of the drain phase), and the Serve
+#: proxy's header checks (serve/proxy.py: a 400, not the proxy's 500, for a bad x-request-id).
+NODE_ENV_DEFAULTS = {"RAY_AUTH_MODE": "token", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+                     "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve.proxy:middlewares"}
 #: Settings that make the GCS declare a dead node within seconds rather than ~15 s (Ray's
 #: defaults: 3 s period x 5 misses). For node-failure tests; pass as ``head_env``.
 FAST_FAILURE_DETECTION = {

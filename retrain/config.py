@@ -480,14 +480,22 @@ class ServingConfig(_Section):
     #: how often each replica checks the registry for a new champion
     poll_interval_s: float = Field(default=2.0, gt=0)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    #: a request body must arrive whole within this many seconds (else 408)
+    body_timeout_s: float = Field(default=10.0, gt=0)
     max_rows: int = Field(default=10_000, ge=1)
+    #: columns one request may name, and values (rows x columns) it may hold
+    max_columns: int = Field(default=1024, ge=1)
+    max_cells: int = Field(default=1_000_000, ge=1)
+    #: false: a row in which every feature is missing or null is refused (400)
+    allow_all_missing_rows: bool = False
     #: Serve's per-request access log (off by default: it costs throughput)
     access_log: bool = False
     #: the environment variable holding the bearer token of /feedback and /admin/* (read
     #: where `retrain serve` runs; without it those endpoints answer 403)
     admin_token_env: str = Field(default="RETRAIN_ADMIN_TOKEN", min_length=1)
-    #: requests one replica holds at once (Serve's max_ongoing_requests)
-    max_ongoing_requests: int = Field(default=32, ge=1)
+    #: requests one replica holds at once (Serve's max_ongoing_requests); an upload still
+    #: arriving holds one too, so keep it well above the slow clients you expect
+    max_ongoing_requests: int = Field(default=256, ge=1)
     #: each model version predicts in its own pool of this many threads per replica ...
     version_threads: int = Field(default=2, ge=1)
     #: ... with at most this many requests waiting for it (more: 503) ...

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from retrain.errors import RetrainError
+from serve.schemas import clean_text
 
 #: bump when the table changes; a ledger written by a newer schema is refused, not misread, and
 #: an older one is migrated in place (2: the trigger and cycle kinds; 3: the admission kind)
@@ -39,6 +40,9 @@ SCHEMA_VERSION = 3
 VERDICTS: tuple[str, ...] = ("promote", "keep", "reject")
 #: how far traffic weights may sum away from 1 (floating point splits such as 1/3 each)
 TRAFFIC_TOLERANCE = 1e-6
+#: the longest text an event keeps in one field (a reason, a name, a string in details);
+#: longer ones are cut, marked with an ellipsis
+MAX_TEXT_CHARS = 10_000
 
 
 class EventKind(str, Enum):
@@ -71,12 +75,30 @@ def _optional_name(name: str, value: object) -> None:
         )
 
 
+def _text(value: str) -> str:
+    """Every text an event holds is valid UTF-8 and bounded, so that the ledger can always be
+    read and printed: a lone surrogate (which came from a JSON escape such as \\ud800) reads
+    as U+FFFD, and a text past `MAX_TEXT_CHARS` is cut. Applied when an event is made and
+    again when a stored row is read, so rows stored before this check read cleanly too."""
+    return clean_text(value, max_chars=MAX_TEXT_CHARS)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, dict):
+        return {_text(k) if isinstance(k, str) else k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
 def _json_copy(name: str, value: object) -> dict:
     """A deep, JSON-normalised copy: fails now rather than at append, and round-trips exactly."""
     if not isinstance(value, dict):
         raise ValueError(f"LedgerEvent.{name} must be a dict, but got {name}={value!r}")
     try:
-        return json.loads(json.dumps(value, allow_nan=False))
+        return _clean(json.loads(json.dumps(value, allow_nan=False)))
     except (TypeError, ValueError) as exc:
         raise ValueError(
             f"LedgerEvent.{name} must be JSON-serialisable (str, finite numbers, bool, None, "
@@ -99,7 +121,7 @@ def _traffic(value: object) -> dict[str, float]:
                 f"LedgerEvent.traffic weights must be finite numbers >= 0, but got "
                 f"{version!r}: {weight=}"
             )
-        out[version] = float(weight)
+        out[_text(version)] = float(weight)
     total = sum(out.values())
     if out and abs(total - 1.0) > TRAFFIC_TOLERANCE:
         raise ValueError(
@@ -154,12 +176,15 @@ class LedgerEvent:
         if not isinstance(model_name, str) or not model_name:
             raise ValueError(f"LedgerEvent.model_name must be a non-empty string, but got "
                              f"{model_name=}")
+        put("model_name", _text(model_name))
         at = self.at
         if not _is_number(at) or not math.isfinite(at):
             raise ValueError(f"LedgerEvent.at must be finite unix seconds, but got {at=}")
         put("at", float(at))
         for name in ("version", "previous_version", "alias", "search", "run_id"):
             _optional_name(name, getattr(self, name))
+            if getattr(self, name) is not None:
+                put(name, _text(getattr(self, name)))
 
         verdict = self.verdict
         if isinstance(verdict, Enum):  # accept retrain.decide.Verdict, store its plain value
@@ -174,7 +199,7 @@ class LedgerEvent:
             raise ValueError(f"LedgerEvent.reasons must be a tuple of strings, but got {reasons=}")
         if not all(isinstance(reason, str) for reason in reasons):
             raise ValueError(f"LedgerEvent.reasons must hold strings only, but got {reasons=}")
-        put("reasons", tuple(reasons))
+        put("reasons", tuple(_text(reason) for reason in reasons))
         put("traffic", _traffic(self.traffic))
         put("data_snapshot", _json_copy("data_snapshot", self.data_snapshot))
         put("details", _json_copy("details", self.details))
@@ -311,6 +336,9 @@ class Ledger:
     def _connect(self) -> Iterator[sqlite3.Connection]:
         # isolation_level=None: no implicit transactions, so each INSERT commits on its own.
         conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        # A TEXT cell that is not UTF-8 (written by another tool) reads with U+FFFD instead
+        # of failing every read of the ledger.
+        conn.text_factory = lambda raw: raw.decode("utf-8", "replace")
         try:
             conn.row_factory = sqlite3.Row
             # In WAL mode the default (NORMAL) may lose the last commits on power loss.

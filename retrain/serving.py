@@ -29,14 +29,19 @@ def serve_settings(config: Config) -> ServeSettings:
         cpus_per_replica=s.cpus_per_replica,
         poll_interval_s=s.poll_interval_s,
         max_body_bytes=s.max_body_bytes,
+        body_timeout_s=s.body_timeout_s,
         max_rows=s.max_rows,
+        max_columns=s.max_columns,
+        max_cells=s.max_cells,
+        allow_all_missing_rows=s.allow_all_missing_rows,
         access_log=s.access_log,
         inference_log_path=config.inference_log_path,
         log_predictions=log.enabled,
         flush_rows=log.flush_rows,
         flush_interval_s=log.flush_interval_s,
         max_buffer_rows=log.max_buffer_rows,
-        # Read when serving starts, not at config load: the secret never sits in the Config.
+        # Read when serving starts, not at config load: the secret never sits in the Config,
+        # and ServeSettings keeps only its salted hash.
         admin_token=os.environ.get(s.admin_token_env) or None,
         admin_token_env=s.admin_token_env,
         max_ongoing_requests=s.max_ongoing_requests,
@@ -60,6 +65,7 @@ def serve_config(config: Config) -> dict[str, Any]:
 
     settings = asdict(serve_settings(config))
     settings.pop("admin_token")
+    settings.pop("admin_token_hash")
     host, port = settings.pop("host"), settings.pop("port")
     return {
         "http_options": {"host": host, "port": port},
@@ -79,6 +85,11 @@ def base_url(config: Config) -> str:
 
 def start_serving(config: Config) -> str:
     """Deploy (or update) the app on the connected Ray cluster; returns its base URL."""
+    from serve.proxy import CALLBACK, CALLBACK_ENV
+
+    # Serve's proxy reads this where it starts: in a local runtime started here, this
+    # process's environment (a cluster of its own needs it in the environment of `ray start`)
+    os.environ.setdefault(CALLBACK_ENV, CALLBACK)
     ensure_ray(config.ray)
     deploy(serve_settings(config))
     return base_url(config)

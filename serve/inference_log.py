@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from serve.schemas import InvalidInput
+from serve.schemas import InvalidInput, check_text, clean_text
 
 logger = logging.getLogger("retrain.serve.inference_log")
 
@@ -83,6 +83,10 @@ _PARTITION = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/([^/]+)$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 MAX_REQUEST_ID_CHARS = 256
 MAX_REASON_CHARS = 1000
+#: a label's row index within its request: an int64 in the log, and no request has more rows
+MAX_ROW = 2**31 - 1
+# what a request id may be: printable ASCII, like the x-request-id headers it comes from
+_REQUEST_ID_TEXT = re.compile(r"[\x20-\x7e]+")
 
 
 class _Spec(Protocol):
@@ -181,23 +185,38 @@ def _feedback_item(i: int, item: Any) -> FeedbackItem:
     if not isinstance(request_id, str) or not request_id:
         raise InvalidFeedback(
             f"{where}.request_id must be the non-empty request id of an answered prediction "
-            f"(its x-request-id), but got {request_id!r}"
+            f"(its x-request-id), but got {_shown(request_id)}"
         )
     if len(request_id) > MAX_REQUEST_ID_CHARS:
         raise InvalidFeedback(f"{where}.request_id is longer than {MAX_REQUEST_ID_CHARS} chars")
+    if not _REQUEST_ID_TEXT.fullmatch(request_id):
+        raise InvalidFeedback(
+            f"{where}.request_id must be printable ASCII, as the x-request-id of an answered "
+            f"prediction is, but got {_shown(request_id)}")
     if "label" not in item:
         raise InvalidFeedback(f"{where} has no 'label'")
     label = item["label"]
     # JSON true/false is refused on purpose: send 1/0, so no label's meaning is guessed.
-    if not _is_number(label) or not math.isfinite(label):
-        raise InvalidFeedback(f"{where}.label must be a finite number, but got {label!r}")
+    try:  # an integer such as 10**400 is a number, but not one a float column holds
+        value = float(label) if _is_number(label) else math.nan
+    except OverflowError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise InvalidFeedback(f"{where}.label must be a finite number, but got {_shown(label)}")
     row = item.get("row", 0)
-    if not isinstance(row, int) or isinstance(row, bool) or row < 0:
+    if not isinstance(row, int) or isinstance(row, bool) or not 0 <= row <= MAX_ROW:
         raise InvalidFeedback(
-            f"{where}.row must be the row's index (an integer >= 0) within its request, "
-            f"but got {row!r}"
+            f"{where}.row must be the row's index (an integer from 0 to {MAX_ROW}) within its "
+            f"request, but got {_shown(row)}"
         )
-    return FeedbackItem(request_id=request_id, label=float(label), row=row)
+    return FeedbackItem(request_id=request_id, label=value, row=row)
+
+
+def _shown(value: Any) -> str:
+    """A short, always-encodable rendering of a bad value for an error message."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**20 else (
+        f"an integer of {len(str(abs(value)))} digits")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")[:80]
 
 
 def _is_number(value: Any) -> bool:
@@ -462,14 +481,8 @@ class InferenceLog:
         """Write one file per (table, hour, feature schema); return entries to retry."""
         failed: list[_Entry] = []
         for kind, date, hour, group in _groups(entries):
-            try:
-                table = (
-                    _prediction_table(group) if kind == PREDICTIONS else _feedback_table(group)
-                )
-            except Exception as exc:  # a row that cannot be typed is dropped, not retried
-                with self._cond:
-                    self._dropped += sum(e.rows for e in group)
-                self._note_error(f"cannot convert {kind} rows: {type(exc).__name__}: {exc}")
+            table = self._table(kind, group)
+            if table is None:
                 continue
             try:
                 self._write_file(kind, date, hour, table)
@@ -484,6 +497,34 @@ class InferenceLog:
                 else:
                     self._feedback_written += table.num_rows
         return failed
+
+    def _table(self, kind: str, group: list[_Entry]) -> pa.Table | None:
+        """The group's rows as one table. When it cannot be built, each entry is converted
+        on its own: the ones that cannot be are dropped and counted, and every other row is
+        kept, so one bad request never costs the batch it was flushed with."""
+        convert = _prediction_table if kind == PREDICTIONS else _feedback_table
+        try:
+            return convert(group)
+        except Exception as exc:  # a value that cannot be typed: find which entries
+            first = f"{type(exc).__name__}: {exc}"
+        good: list[pa.Table] = []
+        for entry in group:
+            try:
+                good.append(convert([entry]))
+            except Exception:  # this entry is the bad one
+                with self._cond:
+                    self._dropped += entry.rows
+        lost = sum(e.rows for e in group) - sum(t.num_rows for t in good)
+        self._note_error(f"dropped {lost} {kind} row(s) that cannot be converted: "
+                         f"{first[:300]}")
+        if not good:
+            return None
+        try:
+            return pa.concat_tables(good, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # typed alike by construction; still
+            with self._cond:
+                self._dropped += sum(t.num_rows for t in good)
+            return None
 
     def _write_file(self, kind: str, date: str, hour: str, table: pa.Table) -> None:
         folder = f"{self.root}/{kind}/date={date}/hour={hour}"
@@ -719,8 +760,8 @@ def request_retrain(
     path: str | os.PathLike[str], reason: str = "", requested_by: str = ""
 ) -> RetrainRequest:
     """Leave a retrain request for the controller (``retrain watch``) to pick up."""
-    if len(reason) > MAX_REASON_CHARS:
-        raise ValueError(f"reason is {len(reason)} chars, more than {MAX_REASON_CHARS}")
+    # it is copied into the ledger and shown by `retrain history`: text, bounded
+    check_text("the reason", reason, max_chars=MAX_REASON_CHARS)
     now = datetime.now(UTC)
     request = RetrainRequest(
         # sortable by time; the suffix keeps two requests in one microsecond apart
@@ -755,7 +796,11 @@ def pending_requests(path: str | os.PathLike[str]) -> list[RetrainRequest]:
         try:
             with fs.open_input_stream(info.path) as stream:
                 raw = json.loads(stream.read())
-            requests.append(RetrainRequest(**raw))
+            # a request stored before reasons were checked is read, not fatal: its texts
+            # are cleaned and bounded (it goes on to the ledger and the terminal)
+            requests.append(RetrainRequest(**{
+                key: clean_text(value, max_chars=MAX_REASON_CHARS) if isinstance(value, str)
+                else value for key, value in raw.items()}))
         except FileNotFoundError:
             continue  # consumed between the listing and the read
         except (OSError, ValueError, TypeError) as exc:

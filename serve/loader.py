@@ -4,6 +4,13 @@ A model version is an XGBoost booster (UBJ, not pickle) or a scikit-learn estima
 loaded against a fixed allow-list of types, never pickle), plus metadata written at training
 time: the feature spec and the task. Imports of MLflow, XGBoost and skops happen inside
 functions so that importing ``serve`` stays cheap.
+
+Registry contents are data, never code: a version's ``MLmodel`` file is read as YAML and
+checked against what retrain writes (`check_flavors`), and the booster is read from the
+artifact's own model file by XGBoost, not through MLflow's flavour loaders, which honour a
+flavour's ``code`` folder (put on ``sys.path``) and ``model_class`` (imported). A version that
+declares either, another class, or a model file outside its artifact is refused before
+anything of it is imported or parsed.
 """
 
 from __future__ import annotations
@@ -92,10 +99,8 @@ def alias_version(tracking_uri: str, name: str, alias: str) -> str | None:
 
 
 def load_version(tracking_uri: str, name: str, version: str) -> LoadedModel:
-    """Download and load one registered version."""
+    """Download and load one registered version (refused when its MLmodel asks for code)."""
     import mlflow
-    import mlflow.xgboost
-    from mlflow.models import Model
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
@@ -105,34 +110,118 @@ def load_version(tracking_uri: str, name: str, version: str) -> LoadedModel:
             local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
         except Exception as exc:  # MLflow raises several kinds here; all mean "cannot load"
             raise ModelUnavailable(f"cannot download {uri}: {exc}") from exc
-        mlmodel = Model.load(Path(local))
-        metadata = mlmodel.metadata or {}
-        if "feature_spec" not in metadata:
+        return load_local(local, name=name, version=str(version), where=uri)
+
+
+#: the only model class an ``xgboost`` flavour may name (what retrain logs); anything else
+#: would make MLflow import and instantiate it
+XGBOOST_MODEL_CLASSES = ("xgboost.core.Booster",)
+#: XGBoost's own formats (never pickle), by the flavour's ``model_format``
+XGBOOST_FORMATS = {"ubj": ".ubj", "json": ".json"}
+#: flavour keys whose value names code to run; refused wherever they hold anything
+_CODE_KEYS = ("code", "loader_module", "python_model")
+#: what a ``python_function`` flavour may name as its loader: MLflow's own, which retrain never
+#: calls; any other module would be imported by whoever loads the model as a pyfunc
+_PYFUNC_LOADERS = ("mlflow.xgboost", "mlflow.sklearn")
+
+
+def check_flavors(flavors: Any, where: str) -> tuple[str, dict[str, Any]]:
+    """The flavour to load (``xgboost`` or ``sklearn``) and its config, after refusing any
+    MLmodel that would run code when loaded: a ``code`` folder, a ``model_class`` outside
+    `XGBOOST_MODEL_CLASSES`, a pyfunc loader other than MLflow's, a pickled model."""
+    if not isinstance(flavors, dict) or not all(isinstance(v, dict) for v in flavors.values()):
+        raise ModelUnavailable(f"{where}: its MLmodel has no readable 'flavors' mapping")
+    problems: list[str] = []
+    for flavor, conf in flavors.items():
+        for key in _CODE_KEYS:
+            value = conf.get(key)
+            if value in (None, "", []):
+                continue
+            if key == "loader_module" and flavor == "python_function" and value in _PYFUNC_LOADERS:
+                continue
+            problems.append(f"flavour {flavor!r} declares {key}: {str(value)[:80]!r}")
+    xgb_conf = flavors.get("xgboost")
+    if xgb_conf is not None:
+        model_class = xgb_conf.get("model_class", XGBOOST_MODEL_CLASSES[0])
+        if model_class not in XGBOOST_MODEL_CLASSES:
+            problems.append(f"flavour 'xgboost' names model_class {str(model_class)[:80]!r}; "
+                            f"only {list(XGBOOST_MODEL_CLASSES)} is loaded")
+        if xgb_conf.get("model_format", "ubj") not in XGBOOST_FORMATS:
+            problems.append(f"flavour 'xgboost' has model_format "
+                            f"{str(xgb_conf.get('model_format'))[:40]!r}; only "
+                            f"{sorted(XGBOOST_FORMATS)} (XGBoost's own formats) are loaded")
+    if problems:
+        raise ModelUnavailable(
+            f"{where} is refused: registry contents must not run code when loaded, and "
+            f"{'; '.join(problems)}. Log the model with retrain (XGBoost UBJ or a skops file) "
+            "and register that version instead")
+    if xgb_conf is not None:
+        return "xgboost", xgb_conf
+    sk_conf = flavors.get("sklearn")
+    if sk_conf is not None and sk_conf.get("serialization_format") == "skops":
+        return "sklearn", sk_conf
+    raise ModelUnavailable(
+        f"{where} has flavours {sorted(flavors)}; retrain serves XGBoost models and "
+        "scikit-learn models saved with skops")
+
+
+def _model_file(root: Path, relative: Any, where: str, suffixes: tuple[str, ...]) -> Path:
+    """``relative`` resolved inside ``root``: a regular file with one of ``suffixes``."""
+    if not isinstance(relative, str) or not relative:
+        raise ModelUnavailable(f"{where}: its MLmodel names no model file")
+    base = root.resolve()
+    path = (base / relative).resolve()
+    if not path.is_relative_to(base) or not path.is_file():
+        raise ModelUnavailable(f"{where}: its model file {relative[:120]!r} is not a file "
+                               "inside the model's artifact")
+    if path.suffix not in suffixes:
+        raise ModelUnavailable(f"{where}: its model file {relative[:120]!r} must end with one "
+                               f"of {list(suffixes)}")
+    return path
+
+
+def load_local(local: str | Path, *, name: str, version: str, where: str) -> LoadedModel:
+    """Load a model version from its downloaded artifact folder (see `check_flavors`)."""
+    from mlflow.models import Model
+
+    root = Path(local)
+    try:
+        mlmodel = Model.load(root)  # YAML (safe loader): data only
+    except Exception as exc:  # a missing or malformed MLmodel file
+        raise ModelUnavailable(f"{where}: cannot read its MLmodel file: {exc}") from exc
+    metadata = mlmodel.metadata or {}
+    if not isinstance(metadata, dict) or "feature_spec" not in metadata:
+        raise ModelUnavailable(
+            f"{where} has no feature_spec in its metadata; it was not logged by retrain"
+        )
+    flavor, conf = check_flavors(mlmodel.flavors, where)
+    if flavor == "xgboost":
+        suffix = XGBOOST_FORMATS[conf.get("model_format", "ubj")]
+        path = _model_file(root, conf.get("data"), where, (suffix,))
+        import xgboost as xgb
+
+        try:  # XGBoost's own format: a tree ensemble, read by XGBoost, no code
+            model = xgb.Booster(model_file=str(path))
+        except xgb.core.XGBoostError as exc:
+            raise ModelUnavailable(f"{where}: cannot read its XGBoost model: {exc}") from exc
+    else:
+        path = _model_file(root, conf.get("pickled_model"), where, (".skops",))
+        try:
+            model = load_sklearn(path)
+        except Exception as exc:  # skops: untrusted types, or a damaged file
             raise ModelUnavailable(
-                f"{uri} has no feature_spec in its metadata; it was not logged by retrain"
-            )
-        flavors = mlmodel.flavors
-        if "xgboost" in flavors:
-            flavor, booster = "xgboost", mlflow.xgboost.load_model(local)
-        elif flavors.get("sklearn", {}).get("serialization_format") == "skops":
-            flavor = "sklearn"
-            try:
-                booster = load_sklearn(Path(local) / flavors["sklearn"]["pickled_model"])
-            except Exception as exc:  # skops: untrusted types, or a damaged file
-                raise ModelUnavailable(
-                    f"cannot load the scikit-learn model of {uri}: {exc}"
-                ) from exc
-        else:
-            raise ModelUnavailable(
-                f"{uri} has flavours {sorted(flavors)}; retrain serves XGBoost models and "
-                "scikit-learn models saved with skops"
-            )
+                f"cannot load the scikit-learn model of {where}: {exc}"
+            ) from exc
+    try:
+        spec = FeatureSpec.from_dict(metadata["feature_spec"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelUnavailable(f"{where}: its feature_spec cannot be read: {exc}") from exc
     return LoadedModel(
         name=name,
         version=str(version),
         task=str(metadata.get("task", "classification")),
-        spec=FeatureSpec.from_dict(metadata["feature_spec"]),
-        booster=booster,
+        spec=spec,
+        booster=model,
         flavor=flavor,
     )
 
@@ -191,6 +280,10 @@ def unknown_versions(tracking_uri: str, name: str, versions: tuple[str, ...]) ->
 
 def set_alias(tracking_uri: str, name: str, alias: str, version: str) -> None:
     _client(tracking_uri).set_registered_model_alias(name, alias, version)
+
+
+def delete_alias(tracking_uri: str, name: str, alias: str) -> None:
+    _client(tracking_uri).delete_registered_model_alias(name, alias)
 
 
 def write_traffic_tag(tracking_uri: str, name: str, value: str | None) -> None:

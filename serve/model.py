@@ -22,11 +22,12 @@ endpoints and pinning a request to a version (header ``x-retrain-version``) need
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations
 # (`request: Request`) at run time inside the replica, where string annotations of a class
 # that Serve shipped by value do not resolve, and the endpoint would answer 422.
-import hmac
+import asyncio
 import importlib
 import json
 import logging
 import random
+import re
 import threading
 import uuid
 from collections.abc import Callable
@@ -36,24 +37,28 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from ray import serve
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from serve.inference_log import InferenceLog, parse_feedback, request_retrain
 from serve.loader import (
     ROLLOUT_TAG,
     LoadedModel,
     ModelUnavailable,
+    delete_alias,
     registry_state,
     set_alias,
     unknown_versions,
     write_traffic_tag,
 )
 from serve.oip import infer_response, model_metadata, parse_infer
-from serve.schemas import InvalidInput, parse_invocation
+from serve.openapi_bodies import BODIES
+from serve.schemas import InvalidInput, check_text, parse_invocation, refuse_surrogates
 from serve.settings import ServeSettings
-from serve.traffic import PIN_HEADER, TrafficSplit
+from serve.traffic import PIN_HEADER, TrafficSplit, is_version
 from serve.versions import Limits, Outcome, Routing, VersionRunner, VersionSet
 
 logger = logging.getLogger("retrain.serve")
@@ -64,10 +69,54 @@ logger = logging.getLogger("retrain.serve")
 _INLINE_BYTES = 64 * 1024
 _ADMIN_BODY_BYTES = 64 * 1024
 
+# No public /docs, /redoc or /openapi.json: they would list the admin endpoints to anyone.
+# GET /openapi.json below serves the document (request bodies described) to the token holder.
 api = FastAPI(
     title="retrain inference",
     description="Predictions from the model versions the registry names, split as it says.",
+    openapi_url=None, docs_url=None, redoc_url=None,
 )
+#: what an x-request-id may be: printable ASCII, as every log and header can carry it
+_REQUEST_ID = re.compile(rb"[\x20-\x7e]{1,256}")
+#: the longest reason a POST /admin/retrain may give (it is copied into the ledger)
+_REASON_CHARS = 1000
+
+
+class _CheckRequestId:
+    """Refuses (400) a request whose x-request-id is not printable ASCII of at most 256
+    characters, before any endpoint runs: the id is echoed in headers and bodies and written
+    to the inference log, where other bytes would fail. A plain ASGI middleware: the
+    BaseHTTPMiddleware kind costs measurable throughput."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            for key, value in scope["headers"]:
+                if key == b"x-request-id" and not _REQUEST_ID.fullmatch(value):
+                    response = JSONResponse({"error": (
+                        "the x-request-id header must be 1 to 256 printable ASCII characters; "
+                        "send another id or none (one is made for you)"), "request_id": None},
+                        status_code=400)
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+api.add_middleware(_CheckRequestId)
+
+
+# A safety net, not the validation: each of these, raised while handling a request, can only
+# come from what the request sent (an integer beyond a float, a string that is not text,
+# nesting past the interpreter's limit), so it is the caller's 400, not the server's 500.
+@api.exception_handler(OverflowError)
+@api.exception_handler(UnicodeError)
+@api.exception_handler(RecursionError)
+async def _input_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("bad input reached %s: %s: %s", request.url.path, type(exc).__name__, exc)
+    return JSONResponse({"error": f"the request cannot be read: {type(exc).__name__}",
+                         "request_id": None}, status_code=400)
 
 
 class _BadBody(Exception):
@@ -93,24 +142,61 @@ def _score(model: LoadedModel, body: Any, max_rows: int) -> tuple[pd.DataFrame, 
     return raw, model.predict(model.spec.frame(raw))
 
 
-async def _body(request: Request, limit: int, request_id: str) -> bytes | JSONResponse:
-    """The raw body, or a 413 answer when it is over ``limit`` bytes."""
+class _TooBig(Exception):
+    pass
+
+
+async def _body(request: Request, limit: int, request_id: str,
+                timeout_s: float) -> bytes | JSONResponse:
+    """The raw body, read as it streams in: a 413 answer as soon as it passes ``limit``
+    bytes (with or without a content-length: a chunked body is never read whole first), a
+    408 when it has not arrived whole within ``timeout_s`` seconds (a slow or stalled upload
+    holds a replica slot only that long)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None:
+        if not (declared.isascii() and declared.isdigit()):
+            return _error(400, "the content-length header must be a number of bytes",
+                          request_id)
+        if len(declared) > 18 or int(declared) > limit:
+            return _error(413, f"request body over the limit of {limit} bytes", request_id)
+    chunks: list[bytes] = []
+
+    async def read() -> None:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _TooBig
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(read(), timeout_s)
+    except _TooBig:
         return _error(413, f"request body over the limit of {limit} bytes", request_id)
-    raw = await request.body()
-    if len(raw) > limit:
-        return _error(413, f"request body over the limit of {limit} bytes", request_id)
-    return raw
+    except TimeoutError:
+        return _error(408, f"the request body did not arrive within {timeout_s:g} s; send it "
+                      "whole, faster, or in smaller requests", request_id)
+    except ClientDisconnect:
+        return _error(400, "the client closed the connection before the body ended",
+                      request_id)
+    return b"".join(chunks)
 
 
 def _json(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _BadBody(400, f"request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise _BadBody(400, "request body is nested too deeply") from None
+    except ValueError as exc:  # Python's limit on integer digits (4300), before any use
+        raise _BadBody(400, f"request body holds a number that cannot be read ({exc}); send "
+                       "numbers of at most a few hundred digits") from None
+    try:
+        refuse_surrogates(raw, body)
+    except InvalidInput as exc:
+        raise _BadBody(400, str(exc)) from None
+    return body
 
 
 async def _parsed(raw: bytes, parse: Callable[[Any], Any]) -> Any:
@@ -135,18 +221,16 @@ def _rollout_summary(state) -> dict[str, Any] | None:
 
 
 def _token_ok(settings: ServeSettings, header: str | None) -> bool:
-    expected = settings.admin_token
-    if not expected:
+    if not settings.admin_token_hash:
         return False
     scheme, _, given = (header or "").partition(" ")
-    # compare_digest: the time taken does not reveal how much of a guess was right
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        given.strip().encode(), expected.encode())
+    # the settings hold only a salted hash; the comparison is constant-time
+    return scheme.lower() == "bearer" and settings.token_matches(given.strip())
 
 
 def _authorize(settings: ServeSettings, header: str | None, request_id: str) -> JSONResponse | None:
     """None when the bearer token matches; otherwise the 403 or 401 answer to send."""
-    if not settings.admin_token:
+    if not settings.admin_token_hash:
         return _error(
             403,
             f"this endpoint is off: no admin token is configured. Set the environment variable "
@@ -180,21 +264,41 @@ def _split_body(body: Any) -> TrafficSplit:
 
 
 def _promote_body(body: Any) -> str:
-    """The version of ``{"version": "4"}`` (an integer is accepted too)."""
+    """The version of ``{"version": "4"}`` (an integer is accepted too), in its canonical
+    spelling: ASCII digits, no leading zero. Anything else is refused before the registry
+    is touched ("\u096a" and "01" are digits to str.isdigit, but no registry version)."""
     version = body.get("version") if isinstance(body, dict) else None
-    if isinstance(version, int) and not isinstance(version, bool):
+    if isinstance(version, int) and not isinstance(version, bool) and 0 < version < 10**18:
         version = str(version)
-    if not isinstance(version, str) or not version.isdigit():
-        raise _BadBody(400, 'the body must be {"version": "<registered version>"}')
+    if not isinstance(body, dict) or set(body) != {"version"} or not is_version(version):
+        raise _BadBody(400, 'the body must be {"version": "<registered version>"}: a version '
+                       'number in ASCII digits without leading zeros, such as "4"')
     return version
 
 
 def _retrain_body(body: Any) -> str:
-    """The reason of ``{"reason": "..."}``; a blank body arrives here as ``{}``."""
+    """The reason of ``{"reason": "..."}``; a blank body arrives here as ``{}``. The reason
+    is copied into the ledger: valid UTF-8, printable, at most `_REASON_CHARS` characters."""
     reason = body.get("reason", "") if isinstance(body, dict) else None
     if not isinstance(body, dict) or set(body) - {"reason"} or not isinstance(reason, str):
         raise _BadBody(400, 'expected no body or a JSON object like {"reason": "..."}')
-    return reason
+    try:
+        return check_text("'reason'", reason, max_chars=_REASON_CHARS)
+    except InvalidInput as exc:
+        raise _BadBody(400, str(exc)) from None
+
+
+def _restore_alias(s: ServeSettings, previous: str | None) -> str:
+    """Put the alias back where it was; says what happened, for the 503's message."""
+    try:
+        if previous is None:
+            delete_alias(s.tracking_uri, s.model_name, s.alias)
+        else:
+            set_alias(s.tracking_uri, s.model_name, s.alias, previous)
+    except Exception as exc:  # the registry is down: say exactly what state it is left in
+        return (f"the alias {s.alias!r} could not be put back ({type(exc).__name__}: {exc}) "
+                "and now names the requested version; retry the promotion")
+    return f"the alias {s.alias!r} was put back to {previous}: nothing changed"
 
 
 def _open_log(settings: ServeSettings) -> tuple[InferenceLog | None, str | None]:
@@ -226,7 +330,7 @@ def _request_id(request: Request) -> str:
     return request.headers.get("x-request-id") or uuid.uuid4().hex
 
 
-@serve.deployment(max_ongoing_requests=32, health_check_period_s=5)
+@serve.deployment(max_ongoing_requests=256, health_check_period_s=5)
 @serve.ingress(api)
 class ModelServer:
     def __init__(self, settings: dict[str, Any]) -> None:
@@ -237,9 +341,11 @@ class ModelServer:
             alias=s.alias,
             limits=Limits(threads=s.version_threads, queue=s.version_queue,
                           timeout_s=s.version_timeout_s, shadow_pending=s.shadow_max_pending,
-                          batch_max_size=s.batch_max_size, batch_wait_s=s.batch_wait_s),
+                          batch_max_size=s.batch_max_size, batch_wait_s=s.batch_wait_s,
+                          allow_all_missing_rows=s.allow_all_missing_rows),
         )
         self._stop = threading.Event()
+        self._openapi: dict[str, Any] | None = None
         self._log, self._log_error = _open_log(s)
         self._refresh()
         self._poller = threading.Thread(target=self._poll, name="registry-poller", daemon=True)
@@ -343,18 +449,20 @@ class ModelServer:
         return JSONResponse(body, headers={"x-model-version": version})
 
     # -- HTTP: predictions ---------------------------------------------------------------------
-    @api.post("/invocations")
+    @api.post("/invocations", openapi_extra={"requestBody": BODIES["invocations"]})
     async def invocations(self, request: Request) -> JSONResponse:
         request_id = _request_id(request)
-        raw = await _body(request, self.settings.max_body_bytes, request_id)
+        raw = await _body(request, self.settings.max_body_bytes, request_id,
+                          self.settings.body_timeout_s)
         if isinstance(raw, JSONResponse):
             return raw
         routing = self._versions.routing  # one routing for the whole request
         if routing is None:
             return _error(503, "no model version is registered under the alias yet", request_id)
-        max_rows = self.settings.max_rows
+        s = self.settings
         try:
-            rows = await _parsed(raw, lambda body: parse_invocation(body, max_rows=max_rows))
+            rows = await _parsed(raw, lambda body: parse_invocation(
+                body, max_rows=s.max_rows, max_columns=s.max_columns, max_cells=s.max_cells))
         except _BadBody as exc:
             return _error(exc.status, str(exc), request_id)
         chosen = self._route(request, routing, request_id)
@@ -368,13 +476,14 @@ class ModelServer:
                              "model_version": outcome.version, "request_id": request_id},
                             outcome.version)
 
-    @api.post("/v2/models/{name}/infer")
+    @api.post("/v2/models/{name}/infer", openapi_extra={"requestBody": BODIES["infer"]})
     async def infer(self, name: str, request: Request) -> JSONResponse:
         """Open Inference Protocol (v2) inference; see serve/oip.py for the body."""
         request_id = _request_id(request)
         if name != self.settings.model_name:
             return self._unknown_model(name, request_id)
-        raw = await _body(request, self.settings.max_body_bytes, request_id)
+        raw = await _body(request, self.settings.max_body_bytes, request_id,
+                          self.settings.body_timeout_s)
         if isinstance(raw, JSONResponse):
             return raw
         routing = self._versions.routing
@@ -384,9 +493,11 @@ class ModelServer:
         if isinstance(chosen, JSONResponse):
             return chosen
         runner, pinned = chosen
-        names, max_rows = runner.model.spec.names, self.settings.max_rows
+        names, s = runner.model.spec.names, self.settings
         try:
-            parsed = await _parsed(raw, lambda body: parse_infer(body, names, max_rows=max_rows))
+            parsed = await _parsed(raw, lambda body: parse_infer(
+                body, names, max_rows=s.max_rows, max_columns=s.max_columns,
+                max_cells=s.max_cells))
         except _BadBody as exc:
             return _error(exc.status, str(exc), request_id)
         outcome = await self._predict(routing, runner, pinned, parsed.rows, request_id)
@@ -463,6 +574,18 @@ class ModelServer:
             return {"enabled": True, **self._log.stats().to_dict()}
         return {"enabled": False, "error": self._log_error}
 
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, request: Request) -> JSONResponse:
+        """The OpenAPI document, request bodies described; for token holders only, since it
+        lists the admin endpoints (there are no public /docs)."""
+        call = await self._admit(request)
+        if isinstance(call, JSONResponse):
+            return call
+        if self._openapi is None:
+            self._openapi = get_openapi(title=api.title, version="1", routes=api.routes,
+                                        description=api.description)
+        return JSONResponse(self._openapi)
+
     @api.get("/version")
     def version(self) -> dict[str, Any]:
         routing = self._versions.routing
@@ -491,7 +614,7 @@ class ModelServer:
             return denied
         if body_limit is None:
             return _Admitted(request_id)
-        raw = await _body(request, body_limit, request_id)
+        raw = await _body(request, body_limit, request_id, self.settings.body_timeout_s)
         if isinstance(raw, JSONResponse):
             return raw
         if unavailable is not None:
@@ -503,7 +626,7 @@ class ModelServer:
         except _BadBody as exc:
             return _error(exc.status, str(exc), request_id)
 
-    @api.post("/feedback")
+    @api.post("/feedback", openapi_extra={"requestBody": BODIES["feedback"]})
     async def feedback(self, request: Request) -> JSONResponse:
         """Late true labels: ``{"labels": [{"request_id": "...", "row": 0, "label": 1}]}``."""
         log, max_items = self._log, self.settings.max_rows
@@ -524,7 +647,7 @@ class ModelServer:
             )
         return JSONResponse({"accepted": len(call.body), "request_id": call.request_id})
 
-    @api.post("/admin/retrain")
+    @api.post("/admin/retrain", openapi_extra={"requestBody": BODIES["retrain"]})
     async def admin_retrain(self, request: Request) -> JSONResponse:
         """Ask ``retrain watch`` for a cycle now; optional body ``{"reason": "..."}``."""
         path = self.settings.inference_log_path
@@ -559,7 +682,7 @@ class ModelServer:
         return JSONResponse({**self._traffic(), "counters": self._versions.counters_dict(),
                              "request_id": call.request_id})
 
-    @api.put("/admin/traffic")
+    @api.put("/admin/traffic", openapi_extra={"requestBody": BODIES["traffic"]})
     async def put_traffic(self, request: Request) -> JSONResponse:
         """Write a new split (body: a `TrafficSplit` dict) to the registry; replicas apply it
         once every version it names is loaded."""
@@ -624,7 +747,7 @@ class ModelServer:
                              state.aliases.get(s.alias), **self._traffic(),
                              "request_id": request_id})
 
-    @api.post("/admin/promote")
+    @api.post("/admin/promote", openapi_extra={"requestBody": BODIES["promote"]})
     async def promote(self, request: Request) -> JSONResponse:
         """Move the alias to a version (body: {"version": "4"}): all traffic to it, no gates.
         Refused (409) while a rollout is in progress: roll it back or let it finish."""
@@ -644,12 +767,24 @@ class ModelServer:
             if missing:
                 return _error(409, f"version {version} of model {s.model_name!r} is not "
                               "registered", request_id)
+        except Exception as exc:  # the registry is unreachable
+            return _error(503, f"cannot read the registry; nothing was changed: "
+                          f"{type(exc).__name__}: {exc}", request_id)
+        previous = state.aliases.get(s.alias)
+        try:
             await run_in_threadpool(set_alias, s.tracking_uri, s.model_name, s.alias, version)
+        except Exception as exc:  # the registry refused the write: nothing moved
+            return _error(503, f"cannot move the alias; nothing was changed: "
+                          f"{type(exc).__name__}: {exc}", request_id)
+        try:
             await run_in_threadpool(write_traffic_tag, s.tracking_uri, s.model_name, None)
-        except Exception as exc:  # the registry is unreachable or refused the write
-            return _error(503, f"cannot change the registry: {type(exc).__name__}: {exc}",
-                          request_id)
-        return JSONResponse({"champion": version, "previous": state.aliases.get(s.alias),
+        except Exception as exc:
+            # All or nothing: the alias moved but the split could not be removed, so put
+            # the alias back (a split naming other versions would keep them serving).
+            undone = await run_in_threadpool(_restore_alias, s, previous)
+            return _error(503, f"cannot remove the traffic split ({type(exc).__name__}: "
+                          f"{exc}); {undone}", request_id)
+        return JSONResponse({"champion": version, "previous": previous,
                              "traffic": TrafficSplit.single(version).to_dict(),
                              "request_id": request_id})
 

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from serve.features import FeatureSpec
-from serve.schemas import InvalidInput
+from serve.schemas import MAX_CELLS, MAX_COLUMNS, MAX_TEXT_CHARS, InvalidInput
 
 OUTPUT = "predict"
 _NUMERIC = {"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
@@ -47,7 +47,8 @@ class InferRequest:
     rows: pd.DataFrame
 
 
-def parse_infer(body: Any, names: Sequence[str], *, max_rows: int) -> InferRequest:
+def parse_infer(body: Any, names: Sequence[str], *, max_rows: int,
+                max_columns: int = MAX_COLUMNS, max_cells: int = MAX_CELLS) -> InferRequest:
     """Read an infer body for a model whose features are ``names`` (in order)."""
     if not isinstance(body, dict):
         raise InvalidInput(f"expected a JSON object like {_EXAMPLE}, but got a JSON "
@@ -59,13 +60,24 @@ def parse_infer(body: Any, names: Sequence[str], *, max_rows: int) -> InferReque
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput(f"'id' must be a string, but got {request_id!r:.60}")
+    if request_id is not None and len(request_id) > 256:
+        raise InvalidInput(f"'id' is {len(request_id)} characters long, more than 256")
     if "parameters" in body and not isinstance(body["parameters"], dict):
         raise InvalidInput("'parameters' must be an object")
     _check_outputs(body.get("outputs"))
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInput(f"'inputs' must be a non-empty list of tensors like {_EXAMPLE}")
-    tensors = [_tensor(i, item) for i, item in enumerate(inputs)]
+    if len(inputs) > max_columns:
+        raise InvalidInput(f"'inputs' holds {len(inputs)} tensors, more than the limit of "
+                           f"{max_columns}; send only the model's features")
+    tensors, cells = [], 0
+    for i, item in enumerate(inputs):  # sizes are checked before any frame is built
+        tensors.append(_tensor(i, item))
+        cells += len(tensors[-1].data)
+        if cells > max_cells:
+            raise InvalidInput(f"the inputs hold more than {max_cells} values, the limit; "
+                               "split the request")
     if len(tensors) == 1 and _is_matrix(tensors[0], names):
         rows = _from_matrix(tensors[0], names)
     else:
@@ -134,6 +146,9 @@ def _check_value(where: str, datatype: str, value: Any) -> None:
         return  # a missing value
     if datatype == "BYTES":
         ok = isinstance(value, str)
+        if ok and len(value) > MAX_TEXT_CHARS:
+            raise InvalidInput(f"{where}.data holds a string of {len(value)} characters, more "
+                               f"than the limit of {MAX_TEXT_CHARS}")
     elif datatype == "BOOL":
         ok = isinstance(value, bool)
     elif datatype.startswith(("INT", "UINT")):

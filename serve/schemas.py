@@ -13,18 +13,91 @@ which the HTTP layer turns into a 400 with the message.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pandas as pd
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+#: a string value (a category) longer than this is refused: no vocabulary holds one, and
+#: every value reaches the inference log
+MAX_TEXT_CHARS = 1024
+#: columns one request may name, and values (rows x columns) it may hold, by default; the
+#: server's limits come from its settings. Checked before a frame is built: a frame of
+#: 150,000 columns costs seconds of CPU to build and is refused anyway.
+MAX_COLUMNS = 1024
+MAX_CELLS = 1_000_000
+# How a lone surrogate gets into a parsed body: a JSON escape (\\ud800), or its 3 bytes
+# (ED A0..BF xx), which json.loads decodes with "surrogatepass". Bodies with neither skip
+# the walk.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]|\xed[\xa0-\xbf]")
 
 
 class InvalidInput(ValueError):
     """The request cannot be scored; the message says why and what is expected."""
 
 
-def parse_invocation(body: Any, *, max_rows: int = 10_000) -> pd.DataFrame:
+def check_text(where: str, value: str, *, max_chars: int) -> str:
+    """``value`` when it can be stored anywhere (valid UTF-8, no control characters but tab
+    and newline, at most ``max_chars``); `InvalidInput` naming ``where`` otherwise."""
+    if len(value) > max_chars:
+        raise InvalidInput(f"{where} is {len(value)} characters long, more than the limit of "
+                           f"{max_chars}; shorten it")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{where} holds a lone UTF-16 surrogate (such as \\ud800), which is "
+                           "not text; send valid UTF-8") from None
+    if any((ord(c) < 32 and c not in "\t\n") or ord(c) == 127 for c in value):
+        raise InvalidInput(f"{where} holds a control character; send printable text")
+    return value
+
+
+def clean_text(value: str, *, max_chars: int) -> str:
+    """``value`` made storable and printable for a reader of stored data: lone surrogates
+    become U+FFFD and the text is cut at ``max_chars`` (marked with an ellipsis)."""
+    text = value if _encodes(value) else _SURROGATE.sub("\ufffd", value)
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "\u2026"
+
+
+def _encodes(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def refuse_surrogates(raw: bytes, body: Any) -> None:
+    """Refuse a parsed JSON body holding a lone surrogate in any key or string: it is not
+    text, cannot be encoded into an answer, a log file or a registry, and would fail there."""
+    if not _SURROGATE_ESCAPE.search(raw):
+        return
+    stack: list[tuple[str, Any]] = [("body", body)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            _utf8(where, value)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                _utf8(f"a key in {where}", key)
+                stack.append((f"{where}.{key}", item))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
+
+
+def _utf8(where: str, value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = where.encode("utf-8", "backslashreplace").decode("utf-8")[:120]
+        raise InvalidInput(f"{shown} holds a lone UTF-16 surrogate (such as \\ud800), which "
+                           "is not text; send valid UTF-8 strings") from None
+
+
+def parse_invocation(body: Any, *, max_rows: int = 10_000, max_columns: int = MAX_COLUMNS,
+                     max_cells: int = MAX_CELLS) -> pd.DataFrame:
     if not isinstance(body, dict):
         raise InvalidInput(
             f"expected a JSON object with one of the keys {list(FORMATS)}, "
@@ -38,23 +111,39 @@ def parse_invocation(body: Any, *, max_rows: int = 10_000) -> pd.DataFrame:
         )
     key = keys[0]
     payload = body[key]
+    limits = _Limits(key, max_rows, max_columns, max_cells)
     if key == "dataframe_split":
-        frame = _from_split(payload)
+        frame = _from_split(payload, limits)
     elif isinstance(payload, dict) and key != "dataframe_records":
-        frame = _from_columns(key, payload)
+        frame = _from_columns(key, payload, limits)
     else:
-        frame = _from_records(key, payload)
+        frame = _from_records(key, payload, limits)
     if frame.empty:
         raise InvalidInput(f"{key!r} holds no rows; send at least one")
-    if len(frame) > max_rows:
-        raise InvalidInput(
-            f"{key!r} holds {len(frame)} rows, more than the limit of {max_rows}; "
-            "split the request"
-        )
     return frame
 
 
-def _from_split(payload: Any) -> pd.DataFrame:
+class _Limits:
+    """The request's size limits, checked as the body is walked, before any frame exists."""
+
+    def __init__(self, key: str, rows: int, columns: int, cells: int) -> None:
+        self.key, self.rows, self.columns, self.cells = key, rows, columns, cells
+
+    def check(self, rows: int, columns: int, cells: int) -> None:
+        key = self.key
+        if rows > self.rows:
+            raise InvalidInput(f"{key!r} holds {rows} rows, more than the limit of "
+                               f"{self.rows}; split the request")
+        if columns > self.columns:
+            raise InvalidInput(f"{key!r} names {columns} columns, more than the limit of "
+                               f"{self.columns}; send only the model's features")
+        if cells > self.cells:
+            raise InvalidInput(f"{key!r} holds {cells} values, more than the limit of "
+                               f"{self.cells}; split the request or send only the model's "
+                               "features")
+
+
+def _from_split(payload: Any, limits: _Limits) -> pd.DataFrame:
     if not isinstance(payload, dict) or "columns" not in payload or "data" not in payload:
         raise InvalidInput(
             "'dataframe_split' must be an object with 'columns' (a list of names) "
@@ -67,6 +156,7 @@ def _from_split(payload: Any) -> pd.DataFrame:
         raise InvalidInput(f"'dataframe_split.columns' repeats a name: {columns}")
     if not isinstance(data, list):
         raise InvalidInput("'dataframe_split.data' must be a list of rows")
+    limits.check(len(data), len(columns), len(data) * len(columns))
     for i, row in enumerate(data):
         if not isinstance(row, list) or len(row) != len(columns):
             raise InvalidInput(
@@ -77,24 +167,34 @@ def _from_split(payload: Any) -> pd.DataFrame:
     return pd.DataFrame(data, columns=columns, dtype=object)
 
 
-def _from_records(key: str, payload: Any) -> pd.DataFrame:
+def _from_records(key: str, payload: Any, limits: _Limits) -> pd.DataFrame:
     if not isinstance(payload, list):
         raise InvalidInput(f"{key!r} must be a list of records (objects), got {_kind(payload)}")
+    limits.check(len(payload), 0, 0)
+    names: set[str] = set()
+    cells = 0
     for i, record in enumerate(payload):
         if not isinstance(record, dict):
             raise InvalidInput(
                 f"'{key}[{i}]' must be an object mapping column names to values, "
                 f"but got {_kind(record)}"
             )
+        names.update(record)
+        cells += len(record)
+        limits.check(len(payload), len(names), cells)
         _check_scalars(f"{key}[{i}]", list(record.values()))
     return pd.DataFrame.from_records(payload).astype(object)
 
 
-def _from_columns(key: str, payload: dict) -> pd.DataFrame:
+def _from_columns(key: str, payload: dict, limits: _Limits) -> pd.DataFrame:
     lengths = set()
+    limits.check(0, len(payload), 0)
+    cells = 0
     for name, values in payload.items():
         if not isinstance(values, list):
             raise InvalidInput(f"'{key}.{name}' must be a list of values, got {_kind(values)}")
+        cells += len(values)
+        limits.check(len(values), len(payload), cells)
         _check_scalars(f"{key}.{name}", values)
         lengths.add(len(values))
     if len(lengths) > 1:
@@ -106,6 +206,9 @@ def _check_scalars(where: str, values: list) -> None:
     for value in values:
         if isinstance(value, (dict, list)):
             raise InvalidInput(f"'{where}' holds a nested {_kind(value)}; values must be scalars")
+        if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+            raise InvalidInput(f"'{where}' holds a string of {len(value)} characters, more "
+                               f"than the limit of {MAX_TEXT_CHARS}")
 
 
 def _kind(value: Any) -> str:

@@ -34,8 +34,9 @@ from typing import Any
 #: how far weights may sum away from 1 (floating point splits such as 1/3 each); the ledger's
 TOLERANCE = 1e-6
 # MLflow model versions are positive integers, stored as strings; "01" would be a second
-# spelling of "1" and route to a deployment that does not exist.
-_VERSION = re.compile(r"[1-9][0-9]*")
+# spelling of "1" and route to a deployment that does not exist. ASCII digits only (Python's
+# str.isdigit also takes "\u096a"), and at most 18 of them: the registry keeps 64-bit ints.
+_VERSION = re.compile(r"[1-9][0-9]{0,17}")
 # An HTTP header name (RFC 9110 token), which also covers JSON field names like user_id.
 _KEY_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 _FIELDS = ("weights", "shadow", "sticky_key")
@@ -46,8 +47,13 @@ _SCALE = 2.0**64
 PIN_HEADER = "x-retrain-version"
 
 
+def is_version(text: Any) -> bool:
+    """Whether ``text`` is a registry version in its one canonical spelling ("3", not "03")."""
+    return isinstance(text, str) and _VERSION.fullmatch(text) is not None
+
+
 def _check_version(what: str, version: Any) -> str:
-    if not isinstance(version, str) or not _VERSION.fullmatch(version):
+    if not is_version(version):
         raise ValueError(
             f"{what} must be a registry version number as a string (e.g. '3'), "
             f"but got {version!r}"
@@ -60,6 +66,11 @@ def _check_weight(version: str, weight: Any) -> float:
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
         raise ValueError(f"the weight of version {version!r} must be a number, but got "
                          f"{weight!r}")
+    try:  # an integer like 10**400 is a number, but not a float
+        weight = float(weight)
+    except OverflowError:
+        raise ValueError(f"the weight of version {version!r} must be a fraction in [0, 1], "
+                         f"but got an integer of {len(str(abs(weight)))} digits") from None
     if not math.isfinite(weight) or weight < 0:
         raise ValueError(f"the weight of version {version!r} must be a finite number >= 0, "
                          f"but got {weight!r}")

@@ -58,6 +58,9 @@ class Limits:
     #: > 1: concurrent requests to a version are predicted together (``serve.batch``)
     batch_max_size: int = 0
     batch_wait_s: float = 0.0
+    #: False: a row in which every feature is missing is refused (400 naming it), since a
+    #: prediction from no input at all is almost always a caller's mistake
+    allow_all_missing_rows: bool = False
 
     def __post_init__(self) -> None:
         for name in ("threads", "shadow_pending"):
@@ -254,6 +257,8 @@ class VersionRunner:
     # -- work done in the pool -------------------------------------------------------------
     def _shape(self, raw: pd.DataFrame) -> pd.DataFrame:
         spec = self.model.spec
+        if not self.limits.allow_all_missing_rows:
+            _refuse_empty_rows(raw, spec.names)
         try:
             with np.errstate(over="ignore"):  # beyond float32: inf, refused just below
                 frame = spec.frame(raw)
@@ -392,6 +397,21 @@ class VersionRunner:
         if done.exc is not None:
             raise done.exc
         return time.perf_counter() - start
+
+
+def _refuse_empty_rows(raw: pd.DataFrame, names: tuple[str, ...]) -> None:
+    """`InvalidInput` naming the first row in which every feature is absent or null."""
+    present = [name for name in names if name in raw.columns]
+    if len(present) < len(names):
+        return  # spec.frame names the missing columns, a clearer message
+    empty = raw[present].isna().all(axis=1).to_numpy()
+    if empty.any():
+        rows = np.flatnonzero(empty)
+        more = f" (and {len(rows) - 1} more)" if len(rows) > 1 else ""
+        raise InvalidInput(
+            f"row {int(rows[0])}{more} has none of the model's features {list(names)}: every "
+            "one is missing or null, so there is nothing to predict from. Send at least one "
+            "feature per row (or set serving.allow_all_missing_rows: true)")
 
 
 def _ms_since(start: float) -> float:

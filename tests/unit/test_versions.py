@@ -301,3 +301,16 @@ def test_limits_are_checked(limits, message):
 def test_infinite_features_are_the_callers_fault():
     outcome = run(runner().predict(pd.DataFrame({"x1": [1e39], "cat": ["a"]}, dtype=object)))
     assert outcome.status == 400 and "finite" in outcome.invalid
+
+
+def test_a_row_with_no_feature_is_refused_naming_it_unless_allowed():
+    frame = pd.DataFrame({"x1": [0.5, None, np.nan], "cat": ["a", None, None]}, dtype=object)
+    refused = run(runner().predict(frame))
+    assert refused.status == 400 and refused.invalid.startswith("row 1 (and 1 more) has none")
+    assert "allow_all_missing_rows" in refused.invalid
+    one_feature = pd.DataFrame({"x1": [0.5], "cat": [None]}, dtype=object)
+    assert run(runner().predict(one_feature)).ok  # some features missing: predicted
+    # allowed: the rows reach the model (this stand-in answers NaN for a missing x1, which
+    # the runner reports as the model's failure, not as the caller's)
+    allowed = run(runner(allow_all_missing_rows=True).predict(frame))
+    assert allowed.invalid is None and "non-finite prediction" in allowed.error
