@@ -43,6 +43,16 @@ class Answer:
     def ok(self) -> bool:
         return self.status == 200
 
+    @property
+    def finished(self) -> float:
+        """When the answer (or the error) came, on the `time.monotonic()` clock of ``started``."""
+        return self.started + self.seconds
+
+    def in_flight(self, start: float, end: float | None = None) -> bool:
+        """Whether this request was sent and not yet answered at some moment of
+        [``start``, ``end``] (one moment when ``end`` is omitted)."""
+        return self.started <= (start if end is None else end) and self.finished >= start
+
 
 @dataclass
 class LoadStats:
@@ -165,6 +175,11 @@ class LoadGenerator:
     def after(self, moment: float) -> list[Answer]:
         """Requests started after ``moment`` (a `time.monotonic()` value)."""
         return [a for a in self.snapshot() if a.started > moment]
+
+    def in_flight(self, start: float, end: float | None = None) -> list[Answer]:
+        """Requests that were sent and not yet answered at some moment of [``start``,
+        ``end``] (`time.monotonic()` values; one moment when ``end`` is omitted)."""
+        return [a for a in self.snapshot() if a.in_flight(start, end)]
 
     def failures(self) -> list[Answer]:
         return [a for a in self.snapshot() if not a.ok]
