@@ -173,11 +173,7 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
-    print(report.summary())
-    if report.drift is not None:
-        for feature in report.drift.features:
-            if feature.drifted:
-                print(f"  {feature.name}: {feature.reason}")
+    print(report.summary())  # one line per drifted feature, the live metric on its own
     return 0
 
 
