@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 
 from retrain.config import RayConfig
 from retrain.errors import ClusterError
@@ -27,6 +29,7 @@ def ensure_ray(config: RayConfig) -> None:
 
     if ray.is_initialized():
         return
+    ours = _python_sigterm_handler()
     try:
         if address:
             ray.init(address=address, logging_level=logging.WARNING)
@@ -45,6 +48,20 @@ def ensure_ray(config: RayConfig) -> None:
             f"cannot start or reach Ray at {where}: {exc}. Check ray.address / RAY_ADDRESS; "
             "on a token-authenticated cluster set RAY_AUTH_MODE=token"
         ) from exc
+    finally:
+        if ours is not None:
+            # ray.init puts its own SIGTERM handling in place (an exit with a native stack
+            # dump); a command that stops cleanly on SIGTERM (`retrain serve`, `watch`,
+            # `demo`) keeps its own
+            signal.signal(signal.SIGTERM, ours)
+
+
+def _python_sigterm_handler():
+    """This process's Python-level SIGTERM handler, when one is set (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    handler = signal.getsignal(signal.SIGTERM)
+    return handler if callable(handler) else None
 
 
 def quiet_defaults() -> None:
