@@ -477,6 +477,8 @@ LONG_RUNNING = ("serve", "watch", "demo")
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # a console tool: no MLflow download progress bars between its lines (unless asked for)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     previous = None
     if args.command in LONG_RUNNING and threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_terminated)

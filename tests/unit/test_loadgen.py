@@ -150,6 +150,20 @@ def test_in_flight_selects_the_requests_sent_and_not_yet_answered_at_a_moment():
     assert load.in_flight(8.0, 9.2) == load.answers[4:]
 
 
+def test_next_body_gives_each_request_its_own_body(server):
+    s = server()
+    lock, counter = threading.Lock(), iter(range(10**6))
+
+    def next_body():
+        with lock:
+            return {"n": next(counter)}
+
+    with LoadGenerator(s.url, {"n": -1}, threads=2, pause_s=0.0, next_body=next_body) as load:
+        _run_until(load, 30)
+    sent = sorted(b["n"] for b in s.bodies)
+    assert len(sent) == len(set(sent)) >= 30 and -1 not in sent
+
+
 def test_each_thread_keeps_one_connection(server):
     s = server()
     with LoadGenerator(s.url, {}, threads=2, pause_s=0.0) as load:
