@@ -95,26 +95,27 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         host, port = config.serving.host, config.serving.port
         check_port_free(host, port, fix=f"pass a free one with --port (or --host), or change "
                                         f"serving.port in {args.config}")
-    url = start_serving(config)
-    print(f"serving {config.model_name}@champion at {url}/invocations (health: {url}/health)",
-          flush=True)
-    if args.detach:
-        return 0
-    print("Ctrl-C or SIGTERM stops it", flush=True)
     try:
+        url = start_serving(config)
+        print(f"serving {config.model_name}@champion at {url}/invocations (health: "
+              f"{url}/health)", flush=True)
+        if args.detach:
+            return 0
+        print("Ctrl-C or SIGTERM stops it", flush=True)
         while True:
             time.sleep(3600)
-    finally:  # Ctrl-C, SIGTERM: stop what this command started
-        from ray import serve
-
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM (also while starting): stop what we started
         if local:
-            serve.shutdown()
-            import ray
+            from retrain.runtime import THIRD_PARTY_LOG, shutdown_quietly
 
-            ray.shutdown()
+            shutdown_quietly(config.project.workdir / THIRD_PARTY_LOG)
         else:  # a cluster's Serve may hold other apps: only ours goes
+            from ray import serve
+
             serve.delete(config.serving.app_name)
-        print(f"stopped serving {url}", file=sys.stderr, flush=True)
+        print(f"stopped serving on {config.serving.host}:{config.serving.port}",
+              file=sys.stderr, flush=True)
+        raise
 
 
 def _starts_local_ray(config) -> bool:

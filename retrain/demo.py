@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
 import re
 import shutil
@@ -27,14 +26,13 @@ import yaml
 
 from retrain.config import Config, load_config
 from retrain.errors import ClusterError, ConfigError, DataError, RetrainError, RetrainWarning
+from retrain.runtime import THIRD_PARTY_LOG  # where the log lines of MLflow, Ray, ... go
 
 FEATURES = [
     "carrier", "origin", "dest", "distance", "sched_hour", "day", "weekday",
     "temp", "dewp", "humid", "wind_speed", "precip", "pressure", "visib",
 ]
 MARKER = ".retrain-demo"
-#: where the demo sends the log lines and warnings of MLflow, Ray and the rest (in --workdir)
-THIRD_PARTY_LOG = "third-party.log"
 #: loggers whose lines go to THIRD_PARTY_LOG instead of the console table
 THIRD_PARTY_LOGGERS = ("mlflow", "ray", "ray.serve", "ray.tune", "ray.data", "ray.train",
                        "alembic", "optuna", "urllib3", "filelock", "py.warnings")
@@ -162,6 +160,7 @@ def run_demo(
         raise ConfigError(
             f"need 2 <= first_months < last_month <= 12, got {first_months=} and {last_month=}"
         )
+    from retrain.runtime import shutdown_quietly
     from retrain.serving import check_port_free
 
     # before anything slow: a taken port would otherwise fail only after the first training
@@ -181,7 +180,7 @@ def run_demo(
                 return _run(config, workdir, log_path, started, first_months=first_months,
                             last_month=last_month, say=say)
             finally:
-                _shut_down(log_path)
+                shutdown_quietly(log_path)
     finally:
         restore()
 
@@ -398,45 +397,6 @@ def _third_party_to(path: Path):
         handler.close()
 
     return restore
-
-
-@contextlib.contextmanager
-def _output_to(path: Path):
-    """Standard output and error, of Python and of the process (file descriptors 1 and 2),
-    into ``path`` for the block: what Ray prints while it shuts down (a raylet's
-    "graceful_shutdown failed" line, relayed by the driver) is not the demo's output."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = {fd: os.dup(fd) for fd in (1, 2)}
-    try:
-        with open(path, "a", buffering=1) as log:
-            for fd in saved:
-                os.dup2(log.fileno(), fd)
-            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                yield
-                sys.stdout.flush()
-                sys.stderr.flush()
-    finally:
-        for fd, copy in saved.items():
-            os.dup2(copy, fd)
-            os.close(copy)
-
-
-def _shut_down(log_path: Path) -> None:
-    """Stop what the demo started: the Serve app and the local Ray runtime."""
-    if "ray" not in sys.modules:
-        return
-    import ray
-
-    if not ray.is_initialized():
-        return
-    with _output_to(log_path):
-        try:
-            from ray import serve
-
-            serve.shutdown()
-        finally:
-            ray.shutdown()
 
 
 def _admission_note(report) -> str:
