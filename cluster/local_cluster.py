@@ -116,10 +116,17 @@ class LocalCluster:
     #: the folder holding every node's temp dir and log; removed by `stop_cluster`
     root: str
     dashboard_url: str | None = None
+    #: the cluster's own token file, where the caller had no token (`RAY_AUTH_TOKEN`,
+    #: `RAY_AUTH_TOKEN_PATH` or ~/.ray/auth_token); None: the caller's token is the cluster's
+    token_path: str | None = None
 
     def client_env(self) -> dict[str, str]:
         """What a driver, `ray job submit` or `retrain run` needs in its environment."""
-        return {"RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "token"}
+        env = {"RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "token"}
+        return {**env, **self.token_env()}
+
+    def token_env(self) -> dict[str, str]:
+        return {"RAY_AUTH_TOKEN_PATH": self.token_path} if self.token_path else {}
 
     @property
     def head(self) -> Node:
@@ -338,6 +345,31 @@ def _node_env(extra: Mapping[str, str] | None) -> dict[str, str]:
     return env
 
 
+def has_token(env: Mapping[str, str]) -> bool:
+    """Whether Ray finds a token with this environment: `RAY_AUTH_TOKEN`, the file named by
+    `RAY_AUTH_TOKEN_PATH`, or ~/.ray/auth_token (in Ray's order)."""
+    if env.get("RAY_AUTH_TOKEN"):
+        return True
+    path = Path(env["RAY_AUTH_TOKEN_PATH"]) if env.get("RAY_AUTH_TOKEN_PATH") \
+        else Path.home() / ".ray" / "auth_token"
+    try:
+        return bool(path.read_text().strip())
+    except OSError:
+        return False
+
+
+def _own_token(root: str) -> str:
+    """A token for a cluster whose caller has none: `ray start` with token auth refuses to
+    start without one (only a local `ray.init()` makes ~/.ray/auth_token), and a cluster of
+    ours has no business writing into the user's home."""
+    import secrets
+
+    path = Path(root) / "auth_token"
+    path.write_text(secrets.token_hex(32))
+    path.chmod(0o600)
+    return str(path)
+
+
 def _launch(spec: NodeSpec, log: Path, env: dict[str, str], timeout: float) -> Node:
     """Start one node and wait until Ray says it is up; its log tail on failure."""
     command = start_command(spec, ray_cli())
@@ -395,6 +427,10 @@ def start_cluster(
     root = root or tempfile.mkdtemp(prefix="rlc-", dir="/tmp")
     Path(root).mkdir(parents=True, exist_ok=True)
     common = _node_env(env)
+    token_path = None
+    if common.get("RAY_AUTH_MODE", "").lower() == "token" and not has_token(common):
+        token_path = _own_token(root)
+        common["RAY_AUTH_TOKEN_PATH"] = token_path
     dashboard_port = free_port() if dashboard else None
     head_spec = NodeSpec(
         role="head", num_cpus=head_cpus, temp_dir=f"{root}/head", object_store_mb=object_store_mb,
@@ -405,6 +441,7 @@ def start_cluster(
     cluster = LocalCluster(
         address=f"127.0.0.1:{head_spec.gcs_port}", nodes=(head,), root=root,
         dashboard_url=f"http://127.0.0.1:{dashboard_port}" if dashboard else None,
+        token_path=token_path,
     )
     try:
         for n in cpus:
@@ -428,7 +465,8 @@ def add_worker(
         role="worker", num_cpus=num_cpus, temp_dir=f"{cluster.root}/w{index}", node_ip=ip,
         object_store_mb=object_store_mb, agent_port=free_port(), address=cluster.address,
     )
-    node = _launch(spec, Path(cluster.root) / f"w{index}.log", _node_env(env), timeout)
+    node = _launch(spec, Path(cluster.root) / f"w{index}.log",
+                   {**_node_env(env), **cluster.token_env()}, timeout)
     return replace(cluster, nodes=(*cluster.nodes, node))
 
 
@@ -473,7 +511,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     for node in cluster.nodes:
         print(f"{node.role:<6} {node.ip:<15} cpus={node.num_cpus} pid={node.pid} "
               f"log={node.log}")
-    print(f"export RAY_ADDRESS={cluster.address} RAY_AUTH_MODE=token")
+    print("export " + " ".join(f"{k}={v}" for k, v in cluster.client_env().items()))
     if cluster.dashboard_url:
         print(f"dashboard (job submission): {cluster.dashboard_url}")
     print(f"stop it with: python {sys.argv[0]} down --state {state}")

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -82,9 +85,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from retrain.config import load_config
-    from retrain.serving import start_serving
+    from retrain.serving import check_port_free, start_serving
 
     config = load_config(args.config)
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if overrides:
+        config = config.model_copy(
+            update={"serving": config.serving.model_copy(update=overrides)})
     if args.write_config:
         import yaml
 
@@ -94,19 +101,43 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"wrote {args.write_config}; deploy it with `serve deploy {args.write_config}` "
               f"(set {config.serving.admin_token_env} where the app is built)")
         return 0
-    url = start_serving(config)
-    print(f"serving {config.model_name}@champion at {url}/invocations (health: {url}/health)")
-    if args.detach:
-        return 0
-    print("press Ctrl-C to stop")
+    local = _starts_local_ray(config)
+    if local:  # Serve binds the port on this machine: say so now, not in a Ray traceback
+        host, port = config.serving.host, config.serving.port
+        check_port_free(host, port, fix=f"pass a free one with --port (or --host), or change "
+                                        f"serving.port in {args.config}")
     try:
+        url = start_serving(config)
+        print(f"serving {config.model_name}@champion at {url}/invocations (health: "
+              f"{url}/health)", flush=True)
+        if args.detach:
+            return 0
+        print("Ctrl-C or SIGTERM stops it", flush=True)
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
-        from ray import serve
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM (also while starting): stop what we started
+        if local:
+            from retrain.runtime import THIRD_PARTY_LOG, shutdown_quietly
 
-        serve.shutdown()
-    return 0
+            shutdown_quietly(config.project.workdir / THIRD_PARTY_LOG)
+        else:  # a cluster's Serve may hold other apps: only ours goes
+            from ray import serve
+
+            serve.delete(config.serving.app_name)
+        print(f"stopped serving on {config.serving.host}:{config.serving.port}",
+              file=sys.stderr, flush=True)
+        raise
+
+
+def _starts_local_ray(config) -> bool:
+    """Whether `ensure_ray` will start a local runtime (not attach to a cluster)."""
+    if config.ray.address or os.environ.get("RAY_ADDRESS"):
+        return False
+    if "ray" in sys.modules:
+        import ray
+
+        return not ray.is_initialized()
+    return True
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -184,11 +215,7 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
-    print(report.summary())
-    if report.drift is not None:
-        for feature in report.drift.features:
-            if feature.drifted:
-                print(f"  {feature.name}: {feature.reason}")
+    print(report.summary())  # one line per drifted feature, the live metric on its own
     return 0
 
 
@@ -346,10 +373,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("retrain")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 1-65535, got {text!r}")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="retrain", description="Keep production models good as data changes, on Ray."
     )
+    parser.add_argument("--version", action="version", version=f"retrain {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("init", help="write a commented example config")
@@ -377,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="deploy and return (the app lives on in the Ray cluster)")
     p.add_argument("--write-config", metavar="FILE",
                    help="write a `serve deploy` config of the app instead of deploying it")
+    p.add_argument("--host", help="listen on this address (default: serving.host)")
+    p.add_argument("--port", type=_port, help="listen on this port (default: serving.port)")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("status", help="show the champion and the last decisions")
@@ -446,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole loop on NYC flights 2013, locally")
     p.add_argument("--workdir", default="retrain-demo")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000)
     p.add_argument("--first-months", type=int, default=3,
                    help="months present at the start (the last is the first holdout)")
     p.add_argument("--last-month", type=int, default=12)
@@ -456,15 +505,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C: a long-running command stops the same way either way."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+#: commands that run until stopped; SIGTERM stops them like Ctrl-C
+LONG_RUNNING = ("serve", "watch", "demo")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # a console tool: no MLflow download progress bars between its lines (unless asked for)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    previous = None
+    if args.command in LONG_RUNNING and threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.func(args)
     except RetrainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"retrain {args.command}: stopped ({'SIGTERM' if terminated else 'Ctrl-C'})",
+              file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,11 @@ so a project folder can be moved (or uploaded as a Ray job's working dir) as a w
 
 from __future__ import annotations
 
+import collections.abc
 import difflib
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,6 +24,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -91,15 +95,16 @@ class TaskConfig(_Section):
     type: Literal["classification", "regression"]
     metric: str | None = None
 
-    @model_validator(mode="after")
-    def _metric_fits_task(self) -> TaskConfig:
-        allowed = TASK_METRICS[self.type]
-        if self.metric is not None and self.metric not in allowed:
+    @field_validator("metric")
+    @classmethod
+    def _metric_fits_task(cls, metric: str | None, info: ValidationInfo) -> str | None:
+        task = info.data.get("type")  # absent when the type itself is invalid
+        allowed = TASK_METRICS.get(task, ())
+        if metric is not None and task is not None and metric not in allowed:
             raise ValueError(
-                f"metric {self.metric!r} does not fit task type {self.type!r}; "
-                f"use one of {list(allowed)}"
+                f"metric {metric!r} does not fit task type {task!r}; use one of {list(allowed)}"
             )
-        return self
+        return metric
 
     @property
     def primary_metric(self) -> str:
@@ -781,7 +786,7 @@ def _resolve(base: Path, path: Path) -> Path:
     return path if path.is_absolute() else (base / path).resolve()
 
 
-def _format_problem(error: dict[str, Any], known: dict[tuple[str, ...], set[str]]) -> str:
+def _format_problem(error: dict[str, Any], known: Any) -> str:
     # drop union tags and validator names that pydantic puts into the location
     loc = tuple(
         str(part) for part in error["loc"]
@@ -790,24 +795,41 @@ def _format_problem(error: dict[str, Any], known: dict[tuple[str, ...], set[str]
     where = ".".join(loc) or "(top level)"
     if error["type"] == "extra_forbidden":
         parent, name = loc[:-1], loc[-1]
-        close = difflib.get_close_matches(name, sorted(known.get(parent, ())), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else "; remove it"
+        keys = sorted(known(parent))
+        close = difflib.get_close_matches(name, keys, n=1)
+        hint = (f"; did you mean {close[0]!r}?" if close
+                else f"; remove it (known here: {', '.join(keys)})" if keys else "; remove it")
         return f"{where}: unknown key{hint}"
     if error["type"] == "missing":
         return f"{where}: required but missing; add it to the config"
     message = error["msg"].removeprefix("Value error, ")
     got = error.get("input")
-    shown = "" if isinstance(got, dict) or "got" in message else f" (got {got!r})"
+    shown = ("" if isinstance(got, dict) or "got" in message or repr(got) in message
+             else f" (got {got!r})")
     return f"{where}: {message}{shown}"
 
 
-def _known_keys(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> dict:
-    keys: dict[tuple[str, ...], set[str]] = {prefix: set(model.model_fields)}
-    for name, field in model.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            keys.update(_known_keys(annotation, (*prefix, name)))
-    return keys
+def _keys_at(annotation: Any, path: tuple[str, ...]) -> set[str]:
+    """The keys a mapping at ``path`` below a value of type ``annotation`` may have, through
+    nested sections, lists of sections (``evaluation.slices.0``), mappings of sections
+    (``search.space.eta``), unions and Optional; empty where the path leads to no section."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        return _keys_at(args[0], path)
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_keys_at(member, path) for member in args))
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if not path:
+            return set(annotation.model_fields)
+        field = annotation.model_fields.get(path[0])
+        return _keys_at(field.annotation, path[1:]) if field is not None else set()
+    if not path:
+        return set()
+    if origin in (list, tuple, set, frozenset, collections.abc.Sequence) and args:
+        return _keys_at(args[0], path[1:])
+    if origin in (dict, collections.abc.Mapping) and len(args) == 2:
+        return _keys_at(args[1], path[1:])
+    return set()
 
 
 def config_from_dict(raw: Any, *, base_dir: Path | str = ".", source: str = "config") -> Config:
@@ -824,8 +846,8 @@ def config_from_dict(raw: Any, *, base_dir: Path | str = ".", source: str = "con
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
-        known = _known_keys(Config)
-        problems = tuple(_format_problem(e, known) for e in exc.errors())
+        problems = tuple(_format_problem(e, lambda parent: _keys_at(Config, parent))
+                         for e in exc.errors())
         listing = "\n".join(f"  - {p}" for p in problems)
         raise ConfigError(
             f"{source} is invalid ({len(problems)} problem(s)):\n{listing}", problems=problems

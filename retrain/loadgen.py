@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,16 @@ class Answer:
     @property
     def ok(self) -> bool:
         return self.status == 200
+
+    @property
+    def finished(self) -> float:
+        """When the answer (or the error) came, on the `time.monotonic()` clock of ``started``."""
+        return self.started + self.seconds
+
+    def in_flight(self, start: float, end: float | None = None) -> bool:
+        """Whether this request was sent and not yet answered at some moment of
+        [``start``, ``end``] (one moment when ``end`` is omitted)."""
+        return self.started <= (start if end is None else end) and self.finished >= start
 
 
 @dataclass
@@ -119,12 +129,15 @@ def _closed_by_peer(sock) -> bool:
 
 class LoadGenerator:
     """Posts ``body`` to ``url`` from ``threads`` threads until stopped or ``max_seconds``,
-    pausing ``pause_s`` after each answer; ``answers`` holds one `Answer` per request."""
+    pausing ``pause_s`` after each answer; ``answers`` holds one `Answer` per request.
+
+    ``next_body``, when given, is called before each request for the body to send instead
+    (from the client threads: it must be thread-safe), so a load can carry changing rows."""
 
     def __init__(
         self, url: str, body: Any, *, threads: int = 2, pause_s: float = 0.02,
         max_seconds: float = 3600.0, headers: Mapping[str, str] | None = None,
-        timeout_s: float = 30.0,
+        timeout_s: float = 30.0, next_body: Callable[[], Any] | None = None,
     ) -> None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, but got {threads=}")
@@ -133,6 +146,7 @@ class LoadGenerator:
         self.max_seconds, self.timeout_s = max_seconds, timeout_s
         self.answers: list[Answer] = []
         self._payload = json.dumps(body).encode()
+        self._next_body = next_body
         self._headers = {"content-type": "application/json", **(headers or {})}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -166,6 +180,11 @@ class LoadGenerator:
         """Requests started after ``moment`` (a `time.monotonic()` value)."""
         return [a for a in self.snapshot() if a.started > moment]
 
+    def in_flight(self, start: float, end: float | None = None) -> list[Answer]:
+        """Requests that were sent and not yet answered at some moment of [``start``,
+        ``end``] (`time.monotonic()` values; one moment when ``end`` is omitted)."""
+        return [a for a in self.snapshot() if a.in_flight(start, end)]
+
     def failures(self) -> list[Answer]:
         return [a for a in self.snapshot() if not a.ok]
 
@@ -183,9 +202,11 @@ class LoadGenerator:
             client.close()
 
     def _one(self, client: _Client) -> Answer:
+        payload = (self._payload if self._next_body is None
+                   else json.dumps(self._next_body()).encode())
         started, tick = time.monotonic(), time.perf_counter()
         try:
-            response = client.post(self._payload, self._headers)
+            response = client.post(payload, self._headers)
         except Exception as exc:  # a failed request is what we count, whatever its kind
             return Answer(started, time.perf_counter() - tick, 0, error=type(exc).__name__)
         return Answer(started, time.perf_counter() - tick, response.status,

@@ -69,16 +69,18 @@ class MonitorReport:
         return self.drift.dataset_drifted
 
     def summary(self) -> str:
-        parts = [f"champion v{self.champion}" if self.champion else "no champion"]
+        """Lines: the champion; the live inputs' drift, then one line per drifted feature;
+        the live metric; each note."""
+        lines = [f"champion v{self.champion}" if self.champion else "no champion"]
         if self.drift is not None:
-            parts.append(f"inputs ({self.rows} rows): {self.drift.summary()}")
+            lines.append(f"inputs ({self.rows} rows): {self.drift.summary()}")
         live = self.live
         if live.value is None:
-            parts.append(f"live {live.metric}: no labelled predictions yet")
+            lines.append(f"live {live.metric}: no labelled predictions yet")
         else:
             bar = "" if live.evaluated is None else f" (holdout {live.evaluated:.4f})"
-            parts.append(f"live {live.metric} {live.value:.4f} on {live.labelled} labels{bar}")
-        return "; ".join([*parts, *self.notes])
+            lines.append(f"live {live.metric} {live.value:.4f} on {live.labelled} labels{bar}")
+        return "\n".join([*lines, *self.notes])
 
     def to_dict(self) -> dict[str, Any]:
         return {

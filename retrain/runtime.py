@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
+from pathlib import Path
 
 from retrain.config import RayConfig
 from retrain.errors import ClusterError
@@ -27,6 +31,7 @@ def ensure_ray(config: RayConfig) -> None:
 
     if ray.is_initialized():
         return
+    ours = _python_sigterm_handler()
     try:
         if address:
             ray.init(address=address, logging_level=logging.WARNING)
@@ -45,6 +50,65 @@ def ensure_ray(config: RayConfig) -> None:
             f"cannot start or reach Ray at {where}: {exc}. Check ray.address / RAY_ADDRESS; "
             "on a token-authenticated cluster set RAY_AUTH_MODE=token"
         ) from exc
+    finally:
+        if ours is not None:
+            # ray.init puts its own SIGTERM handling in place (an exit with a native stack
+            # dump); a command that stops cleanly on SIGTERM (`retrain serve`, `watch`,
+            # `demo`) keeps its own
+            signal.signal(signal.SIGTERM, ours)
+
+
+def _python_sigterm_handler():
+    """This process's Python-level SIGTERM handler, when one is set (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    handler = signal.getsignal(signal.SIGTERM)
+    return handler if callable(handler) else None
+
+
+#: the file in the project workdir that takes third-party output kept off the console
+THIRD_PARTY_LOG = "third-party.log"
+
+
+@contextlib.contextmanager
+def output_to(path: Path):
+    """Standard output and error, of Python and of the process (file descriptors 1 and 2),
+    into ``path`` for the block."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    try:
+        with open(path, "a", buffering=1) as log:
+            for fd in saved:
+                os.dup2(log.fileno(), fd)
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                yield
+                sys.stdout.flush()
+                sys.stderr.flush()
+    finally:
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
+def shutdown_quietly(log_path: Path) -> None:
+    """Stop Serve and this process's Ray runtime, with what Ray prints meanwhile (a raylet's
+    "graceful_shutdown failed" line, relayed by the driver) going to ``log_path``, not to
+    the console. Nothing to do where Ray was never started."""
+    if "ray" not in sys.modules:
+        return
+    import ray
+
+    if not ray.is_initialized():
+        return
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with output_to(Path(log_path)):
+        try:
+            from ray import serve
+
+            serve.shutdown()
+        finally:
+            ray.shutdown()
 
 
 def quiet_defaults() -> None:

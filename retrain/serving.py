@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
 from typing import Any
 
 from retrain.config import Config
-from retrain.errors import ClusterError
+from retrain.errors import ClusterError, ConfigError
 from retrain.runtime import ensure_ray
 from serve.settings import ServeSettings
 
@@ -114,6 +115,21 @@ def deploy(settings: ServeSettings) -> None:
             f"cannot start serving on {settings.host}:{settings.port}: {exc}. Is the port "
             "free? Change serving.port"
         ) from exc
+
+
+def check_port_free(host: str, port: int, *, fix: str) -> None:
+    """A `ConfigError` that says ``fix`` when ``host:port`` cannot be bound here (another
+    server listens on it): checked before anything slow starts, not after."""
+    with socket.socket() as sock:
+        # as a server binds it: a port left in TIME_WAIT by a closed connection is free
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve on {host}:{port}: {exc.strerror or exc} (another server "
+                f"listens there?); {fix}"
+            ) from None
 
 
 def get_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:

@@ -261,6 +261,9 @@ class Controller:
         except RetrainError as exc:
             outcome = {"error": f"{type(exc).__name__}: {exc}"}
             self._record_cycle("failed", {**running, **outcome}, [outcome["error"]])
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (`retrain watch` raises it for both)
+            self._record_cycle("interrupted", running, ["the controller was stopped"])
+            raise
         finally:
             self._save(running=None)
         return outcome

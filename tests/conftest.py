@@ -48,6 +48,9 @@ def ray_cluster(tmp_path_factory):
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = {**os.environ, **cluster.client_env(), "PATH": path}
     env.pop("RAY_ADDRESS")  # `ray job submit` is told its address; the tests' own drivers too
+    # where the machine had no Ray token, the cluster made its own: this process connects
+    # with it too (and clusters started later in the session share it)
+    os.environ.update(cluster.token_env())
     try:
         ray.init(address=cluster.address, logging_level="WARNING")
         yield {"address": cluster.address, "dashboard": cluster.dashboard_url, "env": env}

@@ -35,4 +35,18 @@ def test_demo_runs_the_loop_on_real_data_with_zero_failed_requests(tmp_path):
     failed = re.search(r"(\d[\d,]*) requests, (\d+) failed", out)
     assert failed and int(failed.group(1).replace(",", "")) > 0
     assert failed.group(2) == "0"
+    # where to look next: the reports, the ledger, MLflow
+    reports = tmp_path / "demo" / "reports"
+    assert f"{reports}/" in out and any(reports.glob("*.html"))
+    assert "retrain history --config" in out
     assert "mlflow ui --backend-store-uri" in out and "curl -s -X POST" in out
+    # each month's line says which check decided
+    (line,) = [x for x in out.splitlines() if re.match(r"^\s+4\s+[\d,]+\s+v\d", x)]
+    assert re.search(r"(interval includes 0|lower bound [-+]\d\.\d{4} [<>]=? [-+]\d\.\d{4}"
+                     r"|ratio \d+\.\d\dx > \d|latency|slice|< )", line), line
+    # third-party chatter is in the log file whose path the demo printed, not in the output
+    log = tmp_path / "demo" / "third-party.log"
+    assert str(log) in out and log.stat().st_size > 0
+    for chatter in ("Registered model", "(raylet)", "Token authentication", "SIGTERM",
+                    "graceful_shutdown", "Traceback"):
+        assert chatter not in out + done.stderr, (chatter, out[-2000:], done.stderr[-2000:])

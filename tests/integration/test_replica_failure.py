@@ -1,4 +1,5 @@
-"""A model replica's process killed under load: the others answer, Serve replaces it.
+"""A model replica's process killed under load: only its in-flight requests fail, the other
+answers, Serve replaces it.
 
 Real Ray Serve with two replicas, real HTTP on 127.0.0.1, real MLflow. The replica is killed
 with SIGKILL by its process id (a process this test's deployment started), as a crash
@@ -37,7 +38,14 @@ def _replica_pids(dashboard: str) -> dict[str, int]:
             if a.class_name.startswith(f"ServeReplica:{APP}:")}
 
 
-def test_killing_one_replica_under_load_loses_almost_nothing_and_heals(
+# What holds when a replica's process dies, stated as bounds this test checks:
+THREADS = 3  # client threads, so at most this many requests are in flight at any moment
+RESUME_S = 10.0  # after the kill, no stretch longer than this without a successful answer
+HEAL_S = 60.0  # Serve replaces the dead replica within this (health check, then a new actor)
+AFTER_HEAL_S = 10.0  # load kept on after the replacement, so the new replica takes requests
+
+
+def test_killing_one_replica_under_load_fails_only_its_in_flight_requests_and_heals(
         ray_cluster, serve_port, tmp_path):
     from ray import serve
 
@@ -60,27 +68,37 @@ def test_killing_one_replica_under_load_loses_almost_nothing_and_heals(
     try:
         wait_until(lambda: _health(url).get("model_version") == "1", timeout=120)
         wait_until(lambda: len(replicas()) == 2, timeout=60)
-        with Load(url, threads=3) as load:
-            time.sleep(5)
+        with Load(url, threads=THREADS) as load:
+            wait_until(lambda: sum(a.ok for a in load.snapshot()) >= 100, timeout=60)
             victim_id, victim = next(iter(replicas().items()))
-            killed = time.monotonic()
+            kill_sent = time.monotonic()
             os.kill(victim, signal.SIGKILL)
+            kill_done = time.monotonic()
             # healed: two live replicas again, the new one a different actor
             wait_until(lambda: len(replicas()) == 2 and victim_id not in replicas(),
-                       timeout=60, interval=0.2)
-            healed = time.monotonic() - killed
-            time.sleep(30)  # enough requests that a rate of 0.1 % means something
+                       timeout=HEAL_S, interval=0.2)
+            healed_at = time.monotonic()
+            time.sleep(AFTER_HEAL_S)
     finally:
         serve.delete(APP)
-    failed = load.failures()
-    rate = len(failed) / len(load.answers)
-    print(f"\n{len(load.answers)} requests, {len(failed)} failed ({rate:.3%}); replica "
-          f"replaced in {healed:.1f}s")
-    assert len(load.answers) > 1000
-    assert rate <= 0.001, failed[:5]
-    # service back within 10 s: no stretch without an answer that long after the kill
-    after = [a.started for a in load.answers if a.started > killed and a.status == 200]
-    gaps = [b - a for a, b in itertools.pairwise(after)]
-    assert after and max(gaps) < 10.0
-    # Serve's own replacement time (health check period, then a new actor): reported
-    assert healed < 60.0
+    answers = load.snapshot()
+    # The requests that can have been on the killed replica when it died: those sent and not
+    # yet answered while the kill was sent (from the load generator's own records).
+    in_flight = load.in_flight(kill_sent, kill_done)
+    failed = [a for a in answers if not a.ok]
+    print(f"\n{len(answers)} requests, {len(in_flight)} in flight at the kill, {len(failed)} "
+          f"failed {[(a.status, a.error) for a in failed]}; replica replaced in "
+          f"{healed_at - kill_done:.1f}s")
+    assert len(in_flight) <= THREADS
+    # only requests in flight at the kill may fail; every other request succeeds
+    in_flight_ids = {id(a) for a in in_flight}
+    assert [a for a in failed if id(a) not in in_flight_ids] == [], failed
+    # answers resume within RESUME_S: the first success after the kill, and no later stretch
+    # without one, even while Serve replaces the replica
+    after = sorted(a.finished for a in answers if a.ok and a.started > kill_done)
+    assert after and after[0] - kill_done < RESUME_S
+    gaps = [b - a for a, b in itertools.pairwise([kill_done, *after])]
+    assert max(gaps) < RESUME_S, max(gaps)
+    # and the healed deployment answers: requests sent after the replacement all succeeded
+    healed = [a for a in answers if a.started > healed_at]
+    assert healed and all(a.ok for a in healed)

@@ -1,9 +1,19 @@
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import pytest
 import yaml
 
 from retrain.cli import main
 from tests.synthetic import config_dict, write_partitions
+
+ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def test_init_writes_a_config_that_validate_accepts(tmp_path, capsys):
@@ -77,3 +87,65 @@ def test_serve_writes_a_serve_deploy_config_that_serve_accepts(tmp_path, capsys)
     assert raw["http_options"]["port"] == 8123
     assert app["args"]["inference_log_path"].endswith("work/inference")
     app_builder(app["args"])  # the graph builds from exactly these arguments
+
+
+def test_version_prints_the_installed_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"retrain {version('retrain')}"
+
+
+def test_serve_host_and_port_override_the_config(tmp_path, capsys):
+    path = tmp_path / "retrain.yaml"
+    path.write_text(yaml.safe_dump(config_dict("data", "work", serving={"port": 8123})))
+    out = tmp_path / "serve.yaml"
+    assert main(["serve", "--config", str(path), "--host", "0.0.0.0", "--port", "9123",
+                 "--write-config", str(out)]) == 0
+    assert yaml.safe_load(out.read_text())["http_options"] == {"host": "0.0.0.0", "port": 9123}
+    with pytest.raises(SystemExit):
+        main(["serve", "--config", str(path), "--port", "99999"])
+    assert "expected a port number 1-65535, got '99999'" in capsys.readouterr().err
+
+
+def test_serve_on_a_taken_port_fails_before_starting_anything_and_names_port(
+        tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    path = tmp_path / "retrain.yaml"
+    path.write_text(yaml.safe_dump(config_dict("data", "work")))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--config", str(path), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot serve on 127.0.0.1:{port}" in err and "--port" in err
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+def test_watch_stops_on_sigterm_and_ctrl_c_without_a_traceback(tmp_path):
+    write_partitions(tmp_path / "data", [1, 2, 3], rows=50)
+    path = tmp_path / "retrain.yaml"
+    path.write_text(yaml.safe_dump(config_dict(tmp_path / "data", tmp_path / "work",
+                                               triggers={"check_interval_s": 3600})))
+    for sig, code, name in ((signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")):
+        child = subprocess.Popen([sys.executable, "-m", "retrain.cli", "watch", "--config",
+                                  str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+        try:
+            first = child.stdout.readline()
+            assert first.startswith("watching 'synthetic'"), first + child.stderr.read()
+            time.sleep(1.0)  # into the first check or the wait after it
+            child.send_signal(sig)
+            _, err = child.communicate(timeout=60)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        assert child.returncode == code, err
+        assert f"retrain watch: stopped ({name})" in err
+        assert "Traceback" not in err and "SIGTERM received" not in err, err
+    # the controller's lock went with it: another controller can start
+    assert main(["watch", "--config", str(path), "--once"]) == 0

@@ -32,6 +32,7 @@ from cluster.local_cluster import (
     Node,
     NodeSpec,
     group_members,
+    has_token,
     kill_node,
     process_start_ticks,
     start_command,
@@ -249,6 +250,32 @@ def test_runtime_env_fields_are_rays_and_pip_mirrors_pyproject():
 
 # ---------------------------------------------------------------------------------------------
 # the local cluster: command lines
+
+
+def test_a_token_is_found_where_ray_looks_for_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert not has_token({})  # a fresh machine: `ray start` with token auth would refuse
+    assert has_token({"RAY_AUTH_TOKEN": "abc"})
+    token = tmp_path / "token"
+    assert not has_token({"RAY_AUTH_TOKEN_PATH": str(token)})  # named but missing
+    token.write_text("abc\n")
+    assert has_token({"RAY_AUTH_TOKEN_PATH": str(token)})
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("")
+    assert not has_token({})  # empty
+    (tmp_path / ".ray" / "auth_token").write_text("abc")
+    assert has_token({})
+
+
+def test_a_cluster_with_its_own_token_tells_its_clients_where_it_is():
+    node = Node(role="head", pid=1, start_ticks=1, ip="127.0.0.1", num_cpus=1,
+                temp_dir="/tmp/rlc-x/head", log="/tmp/rlc-x/head.log")
+    own = LocalCluster(address="127.0.0.1:5002", nodes=(node,), root="/tmp/rlc-x",
+                       token_path="/tmp/rlc-x/auth_token")
+    assert own.client_env() == {"RAY_ADDRESS": "127.0.0.1:5002", "RAY_AUTH_MODE": "token",
+                                "RAY_AUTH_TOKEN_PATH": "/tmp/rlc-x/auth_token"}
+    shared = LocalCluster(address="127.0.0.1:5002", nodes=(node,), root="/tmp/rlc-x")
+    assert "RAY_AUTH_TOKEN_PATH" not in shared.client_env()
 
 
 def test_head_command_takes_free_ports_and_its_own_temp_dir():

@@ -54,11 +54,32 @@ def test_every_problem_is_listed_with_field_and_value():
     assert any(p.startswith("search.num_samples:") and "(got 0)" in p for p in problems)
 
 
+def test_unknown_keys_get_a_suggestion_at_every_nesting_level():
+    raw = {**MINIMAL,
+           "search": {"space": {"eta": {"type": "float", "low": 0.1, "hihg": 0.3}},
+                      "families": {"xgboost": {"enabeld": True}}},
+           "evaluation": {"guardrails": {"max_size_ratoi": 3.0, "hihg": 1},
+                          "slices": [{"column": "origin", "tolerence": 0.01}]},
+           "serving": {"potr": 8001}}
+    problems = set(_problems(raw))
+    assert {
+        "search.space.eta.hihg: unknown key; did you mean 'high'?",  # a mapping of sections
+        "search.families.xgboost.enabeld: unknown key; did you mean 'enabled'?",
+        "evaluation.guardrails.max_size_ratoi: unknown key; did you mean 'max_size_ratio'?",
+        "evaluation.slices.0.tolerence: unknown key; did you mean 'tolerance'?",  # a list
+        "serving.potr: unknown key; did you mean 'port'?",
+    } <= problems
+    # nothing close: the keys that are known there
+    (far,) = [p for p in problems if p.startswith("evaluation.guardrails.hihg")]
+    assert far.startswith("evaluation.guardrails.hihg: unknown key; remove it (known here: ")
+    assert "max_size_ratio" in far and "max_latency_ms" in far
+
+
 def test_metric_must_fit_the_task():
     raw = {**MINIMAL, "task": {"type": "regression", "metric": "auc"}}
     (problem,) = _problems(raw)
-    assert "metric 'auc' does not fit task type 'regression'" in problem
-    assert "rmse" in problem
+    assert problem == ("task.metric: metric 'auc' does not fit task type 'regression'; use one "
+                       "of ['rmse', 'mae']")
 
 
 def test_param_range_is_checked():

@@ -67,8 +67,19 @@ def test_wrong_partition_column(tmp_path):
 
 def test_missing_feature_column(tmp_path):
     write_partitions(tmp_path / "data", [1, 2], rows=50)
-    with pytest.raises(DataError, match=r"\['nope'\].*not in the data"):
+    with pytest.raises(DataError, match=r"^data.features names column\(s\) \['nope'\] not in "
+                       r"the data; the data has \[.*\]\. Fix data.features$"):
         load_split(_config(tmp_path, features=["x1", "nope"]), "classification")
+
+
+def test_a_missing_slice_column_names_the_evaluation_slices():
+    from retrain.data import check_columns
+
+    with pytest.raises(DataError, match=r"^data.features names column\(s\) \['a'\] not in the "
+                       r"data; evaluation.slices names column\(s\) \['b'\] not in the data; the "
+                       r"data has \['x'\]\. Fix data.features and evaluation.slices$"):
+        check_columns(["x"], data_features=("x", "a"), evaluation_slices=("b", "b"))
+    check_columns(["x"], data_features=("x",), evaluation_slices=())
 
 
 def test_missing_target(tmp_path):

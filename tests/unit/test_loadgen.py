@@ -137,6 +137,33 @@ def test_after_selects_by_start_time(server):
     assert len(later) + sum(a.started <= mark for a in load.answers) == len(load.answers)
 
 
+def test_in_flight_selects_the_requests_sent_and_not_yet_answered_at_a_moment():
+    load = LoadGenerator("http://127.0.0.1:9/", {}, threads=1)  # never started
+    load.answers = [Answer(10.0, 1.0, 200), Answer(10.5, 0.2, 200), Answer(11.5, 1.0, 0),
+                    Answer(12.0, 0.5, 200), Answer(9.0, 0.5, 200)]
+    assert load.answers[0].finished == 11.0
+    assert load.in_flight(10.6) == load.answers[:2]
+    assert load.in_flight(11.0) == load.answers[:1]  # answered at that very moment
+    assert load.in_flight(11.2) == []
+    # a span: everything in flight at some moment of it
+    assert load.in_flight(11.2, 12.0) == load.answers[2:4]
+    assert load.in_flight(8.0, 9.2) == load.answers[4:]
+
+
+def test_next_body_gives_each_request_its_own_body(server):
+    s = server()
+    lock, counter = threading.Lock(), iter(range(10**6))
+
+    def next_body():
+        with lock:
+            return {"n": next(counter)}
+
+    with LoadGenerator(s.url, {"n": -1}, threads=2, pause_s=0.0, next_body=next_body) as load:
+        _run_until(load, 30)
+    sent = sorted(b["n"] for b in s.bodies)
+    assert len(sent) == len(set(sent)) >= 30 and -1 not in sent
+
+
 def test_each_thread_keeps_one_connection(server):
     s = server()
     with LoadGenerator(s.url, {}, threads=2, pause_s=0.0) as load:

@@ -81,6 +81,23 @@ def test_report_summary_and_dict_say_what_was_seen():
     assert report.to_dict()["live"]["labelled"] == 250
 
 
+def test_summary_names_each_drifted_feature_once_and_the_live_metric_on_its_own_line():
+    rng = np.random.default_rng(4)
+    train = pd.DataFrame({"x": rng.normal(size=5000), "y": rng.normal(size=5000),
+                          "c": rng.choice(["a", "b"], 5000)})
+    live = pd.DataFrame({"x": rng.normal(size=2000) + 1.5, "y": rng.normal(size=2000) - 1.5,
+                         "c": rng.choice(["a", "b"], 2000)})
+    drift, _ = drift_of(build_reference(train), live, DriftPolicy(min_rows=200))
+    report = MonitorReport(at=1.0, champion="3", rows=2000, drift=drift,
+                           live=LiveMetric("auc", 0.71, 250, 0.8), notes=())
+    lines = report.summary().splitlines()
+    assert lines[0] == "champion v3"
+    assert lines[1].startswith("inputs (2000 rows): DRIFT: 2/3 features drifted")
+    features = [line.split(":")[0].strip() for line in lines if line.startswith("  ")]
+    assert features == ["x", "y"]  # each drifted feature once, the stable one not at all
+    assert lines[-1] == "live auc 0.7100 on 250 labels (holdout 0.8000)"
+
+
 def test_only_answered_rows_count_not_shadow_copies_or_failures():
     from retrain.monitor import answered
 

@@ -108,6 +108,23 @@ def test_a_failing_cycle_is_recorded_and_the_controller_goes_on(tmp_path):
     assert json.loads(ctl.state_path.read_text())["running"] is None
 
 
+def test_a_cycle_stopped_by_ctrl_c_or_sigterm_is_recorded_and_the_lock_released(tmp_path):
+    config = _config(tmp_path)
+
+    def stopped(config):
+        raise KeyboardInterrupt  # what `retrain watch` raises on Ctrl-C and on SIGTERM
+
+    request_retrain(config.inference_log_path)
+    with pytest.raises(KeyboardInterrupt), \
+            Controller(config, monitor=lambda c: _report(), run=stopped, clock=Clock()) as ctl:
+        ctl.tick()
+    last = Ledger(config.ledger_path).events(model_name="synthetic")[-1]
+    assert last.kind is EventKind.CYCLE and last.details["outcome"] == "interrupted"
+    assert json.loads(ctl.state_path.read_text())["running"] is None
+    with Controller(config, monitor=lambda c: _report(), run=lambda c: FakeResult()):
+        pass  # the lock went with the stopped controller
+
+
 def test_only_one_controller_per_project(tmp_path):
     config = _config(tmp_path)
     with Controller(config, monitor=lambda c: _report(), run=lambda c: FakeResult()), \
