@@ -314,29 +314,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def ensure_auth_token(env: Mapping[str, str]) -> None:
-    """Make sure a token-auth cluster has its token. `ray.init` writes one to
-    ``~/.ray/auth_token`` when it starts a local cluster and none exists, but `ray start`
-    refuses to start without one: on a fresh machine we do as `ray.init` does (256 random
-    bits, readable by this user only), unless the environment names a token already."""
-    if env.get("RAY_AUTH_MODE", "token") != "token" or env.get("RAY_AUTH_TOKEN") \
-            or env.get("RAY_AUTH_TOKEN_PATH"):
-        return
-    path = Path.home() / ".ray" / "auth_token"
-    if path.exists():
-        return
-    import secrets
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(secrets.token_hex(32))
-
-
 def _node_env(extra: Mapping[str, str] | None) -> dict[str, str]:
     env = {**NODE_ENV_DEFAULTS, **os.environ, **(extra or {})}
-    with contextlib.suppress(FileExistsError):  # another process wrote it just now
-        ensure_auth_token(env)
     # each node is told its cluster on the command line; a RAY_ADDRESS of the caller's, left
     # for another cluster, must not reach it
     env.pop("RAY_ADDRESS", None)
