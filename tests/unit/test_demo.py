@@ -18,7 +18,8 @@ from tests.unit.test_decide import FAST, RNG, N, _decide, _scores
 
 def test_why_names_the_failed_guardrail_of_a_reject():
     big = Footprint(single_row_ms=1.0, batch_ms_per_1k=5.0, size_bytes=1_004_000)
-    policy = EvaluationConfig(guardrails=GuardrailConfig(max_size_ratio=10.0))
+    # the demo's months 10 and 11 before the size floor: 1.45 MB against 145 kB
+    policy = EvaluationConfig(guardrails=GuardrailConfig(max_size_ratio=10.0, min_size_mb=0))
     decision, _ = _decide(_scores(1.5, 1), _scores(0.8, 2), policy, footprints=(big, FAST))
     assert decision.verdict.value == "reject"
     assert why(decision) == "size ratio 10.04x > 10x"
