@@ -500,7 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="months present at the start (the last is the first holdout)")
     p.add_argument("--last-month", type=int, default=12)
     p.add_argument("--trials", type=int, default=4, help="trials per cycle")
-    p.add_argument("--rounds", type=int, default=60, help="boosting rounds per trial")
+    p.add_argument("--rounds", type=int, default=300,
+                   help="the most boosting rounds of a trial (trials stop early at their best)")
     p.set_defaults(func=_cmd_demo)
     return parser
 

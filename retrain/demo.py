@@ -132,6 +132,8 @@ class MonthLine:
     admission: str = ""
     #: the check that decided, short (`size ratio 10.04x > 10x`, `interval includes 0`)
     why: str = ""
+    #: what the challenger chose: its family and, for a window, how many recent months
+    chose: str = ""
 
 
 def _prepare(workdir: Path, port: int, trials: int, rounds: int) -> Config:
@@ -153,7 +155,7 @@ def _prepare(workdir: Path, port: int, trials: int, rounds: int) -> Config:
 
 def run_demo(
     workdir: Path = Path("retrain-demo"), *, port: int = 8000, first_months: int = 3,
-    last_month: int = 12, trials: int = 4, rounds: int = 60, say=print,
+    last_month: int = 12, trials: int = 4, rounds: int = 300, say=print,
 ) -> list[MonthLine]:
     """Run the demo; returns one line per arriving month."""
     if not 2 <= first_months < last_month <= 12:
@@ -227,7 +229,7 @@ def _run(config: Config, workdir: Path, log_path: Path, started: float, *, first
         "while a load generator sends the endpoint real rows of the newest month")
     header = (f"    {'month':>5} {'rows':>7} {'champion':>8} {'champ AUC':>9} "
               f"{'chall AUC':>9} {'delta [interval]':>25} {'decision':>8} {'served':>6} "
-              f"{'secs':>5}  {'why':<30} admission")
+              f"{'secs':>5}  {'challenger':<16} {'why':<30} admission")
     say(header)
     lines: list[MonthLine] = []
     champion = first.model_version
@@ -252,6 +254,7 @@ def _run(config: Config, workdir: Path, log_path: Path, started: float, *, first
                 seconds=time.perf_counter() - tick,
                 admission=_admission_note(result.admission),
                 why=why(result.decision),
+                chose=chosen(result),
             )
             lines.append(line)
             champion = served
@@ -260,7 +263,7 @@ def _run(config: Config, workdir: Path, log_path: Path, started: float, *, first
             say(f"    {month:>5} {n_rows:>7,} {line.champion:>8} "
                 f"{(line.champion_auc or float('nan')):>9.4f} {line.challenger_auc:>9.4f} "
                 f"{delta:>25} {line.verdict:>8} {line.served:>6} {line.seconds:>5.0f}  "
-                f"{line.why:<30} {line.admission}")
+                f"{line.chose:<16} {line.why:<30} {line.admission}")
     stats = load.stats
     latencies = sorted(stats.latencies) or [float("nan")]
     say(f"\n[4] traffic: {stats.total:,} requests, {stats.failed} failed, versions answered: "
@@ -305,6 +308,22 @@ class ArrivingRows:
         with self._lock:
             row = self._random.choice(self._rows)
         return {"dataframe_split": {"columns": FEATURES, "data": [row]}}
+
+
+def chosen(result) -> str:
+    """The challenger's family and training window in a few words (`xgboost 140r`,
+    `window 3m h1.0 90r`, `warm start +20r`)."""
+    trial = next((t for t in result.search.trials
+                  if t.trial_id == result.comparison.challenger.trial_id), None)
+    if trial is None:
+        return "-"
+    rounds = f"{trial.rounds}r"
+    if trial.family == "xgboost_window":
+        months = int(trial.params.get("recent_partitions", 0))
+        return f"window {months}m h{float(trial.params.get('half_life', 0)):.1f} {rounds}"
+    if trial.family == "xgboost_warm_start":
+        return f"warm start +{rounds}"
+    return f"{trial.family} {rounds}" if trial.flavor == "xgboost" else trial.family
 
 
 def why(decision) -> str:
