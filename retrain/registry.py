@@ -300,9 +300,24 @@ class MlflowRegistry:
             return self.client.get_model_version(self.model_name, version).creation_timestamp / 1000
 
     def evaluated_score(self, version: str) -> float | None:
-        """The holdout score a version earned in the cycle that promoted it (the bar the
-        performance trigger holds its live metric to); None when it was not recorded."""
+        """The version's newest holdout score: from the newest cycle that judged it as the
+        champion, else from the cycle that promoted it; None when neither was recorded.
+
+        This is the bar the performance trigger holds the live metric to. The newest
+        judgement, not the promotion's: a season can lower what any model reaches (summer
+        flights are harder to predict), and a cycle that found no better model has measured
+        the new level; holding the live metric to the old one would fire every period."""
         with _translated(f"reading the evaluation of version {version}"):
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is not None:
+                judged = self.client.search_runs(
+                    [found.experiment_id],
+                    filter_string=(f"tags.`{CYCLE_TAG}` = 'cycle' and "
+                                   f"tags.`retrain.champion_version_before` = '{version}'"),
+                    order_by=["attributes.start_time DESC"], max_results=1)
+                value = judged[0].data.tags.get("retrain.champion_score") if judged else None
+                if value:
+                    return float(value)
             run_id = self.client.get_model_version(self.model_name, version).tags.get(
                 "retrain.run_id")
             if not run_id:
