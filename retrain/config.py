@@ -591,6 +591,11 @@ class PerformanceTrigger(_Section):
 
 class DriftTrigger(_Section):
     enabled: bool = True
+    #: drift is a proxy for what labels show directly: with at least
+    #: ``performance.min_samples`` labels the performance and opportunity triggers judge, and
+    #: drift alone does not fire (seasonal inputs drift every month without always costing
+    #: accuracy); false: drift fires whatever the labels say
+    defer_to_labels: bool = True
     #: when at least this share of the features drifted, the drift is beyond doubt and
     #: fires at the first check (debounce is for borderline drift)
     immediate_share: float = Field(default=0.5, gt=0, le=1)
@@ -1004,6 +1009,7 @@ triggers:                      # when `retrain watch` starts a cycle
     min_samples: 200           # labelled predictions it must rest on
   drift:
     enabled: true
+    defer_to_labels: true      # with enough labels, the label-based triggers judge instead
     immediate_share: 0.5       # this share of features drifted: fire at the first check
   opportunity:                 # the champion continued on new labels beats it, with evidence
     enabled: true

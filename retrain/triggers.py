@@ -22,7 +22,9 @@ Triggers, highest priority first (one cycle serves every trigger that is ready a
 - opportunity: a cheap challenger (the champion continued on the older new labels) beats the
   champion on the newest labels with evidence (`retrain.opportunity`): retraining would help
   although nothing degrades.
-- drift: the monitor found the live inputs drifted from the champion's training data.
+- drift: the monitor found the live inputs drifted from the champion's training data; with
+  ``drift.defer_to_labels`` (default) only while too few labels arrived for the label-based
+  triggers to judge (drift is a proxy for what labels show directly).
 - schedule: ``interval_s`` after the last cycle start, or a ``cron`` slot that passed since the
   last slot handled. A due slot fires once; if the cooldown or the cap holds it back it stays
   due, and slots that pass meanwhile fold into that one cycle. The first check arms the
@@ -77,6 +79,7 @@ class Hold(str, Enum):
     COOLDOWN = "cooldown"  # ready, but the last cycle started too recently
     CAP = "cap"  # ready, but max_cycles already started within period_s
     OUTRANKED = "outranked"  # ready, but served by the cycle a higher-priority trigger started
+    DEFERRED = "deferred"  # drift, while enough labels let the label-based triggers judge
 
     def __str__(self) -> str:
         return self.value
@@ -483,6 +486,12 @@ def _drift(config: TriggersConfig, streak: int,
         return _Condition(kind, False, False, Hold.NOT_MET,
                           f"no drift in {seen.rows} live rows{summary}"), 0
     features = ", ".join(seen.drifted_features) or "features not listed"
+    labels = config.performance.min_samples
+    if config.drift.defer_to_labels and config.performance.enabled \
+            and seen.labelled >= labels and seen.live_metric is not None:
+        return _Condition(kind, True, False, Hold.DEFERRED,
+                          f"live inputs drifted ({features}) in {seen.rows} rows{summary}; "
+                          f"{seen.labelled} labels judge instead (drift.defer_to_labels)"), 0
     clear = seen.drifted_share is not None and seen.drifted_share >= config.drift.immediate_share
     return _debounced(kind, streak + 1, config.debounce,
                       f"live inputs drifted ({features}) in {seen.rows} rows{summary}",

@@ -25,8 +25,10 @@ ASK = (DemandRequest("req-1", "new labels", "cli"),)
 
 
 def policy(**overrides) -> TriggersConfig:
-    """Quiet by default: no debounce, no cooldown, a generous cap, no schedule."""
-    raw = {"debounce": 1, "cooldown_s": 0, "max_cycles": 100, "period_s": 86_400}
+    """Quiet by default: no debounce, no cooldown, a generous cap, no schedule; drift fires
+    beside labels (its deferral to them has tests of its own)."""
+    raw = {"debounce": 1, "cooldown_s": 0, "max_cycles": 100, "period_s": 86_400,
+           "drift": {"defer_to_labels": False}}
     return TriggersConfig.model_validate({**raw, **overrides})
 
 
@@ -398,7 +400,7 @@ def test_a_drop_far_beyond_tolerance_fires_at_once_and_a_borderline_one_waits():
 
 
 def test_a_drift_in_most_features_fires_at_once():
-    config = policy(debounce=3)
+    config = policy(debounce=3, drift={"defer_to_labels": False})
     some = MonitorSignals(drift_detected=True, drifted_features=("a",), drifted_share=0.34,
                           rows=1000, live_metric=0.80, labelled=500)
     assert evaluate(config, TriggerState(), inputs(monitor=some)).fired is None
@@ -424,3 +426,22 @@ def test_opportunity_fires_on_evidence_alone_when_nothing_degrades():
     ev = evaluate(policy(opportunity={"min_improvement": 0.005}), TriggerState(),
                   inputs(monitor=monitor))
     assert ev.fired is None
+
+
+def test_drift_defers_to_labels_when_enough_arrived_and_fires_without_them():
+    config = policy(drift={"defer_to_labels": True})
+    with_labels = MonitorSignals(drift_detected=True, drifted_features=("temp",),
+                                 drifted_share=0.36, rows=1000, live_metric=0.80,
+                                 labelled=500)
+    ev = evaluate(config, TriggerState(), inputs(monitor=with_labels))
+    assert ev.fired is None and ev.check(TriggerKind.DRIFT).held_by is Hold.DEFERRED
+    assert "500 labels judge instead" in ev.reason
+    # the labels show the drift hurts: the performance trigger fires on them
+    hurt = MonitorSignals(drift_detected=True, drifted_features=("temp",), rows=1000,
+                          live_metric=0.70, labelled=500)
+    assert evaluate(config, TriggerState(), inputs(monitor=hurt)).fired is \
+        TriggerKind.PERFORMANCE
+    # too few labels to judge: drift is the only evidence, and fires
+    blind = MonitorSignals(drift_detected=True, drifted_features=("temp",), rows=1000,
+                           live_metric=None, labelled=20)
+    assert evaluate(config, TriggerState(), inputs(monitor=blind)).fired is TriggerKind.DRIFT

@@ -23,7 +23,8 @@ from tests.synthetic import config_dict
 
 def _config(tmp_path, **triggers):
     raw = config_dict(tmp_path / "data", tmp_path / "work",
-                      triggers={"cooldown_s": 600, "debounce": 2, **triggers})
+                      triggers={"cooldown_s": 600, "debounce": 2,
+                                "drift": {"defer_to_labels": False}, **triggers})
     return config_from_dict(raw)
 
 
