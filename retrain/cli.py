@@ -468,7 +468,11 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C: a long-running command stops the same way either way."""
 
 
+_STOPPED_BY: list[str] = []  # the signal names received, for the closing line
+
+
 def _raise_terminated(signum, frame) -> None:
+    _STOPPED_BY.append("SIGTERM")
     raise Terminated()
 
 
@@ -489,11 +493,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
-        terminated = isinstance(exc, Terminated)
+        # a library on the way (Ray Tune) may re-raise a plain KeyboardInterrupt
+        terminated = isinstance(exc, Terminated) or bool(_STOPPED_BY)
         print(f"retrain {args.command}: stopped ({'SIGTERM' if terminated else 'Ctrl-C'})",
               file=sys.stderr)
         return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     finally:
+        _STOPPED_BY.clear()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
