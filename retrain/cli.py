@@ -217,8 +217,15 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     print(f"watching {config.model_name!r}: every {t.check_interval_s:g}s; inference log "
           f"{config.inference_log_path}; ledger {config.ledger_path} (Ctrl-C stops)",
           flush=True)
-    with Controller(config, echo=lambda line: print(line, flush=True)) as controller:
-        cycles = controller.run(max_ticks=1 if args.once else args.max_checks)
+    local = _starts_local_ray(config)
+    try:
+        with Controller(config, echo=lambda line: print(line, flush=True)) as controller:
+            cycles = controller.run(max_ticks=1 if args.once else args.max_checks)
+    finally:
+        if local:  # the Ray runtime its cycles started, if any: stopped, quietly
+            from retrain.runtime import THIRD_PARTY_LOG, shutdown_quietly
+
+            shutdown_quietly(config.project.workdir / THIRD_PARTY_LOG)
     print(f"stopped after starting {cycles} cycle(s)")
     return 0
 
