@@ -2,7 +2,9 @@
 request, backtest, demo.
 
 Errors of the `RetrainError` tree print their message (which says how to fix the problem) and
-exit with the error's code; anything else is a bug and keeps its traceback.
+exit with the error's code; anything else is a bug and keeps its traceback. The commands that
+run until stopped (`serve`, `watch`, `demo`) stop on Ctrl-C and on SIGTERM alike: what they
+started is stopped, one line says so, and they exit with 130 or 143.
 """
 
 from __future__ import annotations
@@ -228,8 +230,15 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     print(f"watching {config.model_name!r}: every {t.check_interval_s:g}s; inference log "
           f"{config.inference_log_path}; ledger {config.ledger_path} (Ctrl-C stops)",
           flush=True)
-    with Controller(config, echo=lambda line: print(line, flush=True)) as controller:
-        cycles = controller.run(max_ticks=1 if args.once else args.max_checks)
+    local = _starts_local_ray(config)
+    try:
+        with Controller(config, echo=lambda line: print(line, flush=True)) as controller:
+            cycles = controller.run(max_ticks=1 if args.once else args.max_checks)
+    finally:
+        if local:  # the Ray runtime its cycles started, if any: stopped, quietly
+            from retrain.runtime import THIRD_PARTY_LOG, shutdown_quietly
+
+            shutdown_quietly(config.project.workdir / THIRD_PARTY_LOG)
     print(f"stopped after starting {cycles} cycle(s)")
     return 0
 
@@ -510,7 +519,11 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C: a long-running command stops the same way either way."""
 
 
+_STOPPED_BY: list[str] = []  # the signal names received, for the closing line
+
+
 def _raise_terminated(signum, frame) -> None:
+    _STOPPED_BY.append("SIGTERM")
     raise Terminated()
 
 
@@ -531,11 +544,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
-        terminated = isinstance(exc, Terminated)
+        # a library on the way (Ray Tune) may re-raise a plain KeyboardInterrupt
+        terminated = isinstance(exc, Terminated) or bool(_STOPPED_BY)
         print(f"retrain {args.command}: stopped ({'SIGTERM' if terminated else 'Ctrl-C'})",
               file=sys.stderr)
         return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     finally:
+        _STOPPED_BY.clear()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 

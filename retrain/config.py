@@ -793,7 +793,9 @@ def _resolve(base: Path, path: Path) -> Path:
     return path if path.is_absolute() else (base / path).resolve()
 
 
-def _format_problem(error: dict[str, Any], known: Any) -> str:
+def _format_problem(
+    error: dict[str, Any], known: collections.abc.Callable[[tuple[str, ...]], set[str]]
+) -> str:
     # drop union tags and validator names that pydantic puts into the location
     loc = tuple(
         str(part) for part in error["loc"]
