@@ -229,7 +229,7 @@ def _run(config: Config, workdir: Path, log_path: Path, started: float, *, first
         "while a load generator sends the endpoint real rows of the newest month")
     header = (f"    {'month':>5} {'rows':>7} {'champion':>8} {'champ AUC':>9} "
               f"{'chall AUC':>9} {'delta [interval]':>25} {'decision':>8} {'served':>6} "
-              f"{'secs':>5}  {'challenger':<16} {'why':<30} admission")
+              f"{'secs':>5}  {'challenger':<20} {'why':<30} admission")
     say(header)
     lines: list[MonthLine] = []
     champion = first.model_version
@@ -263,7 +263,7 @@ def _run(config: Config, workdir: Path, log_path: Path, started: float, *, first
             say(f"    {month:>5} {n_rows:>7,} {line.champion:>8} "
                 f"{(line.champion_auc or float('nan')):>9.4f} {line.challenger_auc:>9.4f} "
                 f"{delta:>25} {line.verdict:>8} {line.served:>6} {line.seconds:>5.0f}  "
-                f"{line.chose:<16} {line.why:<30} {line.admission}")
+                f"{line.chose:<20} {line.why:<30} {line.admission}")
     stats = load.stats
     latencies = sorted(stats.latencies) or [float("nan")]
     say(f"\n[4] traffic: {stats.total:,} requests, {stats.failed} failed, versions answered: "
