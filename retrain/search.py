@@ -105,6 +105,8 @@ class TrialSettings:
     #: where each trial writes its own final record and model, beside the experiment on
     #: storage (see `RECORDS_DIR`); "" for none
     records: str = ""
+    #: seconds a data-parallel trial waits for its workers to be placed
+    placement_timeout_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -487,7 +489,8 @@ def _boost(family: Family, config: dict[str, Any], data: TrainData, settings: Tr
         train_data_parallel(params, rows, metric=settings.metric, rounds=family.rounds,
                             report_every=settings.report_every, settings=plan.settings,
                             base_model=None if champion is None else champion.model,
-                            reporter=reporter, patience=settings.patience)
+                            reporter=reporter, patience=settings.patience,
+                            placement_timeout_s=settings.placement_timeout_s)
         return
     dtrain, dvalid = _matrices(data, settings.data_key,
                                None if champion is None else champion.rows, nthread,
@@ -671,6 +674,78 @@ def _progress_callback(num_samples: int, start: int = 0):
     return Progress()
 
 
+def _placement_watchdog(timeout_s: float):
+    """A Tune callback that fails the search with `ClusterError` when trials have waited
+    for resources ``timeout_s`` seconds with none running: a trial that cannot be placed
+    (other work holds the CPUs, a stopped trial's workers were not released, no node has
+    what it asks for) would otherwise keep the search waiting for ever. The error names
+    what the trials ask for and what the cluster has free; `run_search` raises it."""
+    from ray import tune
+
+    class Placement(tune.Callback):
+        def __init__(self) -> None:
+            #: since when trials have waited with none running (monotonic seconds)
+            self.since: float | None = None
+            self.problem: str | None = None
+
+        def on_step_end(self, iteration, trials, **info) -> None:
+            waiting = [t for t in trials if t.status == "PENDING"]
+            if not waiting or any(t.status == "RUNNING" for t in trials):
+                self.since = None
+                return
+            now = time.monotonic()
+            if self.since is None:
+                self.since = now
+            elif now - self.since >= timeout_s:
+                self.problem = _unplaceable(waiting, timeout_s)
+                raise ClusterError(self.problem)
+
+        def _unplaced(self, trial) -> None:
+            # a data-parallel trial whose Train workers could not be placed: the next trial
+            # (or a retry) would wait as long again
+            text = ""
+            if trial.error_file and Path(trial.error_file).exists():
+                text = Path(trial.error_file).read_text(errors="replace")
+            found = [line for line in text.splitlines() if UNPLACED in line]
+            if found:
+                self.problem = found[-1].split("ClusterError: ", 1)[-1].strip()
+                raise ClusterError(self.problem)
+
+        def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+            self._unplaced(trial)
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            self._unplaced(trial)
+
+    return Placement()
+
+
+#: in the error of a data-parallel trial whose workers could not be placed
+#: (`retrain.distributed.train_data_parallel`)
+UNPLACED = "Ray Train workers were not placed within"
+
+
+def _unplaceable(waiting, timeout_s: float) -> str:
+    """Why a search stopped waiting: what its trials ask for and what the cluster has."""
+    import ray
+
+    def shown(resources: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:g}" for k, v in sorted(resources.items())
+                         if not k.startswith(("node:", "memory", "object_store_memory"))
+                         and v) or "nothing"
+
+    asked = {shown(t.placement_group_factory.required_resources) for t in waiting}
+    return (
+        f"no trial could be placed for {timeout_s:g} s (resources.placement_timeout_s): "
+        f"{len(waiting)} waiting, none running; each asks for {' or '.join(sorted(asked))}, "
+        f"and the cluster has {shown(ray.available_resources())} free of "
+        f"{shown(ray.cluster_resources())}. Other work holds the rest, or no node has what "
+        "a trial asks for: lower resources.cpus_per_trial (or gpus_per_trial, or "
+        "search.data_parallel's workers), free or add nodes, or raise "
+        "resources.placement_timeout_s"
+    )
+
+
 def _scheduler(config: Config, active: tuple[Family, ...]):
     """ASHA per XGBoost family (each with its own rungs and ``max_t``), FIFO for families
     that report once, all behind one scheduler that routes each trial by its family."""
@@ -817,7 +892,8 @@ def run_search(
     settings = TrialSettings(task.type, metric, s.report_every, s.seed,
                              {f.name: f for f in active}, data_key=uuid.uuid4().hex,
                              data_parallel=plan, patience=s.early_stopping_rounds,
-                             records=records)
+                             records=records,
+                             placement_timeout_s=config.resources.placement_timeout_s)
     # every active family gets at least one trial; with nothing to search, one each is all
     samples = max(s.num_samples, len(active)) if any(f.searched for f in active) \
         else len(active)
@@ -841,6 +917,7 @@ def run_search(
         os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
         champion = warm_start if any(f.warm_start for f in active) else None
         resources = trial_resources(config, totals)
+        watchdog = _placement_watchdog(config.resources.placement_timeout_s)
         shipped, champion = shipped_to_trials(data, champion, active, plan)
         trainable = tune.with_resources(
             tune.with_parameters(_trial, data=shipped, settings=settings, champion=champion),
@@ -849,8 +926,19 @@ def run_search(
         tuner = _tuner(trainable, config, run_name, storage, active, samples - len(carried),
                        mode, progress, told=carried, offset=len(earlier),
                        concurrent=1 if s.deterministic else _concurrent(config, plan, totals),
-                       records=records)
-        trials += tuple(_trial_result(r, rounds) for r in tuner.fit())
+                       records=records, watchdog=watchdog)
+        try:
+            grid = tuner.fit()
+        except Exception as exc:
+            if watchdog.problem is not None:
+                raise ClusterError(watchdog.problem) from None
+            if isinstance(exc, ClusterError):
+                raise
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, ClusterError):
+                raise ClusterError(str(cause)) from None
+            raise
+        trials += tuple(_trial_result(r, rounds) for r in grid)
     wall = time.perf_counter() - start
     completed = [t for t in trials if t.status == "completed" and t.score is not None]
     pick = max if greater else min
@@ -1089,7 +1177,8 @@ def _last_line(text: str) -> str:
 
 def _tuner(trainable, config: Config, name: str, storage: str, active: tuple[Family, ...],
            samples: int, mode: str, progress: bool, *, told: tuple[TrialResult, ...] = (),
-           offset: int = 0, concurrent: int | None = None, records: str = ""):
+           offset: int = 0, concurrent: int | None = None, records: str = "",
+           watchdog=None):
     """A new Tune experiment: TPE over the families' space, ASHA per family, actor reuse.
 
     ``told``: finished trials of an earlier run of this search, which TPE learns from before
@@ -1123,6 +1212,7 @@ def _tuner(trainable, config: Config, name: str, storage: str, active: tuple[Fam
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[
                 *([_records_callback(records)] if records else []),
+                *([watchdog] if watchdog is not None else []),
                 *([_progress_callback(samples + len(told), len(told))] if progress else []),
             ],
             verbose=0,
