@@ -21,10 +21,11 @@ from retrain.search import TrainData, run_search
 from tests.conftest import wait_until
 from tests.synthetic import config_dict, write_partitions
 
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
 TIMEOUT_S = 5
 
 
-@pytest.mark.ray
 def test_a_search_that_cannot_place_a_trial_says_so_within_its_timeout(ray_cluster, tmp_path):
     import ray
 
@@ -60,8 +61,6 @@ def test_a_search_that_cannot_place_a_trial_says_so_within_its_timeout(ray_clust
     assert TIMEOUT_S <= took < TIMEOUT_S + 90
 
 
-@pytest.mark.ray
-@pytest.mark.slow
 def test_a_data_parallel_trial_whose_workers_cannot_be_placed_says_so(ray_cluster, tmp_path):
     import ray
 

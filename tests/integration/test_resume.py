@@ -138,6 +138,44 @@ def test_finished_trials_are_told_to_tpe_with_the_distributions_it_would_have_us
     assert trials[0].params == {k: params[k.split("/", 1)[1]] for k in dists}
 
 
+def test_a_search_reads_back_the_records_its_trials_left_as_they_finished(tmp_path):
+    """`RECORDS_DIR` without Tune's experiment state (a driver that died before Tune first
+    saved it): a whole final is completed, a driver record is stopped or failed, and a
+    final cut short or a file still being written is not a finished trial."""
+    from retrain.search import _earlier_experiments, _finished_trials, save_final
+
+    experiment = tmp_path / "tune" / "search"
+    records = experiment / RECORDS_DIR
+    config = {"family": "xgboost", "max_depth": 3}
+    reports = [{"round": 10, "valid_score": 0.7, "trial_id": "t"},
+               {"round": 20, "valid_score": 0.8, "trial_id": "t"}]
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "model.ubj").write_bytes(b"x" * 100)
+    final = {**reports[-1], "final": 1, "best_round": 20, "trial_id": "done",
+             "config": config, "reports": reports, "files": {"model.ubj": 100}}
+    (checkpoint / METRICS_FILE).write_text(json.dumps(final))
+    save_final(str(records), "done", checkpoint)
+    save_final(str(records), "cut", checkpoint)
+    (records / "cut" / "model.ubj").write_bytes(b"x" * 10)  # cut short by a crash
+    for trial_id, status, error in (("asha", "terminated", None),
+                                    ("boom", "error", "ValueError: boom")):
+        (records / f"{trial_id}.json").write_text(json.dumps(
+            {"trial_id": trial_id, "status": status, "error": error, "config": config,
+             "reports": reports[:1]}))
+    (records / "late.json.partial-0a1b2c3d").write_text("{")  # still being written
+
+    assert _earlier_experiments(str(tmp_path / "tune"), "search") == [str(experiment)]
+    found = {t.trial_id: t for t in _finished_trials(str(experiment), {"xgboost": 20})}
+    assert set(found) == {"done", "asha", "boom"}
+    assert found["done"].status == "completed" and found["done"].score == 0.8
+    assert found["done"].checkpoint is not None
+    assert [h["round"] for h in found["done"].history] == [10, 20]
+    assert found["asha"].status == "stopped" and found["asha"].rounds == 10
+    assert found["boom"].status == "failed" and found["boom"].error == "ValueError: boom"
+    assert not list(records.glob("*/*.partial-*"))
+
+
 # --- a dead driver, on a real cluster ----------------------------------------------------------
 
 TRIALS, ROUNDS, EVERY = 8, 200, 25
