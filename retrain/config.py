@@ -378,6 +378,10 @@ class ResourcesConfig(_Section):
     #: CPUs Ray reserves per trial; XGBoost runs max(1, round(cpus)) threads
     cpus_per_trial: float = Field(default=1.0, gt=0)
     gpus_per_trial: float = Field(default=0.0, ge=0)
+    #: seconds a search may have trials waiting for resources and none running before it
+    #: fails with `retrain.errors.ClusterError` naming what they wait for (and a
+    #: data-parallel trial may wait for its Ray Train workers to be placed)
+    placement_timeout_s: float = Field(default=300.0, gt=0)
 
 
 class SliceConfig(_Section):
@@ -961,6 +965,7 @@ search:
 resources:
   cpus_per_trial: 1            # XGBoost threads per trial
   gpus_per_trial: 0            # > 0 trains on the GPU (device=cuda); fractions share one GPU
+  placement_timeout_s: 300     # trials waiting for resources this long, none running: fail
 
 evaluation:
   min_score: 0.6               # value: the holdout score every promoted model must reach

@@ -383,6 +383,14 @@ class _Driver:
     def __init__(self) -> None:
         self._items: asyncio.Queue = asyncio.Queue()
         self._shards: dict[int, int] = {}
+        self._groups: set[str] = set()
+
+    async def placed(self, group: str | None) -> None:
+        """A worker started, in placement group ``group`` (hex id; None: none)."""
+        self._groups.add(group or "")
+
+    async def groups(self) -> list[str]:
+        return sorted(self._groups)
 
     async def put(self, item: dict[str, Any]) -> None:
         self._items.put_nowait(item)
@@ -507,6 +515,9 @@ def _worker(config: dict[str, Any]) -> None:
 
     job: _Job = config["job"]
     start = time.perf_counter()
+    # placed: the trial stops waiting for its workers, and can remove their group itself
+    group = ray.util.get_current_placement_group()
+    ray.get(job.driver.placed.remote(None if group is None else group.id.hex()))
     rank = ray.train.get_context().get_world_rank()
     valid = _shard_table(ray.train.get_dataset_shard(VALID))
     # a worker handed no training rows still joins the collective with an empty matrix
@@ -611,6 +622,7 @@ def train_data_parallel(
     params: dict[str, Any], rows: ParquetRows, *, metric: str, rounds: int, report_every: int,
     settings: DataParallelSettings, base_model: bytes | None = None,
     storage_path: str | None = None, reporter=None, patience: int | None = None,
+    placement_timeout_s: float | None = None,
 ) -> DataParallelRun:
     """Train one XGBoost candidate data-parallel, from inside a Tune function trial.
 
@@ -621,6 +633,12 @@ def train_data_parallel(
     trial (its Train run is ended then too). Raises `SearchError` when the workers fail.
     Reports go through ``reporter`` (the trial's `retrain.search.TrialReporter`: ``report``
     and ``final``); without one nothing is reported and the final model is only returned.
+
+    ``placement_timeout_s``: when no worker has started that many seconds after the run
+    began (the cluster cannot place them), raises `ClusterError` naming what they ask for.
+    A trial that ends before its run (stopped by Tune, failed, timed out) kills its driver
+    actor and removes its workers' placement group itself, so their CPUs are free at once
+    rather than when Train's own cleaner notices.
     """
     import ray
 
@@ -638,6 +656,7 @@ def train_data_parallel(
                patience=patience)
     done = driver.fit.remote(job, settings, name, storage_path)
     last, final, ended, stopped = 0, None, False, False
+    began, placed = time.monotonic(), False
     try:
         while True:
             item = ray.get(driver.next.remote(_POLL_S))
@@ -646,6 +665,11 @@ def train_data_parallel(
                     if _stopping(session):
                         stopped = True
                         break
+                    if not placed and placement_timeout_s is not None \
+                            and time.monotonic() - began > placement_timeout_s:
+                        placed = bool(ray.get(driver.groups.remote()))
+                        if not placed:
+                            raise ClusterError(_unplaced(settings, placement_timeout_s))
                     continue
                 ended = True
                 item = ray.get(driver.next.remote(0.0))  # one put just before the end
@@ -664,7 +688,7 @@ def train_data_parallel(
     finally:
         # Tune stopped the trial (seen here, or raised by tune.report): end its Train run now
         if not ended:
-            ray.kill(driver)
+            _end(driver)
     if stopped:
         return DataParallelRun(rounds=last, stopped=True, shard_rows=(),
                                valid_rows=rows.valid_rows)
@@ -682,6 +706,45 @@ def train_data_parallel(
     return DataParallelRun(
         rounds=last, stopped=False, shard_rows=tuple(shards[r] for r in sorted(shards)),
         valid_rows=rows.valid_rows, fit_seconds=final["trained"], model=final["model"],
+    )
+
+
+def _end(driver) -> None:
+    """Kill a trial's driver actor (which ends its Train run) and remove its workers'
+    placement group: Train's own cleaner removes it only when it notices the controller
+    is gone, which took over 30 s on a loaded machine, and a search with no CPUs left
+    waited that long or for ever for its next trial's workers."""
+    import ray
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    try:
+        groups = ray.get(driver.groups.remote(), timeout=1.0)
+    except Exception:  # the actor is gone or busy: Train's cleaner is left to do it
+        groups = []
+    ray.kill(driver)
+    for group in groups:
+        if not group:
+            continue
+        try:
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group))))
+        except Exception:  # already removed (by Train's cleaner)
+            continue
+
+
+def _unplaced(settings: DataParallelSettings, timeout_s: float) -> str:
+    import ray
+
+    from retrain.search import UNPLACED
+
+    each = f"CPU {settings.cpus_per_worker:g}" + (
+        f", GPU {settings.gpus_per_worker:g}" if settings.gpus_per_worker else "")
+    free, total = ray.available_resources(), ray.cluster_resources()
+    return (
+        f"the data-parallel trial's {settings.num_workers} workers ({each} each): "
+        f"{UNPLACED} {timeout_s:g} s (resources.placement_timeout_s); the "
+        f"cluster has CPU {free.get('CPU', 0):g} free of {total.get('CPU', 0):g}. Other "
+        "work (or trials that were not released) holds the rest: use fewer or smaller "
+        "workers (search.data_parallel), add nodes, or raise resources.placement_timeout_s"
     )
 
 

@@ -470,6 +470,8 @@ def _stages(config: Config, registry: MlflowRegistry, stage: CycleStage, folder:
     model_version = stage.model_version
     if decision.verdict is Verdict.PROMOTE and not stage.reached("registered"):
         if model_version is None:
+            # idempotent: a driver that died after MLflow created the version (before the
+            # stage below recorded it) gets that version back, not a second one
             model_version = registry.register(
                 stage.model_uri,
                 tags={**lineage, "retrain.run_id": run_id, "retrain.cycle_id": cycle_id,

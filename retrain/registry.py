@@ -22,6 +22,8 @@ CHAMPION = "champion"
 #: a promoted version waiting for (or in) its rollout
 CHALLENGER = "challenger"
 CYCLE_TAG = "retrain.kind"
+#: on a registered version: the cycle run that registered it
+RUN_TAG = "retrain.run_id"
 
 
 @dataclass(frozen=True)
@@ -240,12 +242,42 @@ class MlflowRegistry:
         return info.model_uri
 
     def register(self, model_uri: str, tags: dict[str, str]) -> str:
+        """Register ``model_uri`` as a new version, or return the version it already is.
+
+        Idempotent for a cycle's model: with a ``retrain.run_id`` tag, a version of this
+        model logged by that run from the same model URI (a driver that died after MLflow
+        created the version, before the cycle recorded it) is reused, its missing tags set,
+        rather than registered a second time."""
         import mlflow
 
+        run_id = tags.get(RUN_TAG)
+        if run_id:
+            found = self.version_of(model_uri, run_id)
+            if found is not None:
+                with _translated(f"tagging version {found.version}"):
+                    for key, value in tags.items():
+                        if found.tags.get(key) != str(value):
+                            self.client.set_model_version_tag(self.model_name, found.version,
+                                                              key, value)
+                return str(found.version)
         self._use_globally()
         with _translated(f"registering {model_uri} as {self.model_name!r}"):
             version = mlflow.register_model(model_uri, self.model_name, tags=tags)
         return str(version.version)
+
+    def version_of(self, model_uri: str, run_id: str):
+        """The oldest version of this model registered from ``model_uri`` by run ``run_id``
+        (the version's own run or its ``retrain.run_id`` tag), or None."""
+        with _translated(f"looking up versions of {self.model_name!r} from run {run_id}"):
+            # run ids are MLflow's hex; the name is compared here, not quoted into a filter
+            versions = [
+                *self.client.search_model_versions(f"run_id = '{run_id}'"),
+                *self.client.search_model_versions(
+                    f"tags.`{RUN_TAG}` = '{run_id}'"),
+            ]
+        mine = [v for v in versions if v.name == self.model_name and v.source == model_uri
+                and run_id in (v.run_id, v.tags.get(RUN_TAG))]
+        return min(mine, key=lambda v: int(v.version)) if mine else None
 
     def _use_globally(self) -> None:
         # MLflow's model logging and registration go through the fluent (global) API.

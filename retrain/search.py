@@ -102,6 +102,11 @@ class TrialSettings:
     data_parallel: DataParallelPlan | None = None
     #: rounds without a better validation score after which a trial stops (None: never)
     patience: int | None = None
+    #: where each trial writes its own final record and model, beside the experiment on
+    #: storage (see `RECORDS_DIR`); "" for none
+    records: str = ""
+    #: seconds a data-parallel trial waits for its workers to be placed
+    placement_timeout_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -264,6 +269,19 @@ FIT_KEY = "fit_seconds"
 #: every report: the trial's own training seconds so far, and when it reported (unix time)
 TRAINED_KEY = "trained_seconds"
 AT_KEY = "reported_at"
+#: a folder beside a search's trial folders, in its Tune experiment on storage, that holds
+#: each finished trial's record the moment it finished: ``<trial_id>/`` (the trial's final
+#: model and METRICS_FILE, written by the trial itself) and ``<trial_id>.json`` (a trial that
+#: Tune stopped or that failed, written by the driver as Tune ends it). Tune's own files for
+#: a trial (params.json, result.json, error.txt, the experiment state) are written on the
+#: driver in Ray's session folder and reach storage only at its next sync (every 10 s or
+#: more), so a driver that dies in between would leave finished trials looking unfinished.
+RECORDS_DIR = "retrain-trials"
+#: in a driver-written record: "terminated" (stopped, or ended) or "error"
+STATUS_KEY, ERROR_KEY = "status", "error"
+#: what a driver-written record keeps of each report
+_REPORT_KEYS = ("round", SCORE_KEY, TRAINED_KEY, AT_KEY, FIT_KEY, BEST_ROUND_KEY, FINAL_KEY,
+                "gpu", "trial_id", "time_total_s")
 
 
 def load_model(trial: TrialResult):
@@ -294,7 +312,7 @@ def _trial(
     context = tune.get_context()
     resources = context.get_trial_resources().required_resources
     nthread = max(1, round(resources.get("CPU", 1)))
-    reporter = TrialReporter(config, context.get_trial_id())
+    reporter = TrialReporter(config, context.get_trial_id(), records=settings.records)
     if family.flavor == "sklearn":
         _fit_sklearn(family, params, data, settings, nthread, reporter)
         return
@@ -312,8 +330,8 @@ class TrialReporter:
     because Tune's own files (params.json, result.json) are written by the driver, which may
     die before it writes them for a trial that has finished."""
 
-    def __init__(self, config: dict[str, Any], trial_id: str) -> None:
-        self.config, self.trial_id = config, trial_id
+    def __init__(self, config: dict[str, Any], trial_id: str, *, records: str = "") -> None:
+        self.config, self.trial_id, self.records = config, trial_id, records
         self.reports: list[dict[str, Any]] = []
 
     def report(self, metrics: dict[str, Any]) -> None:
@@ -334,7 +352,75 @@ class TrialReporter:
             record = {**metrics, "trial_id": self.trial_id, CONFIG_KEY: self.config,
                       REPORTS_KEY: self.reports, MANIFEST_KEY: sizes}
             Path(tmp, METRICS_FILE).write_text(json.dumps(record))
+            if self.records:
+                # durable before Tune hears of it, whatever becomes of the driver
+                save_final(self.records, self.trial_id, Path(tmp))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def storage_fs(path: str):
+    """(pyarrow filesystem, path on it) of a local folder or any URI pyarrow reads."""
+    import pyarrow.fs as pafs
+
+    if "://" in path:
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), str(Path(path).resolve())
+
+
+def _write_whole(fs, path: str, data: bytes) -> None:
+    """Write a file so that readers see it whole or not at all: written under another name
+    and moved (a rename on a local or shared file system; an object store's move is a copy
+    that makes the object appear whole)."""
+    partial = f"{path}.partial-{uuid.uuid4().hex[:8]}"
+    with fs.open_output_stream(partial) as stream:
+        stream.write(data)
+    fs.move(partial, path)
+
+
+def save_final(records: str, trial_id: str, folder: Path) -> None:
+    """Copy a trial's final checkpoint folder to ``<records>/<trial_id>/``: the model files
+    first, METRICS_FILE (whose manifest says their sizes) last, each file written whole."""
+    fs, base = storage_fs(records)
+    target = f"{base}/{trial_id}"
+    fs.create_dir(target, recursive=True)
+    files = sorted(folder.iterdir(), key=lambda f: f.name == METRICS_FILE)
+    for file in files:
+        _write_whole(fs, f"{target}/{file.name}", file.read_bytes())
+
+
+def _records_callback(records: str):
+    """A Tune callback that writes the record of each trial Tune stops (ASHA, or at its
+    end) or that fails, on storage, as Tune ends it (see `RECORDS_DIR`)."""
+    # Tune pickles callbacks with the experiment state: this one holds only plain data
+    from ray import tune
+
+    class Records(tune.Callback):
+        def __init__(self) -> None:
+            self.reports: dict[str, list[dict[str, Any]]] = {}
+
+        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            self.reports.setdefault(trial.trial_id, []).append(
+                {k: result[k] for k in _REPORT_KEYS if k in result})
+
+        def _save(self, trial, status: str, error: str | None) -> None:
+            fs, base = storage_fs(records)
+            fs.create_dir(base, recursive=True)
+            record = {"trial_id": trial.trial_id, STATUS_KEY: status, ERROR_KEY: error,
+                      CONFIG_KEY: trial.config,
+                      REPORTS_KEY: self.reports.pop(trial.trial_id, [])}
+            _write_whole(fs, f"{base}/{trial.trial_id}.json",
+                         json.dumps(record, default=str).encode())
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            self._save(trial, "terminated", None)
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            text = ""
+            if trial.error_file and Path(trial.error_file).exists():
+                text = Path(trial.error_file).read_text(errors="replace")
+            self._save(trial, "error", _last_line(text))
+
+    return Records()
 
 
 #: this worker's XGBoost matrices, kept across the trials it runs (Tune reuses the actor):
@@ -403,7 +489,8 @@ def _boost(family: Family, config: dict[str, Any], data: TrainData, settings: Tr
         train_data_parallel(params, rows, metric=settings.metric, rounds=family.rounds,
                             report_every=settings.report_every, settings=plan.settings,
                             base_model=None if champion is None else champion.model,
-                            reporter=reporter, patience=settings.patience)
+                            reporter=reporter, patience=settings.patience,
+                            placement_timeout_s=settings.placement_timeout_s)
         return
     dtrain, dvalid = _matrices(data, settings.data_key,
                                None if champion is None else champion.rows, nthread,
@@ -587,6 +674,78 @@ def _progress_callback(num_samples: int, start: int = 0):
     return Progress()
 
 
+def _placement_watchdog(timeout_s: float):
+    """A Tune callback that fails the search with `ClusterError` when trials have waited
+    for resources ``timeout_s`` seconds with none running: a trial that cannot be placed
+    (other work holds the CPUs, a stopped trial's workers were not released, no node has
+    what it asks for) would otherwise keep the search waiting for ever. The error names
+    what the trials ask for and what the cluster has free; `run_search` raises it."""
+    from ray import tune
+
+    class Placement(tune.Callback):
+        def __init__(self) -> None:
+            #: since when trials have waited with none running (monotonic seconds)
+            self.since: float | None = None
+            self.problem: str | None = None
+
+        def on_step_end(self, iteration, trials, **info) -> None:
+            waiting = [t for t in trials if t.status == "PENDING"]
+            if not waiting or any(t.status == "RUNNING" for t in trials):
+                self.since = None
+                return
+            now = time.monotonic()
+            if self.since is None:
+                self.since = now
+            elif now - self.since >= timeout_s:
+                self.problem = _unplaceable(waiting, timeout_s)
+                raise ClusterError(self.problem)
+
+        def _unplaced(self, trial) -> None:
+            # a data-parallel trial whose Train workers could not be placed: the next trial
+            # (or a retry) would wait as long again
+            text = ""
+            if trial.error_file and Path(trial.error_file).exists():
+                text = Path(trial.error_file).read_text(errors="replace")
+            found = [line for line in text.splitlines() if UNPLACED in line]
+            if found:
+                self.problem = found[-1].split("ClusterError: ", 1)[-1].strip()
+                raise ClusterError(self.problem)
+
+        def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+            self._unplaced(trial)
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            self._unplaced(trial)
+
+    return Placement()
+
+
+#: in the error of a data-parallel trial whose workers could not be placed
+#: (`retrain.distributed.train_data_parallel`)
+UNPLACED = "Ray Train workers were not placed within"
+
+
+def _unplaceable(waiting, timeout_s: float) -> str:
+    """Why a search stopped waiting: what its trials ask for and what the cluster has."""
+    import ray
+
+    def shown(resources: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:g}" for k, v in sorted(resources.items())
+                         if not k.startswith(("node:", "memory", "object_store_memory"))
+                         and v) or "nothing"
+
+    asked = {shown(t.placement_group_factory.required_resources) for t in waiting}
+    return (
+        f"no trial could be placed for {timeout_s:g} s (resources.placement_timeout_s): "
+        f"{len(waiting)} waiting, none running; each asks for {' or '.join(sorted(asked))}, "
+        f"and the cluster has {shown(ray.available_resources())} free of "
+        f"{shown(ray.cluster_resources())}. Other work holds the rest, or no node has what "
+        "a trial asks for: lower resources.cpus_per_trial (or gpus_per_trial, or "
+        "search.data_parallel's workers), free or add nodes, or raise "
+        "resources.placement_timeout_s"
+    )
+
+
 def _scheduler(config: Config, active: tuple[Family, ...]):
     """ASHA per XGBoost family (each with its own rungs and ``max_t``), FIFO for families
     that report once, all behind one scheduler that routes each trial by its family."""
@@ -722,18 +881,24 @@ def run_search(
                           "in one process"
     if plan is not None and progress:
         _say(f"  XGBoost trials train data-parallel: {plan.why}")
+    storage = config.storage_path
+    if "://" not in storage:
+        # absolute: trials run in folders of their own
+        storage = str(Path(storage).resolve())
+        Path(storage).mkdir(parents=True, exist_ok=True)
+    earlier = _earlier_experiments(storage, name)
+    run_name = name if not earlier else f"{name}.resume{len(earlier)}"
+    records = f"{storage.rstrip('/')}/{run_name}/{RECORDS_DIR}"
     settings = TrialSettings(task.type, metric, s.report_every, s.seed,
                              {f.name: f for f in active}, data_key=uuid.uuid4().hex,
-                             data_parallel=plan, patience=s.early_stopping_rounds)
+                             data_parallel=plan, patience=s.early_stopping_rounds,
+                             records=records,
+                             placement_timeout_s=config.resources.placement_timeout_s)
     # every active family gets at least one trial; with nothing to search, one each is all
     samples = max(s.num_samples, len(active)) if any(f.searched for f in active) \
         else len(active)
-    storage = config.storage_path
-    if "://" not in storage:
-        Path(storage).mkdir(parents=True, exist_ok=True)
     rounds = {f.name: f.rounds for f in active}
     root = f"{storage.rstrip('/')}/{name}"
-    earlier = _earlier_experiments(storage, name)
     # a family this run leaves out (the config changed) neither counts nor competes
     carried = tuple(t for path in earlier for t in _finished_trials(path, rounds)
                     if t.family in rounds)
@@ -752,16 +917,28 @@ def run_search(
         os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
         champion = warm_start if any(f.warm_start for f in active) else None
         resources = trial_resources(config, totals)
+        watchdog = _placement_watchdog(config.resources.placement_timeout_s)
         shipped, champion = shipped_to_trials(data, champion, active, plan)
         trainable = tune.with_resources(
             tune.with_parameters(_trial, data=shipped, settings=settings, champion=champion),
             _family_resources(resources, active, plan is not None),
         )
-        run_name = name if not earlier else f"{name}.resume{len(earlier)}"
         tuner = _tuner(trainable, config, run_name, storage, active, samples - len(carried),
                        mode, progress, told=carried, offset=len(earlier),
-                       concurrent=1 if s.deterministic else _concurrent(config, plan, totals))
-        trials += tuple(_trial_result(r, rounds) for r in tuner.fit())
+                       concurrent=1 if s.deterministic else _concurrent(config, plan, totals),
+                       records=records, watchdog=watchdog)
+        try:
+            grid = tuner.fit()
+        except Exception as exc:
+            if watchdog.problem is not None:
+                raise ClusterError(watchdog.problem) from None
+            if isinstance(exc, ClusterError):
+                raise
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, ClusterError):
+                raise ClusterError(str(cause)) from None
+            raise
+        trials += tuple(_trial_result(r, rounds) for r in grid)
     wall = time.perf_counter() - start
     completed = [t for t in trials if t.status == "completed" and t.score is not None]
     pick = max if greater else min
@@ -871,12 +1048,16 @@ def _concurrent(config: Config, plan: DataParallelPlan | None,
 
 def _earlier_experiments(storage: str, name: str) -> list[str]:
     """This search's experiments already on storage: ``name``, then its resumes in order."""
+    import pyarrow.fs as pafs
     from ray import tune
 
     found = []
     for k in range(1000):
         path = f"{storage.rstrip('/')}/{name}" + (f".resume{k}" if k else "")
-        if not tune.Tuner.can_restore(path):
+        fs, base = storage_fs(path)
+        # a driver that died before Tune first saved the experiment may have left records
+        if not tune.Tuner.can_restore(path) and fs.get_file_info(
+                f"{base}/{RECORDS_DIR}").type != pafs.FileType.Directory:
             break
         found.append(path)
     return found
@@ -884,43 +1065,76 @@ def _earlier_experiments(storage: str, name: str) -> list[str]:
 
 def _finished_trials(path: str, rounds: dict[str, int]) -> list[TrialResult]:
     """The trials of the experiment at ``path`` (a local folder or any URI pyarrow reads)
-    that finished (see `run_search`)."""
+    that finished (see `run_search`), by trial id: those with a whole final record (the
+    trial's own copy in `RECORDS_DIR`, or the one in its Tune checkpoint), then those whose
+    end the driver recorded in `RECORDS_DIR`, then those Tune's saved state says ended."""
     import pyarrow.fs as pafs
+    from ray import tune
     from ray.tune import Checkpoint, ExperimentAnalysis
 
-    # a trial saved while pending has no folder (and no path) yet
+    fs, base = storage_fs(path)
+    # a trial saved while pending has no folder (and no path) yet; a driver that died before
+    # Tune first saved the experiment left no state at all
     saved = {t.relative_logdir: t.status for t in ExperimentAnalysis(path).trials
-             if t.relative_logdir}
-    fs, base = pafs.FileSystem.from_uri(path) if "://" in path \
-        else (pafs.LocalFileSystem(), str(Path(path).resolve()))
-    finished = []
+             if t.relative_logdir} if tune.Tuner.can_restore(path) else {}
+    finals: dict[str, TrialResult] = {}
+    ended: dict[str, TrialResult] = {}
+
+    def final(folder: str, record: dict[str, Any]) -> None:
+        trial_id = str(record.get("trial_id") or folder.rsplit("/", 1)[-1])
+        finals.setdefault(trial_id, _result_of(
+            record[CONFIG_KEY], record, record.get(REPORTS_KEY, [record]),
+            Checkpoint(folder, filesystem=fs), None, rounds, trial_id=trial_id))
+
+    def whole_finals(files: list[str]) -> list[tuple[str, dict[str, Any]]]:
+        # only a trial's last round saves a checkpoint, with its record beside the model
+        found = [(f.rsplit("/", 1)[0], (_json_lines(_read(fs, f)) or [{}])[0])
+                 for f in sorted(files) if f.endswith(f"/{METRICS_FILE}")]
+        return [(c, r) for c, r in found
+                if CONFIG_KEY in r and _whole(fs, c, r.get(MANIFEST_KEY))]
+
+    records = f"{base}/{RECORDS_DIR}"
+    mine = [i for i in fs.get_file_info(pafs.FileSelector(records, allow_not_found=True,
+                                                          recursive=True))
+            if i.type == pafs.FileType.File]
+    for folder, record in whole_finals([i.path for i in mine]):
+        final(folder, record)
+    for info in mine:
+        if info.path.rsplit("/", 2)[-2] != RECORDS_DIR or not info.path.endswith(".json"):
+            continue  # a final folder's file, or a file still being written
+        record = (_json_lines(_read(fs, info.path)) or [{}])[0]
+        if CONFIG_KEY not in record or STATUS_KEY not in record:
+            continue
+        reports = record.get(REPORTS_KEY) or []
+        error = (record.get(ERROR_KEY) or "the trial failed (no error saved)") \
+            if record[STATUS_KEY] == "error" else None
+        trial_id = str(record.get("trial_id"))
+        ended[trial_id] = _result_of(record[CONFIG_KEY], reports[-1] if reports else {},
+                                     reports, None, error, rounds, trial_id=trial_id)
+
     for folder in sorted(i.path for i in fs.get_file_info(pafs.FileSelector(base))
                          if i.type == pafs.FileType.Directory):
+        if folder.rsplit("/", 1)[-1] == RECORDS_DIR:
+            continue
         files = [i.path for i in fs.get_file_info(pafs.FileSelector(folder, recursive=True))
                  if i.type == pafs.FileType.File]
-        # only a trial's last round saves a checkpoint, with the trial's record beside the model
-        finals = [(f.rsplit("/", 1)[0], (_json_lines(_read(fs, f)) or [{}])[0])
-                  for f in sorted(files) if f.endswith(f"/{METRICS_FILE}")]
-        finals = [(c, r) for c, r in finals
-                  if CONFIG_KEY in r and _whole(fs, c, r.get(MANIFEST_KEY))]
+        whole = whole_finals(files)
         status = saved.get(folder.rsplit("/", 1)[-1])
-        if finals:
-            folder_of, record = finals[-1]
-            finished.append(_result_of(
-                record[CONFIG_KEY], record, record.get(REPORTS_KEY, [record]),
-                Checkpoint(folder_of, filesystem=fs), None, rounds,
-                trial_id=str(record.get("trial_id") or folder.rsplit("/", 1)[-1])))
+        if whole:
+            final(*whole[-1])
         elif status in ("TERMINATED", "ERROR") and f"{folder}/params.json" in files:
             # stopped early by ASHA, or failed: Tune's saved state says so, and its files
             # were written by then
             reports = _json_lines(_read(fs, f"{folder}/result.json"))
             error = _last_line(_read(fs, f"{folder}/error.txt")) if status == "ERROR" else None
             last = reports[-1] if reports else {}
-            finished.append(_result_of(
+            trial_id = str(last.get("trial_id") or folder.rsplit("/", 1)[-1])
+            ended.setdefault(trial_id, _result_of(
                 json.loads(_read(fs, f"{folder}/params.json")), last, reports, None, error,
-                rounds, trial_id=str(last.get("trial_id") or folder.rsplit("/", 1)[-1])))
+                rounds, trial_id=trial_id))
         # else it was running: its sample runs again
-    return finished
+    return [*(finals[t] for t in sorted(finals)),
+            *(ended[t] for t in sorted(ended) if t not in finals)]
 
 
 def _whole(fs, folder: str, sizes: dict[str, int] | None) -> bool:
@@ -963,7 +1177,8 @@ def _last_line(text: str) -> str:
 
 def _tuner(trainable, config: Config, name: str, storage: str, active: tuple[Family, ...],
            samples: int, mode: str, progress: bool, *, told: tuple[TrialResult, ...] = (),
-           offset: int = 0, concurrent: int | None = None):
+           offset: int = 0, concurrent: int | None = None, records: str = "",
+           watchdog=None):
     """A new Tune experiment: TPE over the families' space, ASHA per family, actor reuse.
 
     ``told``: finished trials of an earlier run of this search, which TPE learns from before
@@ -995,7 +1210,11 @@ def _tuner(trainable, config: Config, name: str, storage: str, active: tuple[Fam
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[_progress_callback(samples + len(told), len(told))] if progress else [],
+            callbacks=[
+                *([_records_callback(records)] if records else []),
+                *([watchdog] if watchdog is not None else []),
+                *([_progress_callback(samples + len(told), len(told))] if progress else []),
+            ],
             verbose=0,
         ),
     )

@@ -7,15 +7,18 @@ model as good as `xgb.train` continuing the same booster on the same rows. Then 
 cycle set to data-parallel, warm start included: the same trial interface either way, and a
 driver that loads only the holdout.
 
-Not here: a trial stopped by Tune (ASHA) ends its Train run by killing its driver actor; its
-workers were freed within 0.5-1 s on a quiet machine, but under the CI's load Ray took over
-30 s to release them, too slow and too variable for the suite.
+A trial stopped by Tune ends its Train run and releases its workers: on 2 CPUs the next
+trial's worker can only be placed once the stopped trial's worker is gone. Killing the
+trial's driver actor alone left the workers' placement group to Train's own cleaner, which
+took over 30 s under the CI's load (and a 2-CPU cycle hung on it); the trial now removes
+the group itself.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +46,9 @@ ROUNDS, EVERY, BASE_ROUNDS = 20, 5, 5
 #: what a trial reserves for itself (it only drives Train)
 TRIAL_CPUS = 0.25
 PARAMS = {"max_depth": 4, "eta": 0.2, "subsample": 1.0}
+#: how long a stopped trial's successor may wait for its worker (the start of its Train run
+#: included) before it fails with ClusterError
+PLACEMENT_S = 45
 
 
 def _params() -> dict:
@@ -61,6 +67,16 @@ def _trainable(config, rows, settings, base, out):
         "rounds": run.rounds, "stopped": run.stopped,
         "shard_rows": run.shard_rows, "valid_rows": run.valid_rows,
     }))
+
+
+def _stopped_trainable(config, rows, settings, out):
+    from ray import tune
+
+    # Tune ends a stopped trial inside its report (SystemExit): only the start is written
+    Path(out, f"{config['trial']}.json").write_text(json.dumps({"began": time.time()}))
+    train_data_parallel(_params(), rows, metric="auc", rounds=2000, report_every=EVERY,
+                        settings=settings, placement_timeout_s=PLACEMENT_S,
+                        reporter=TrialReporter(config, tune.get_context().get_trial_id()))
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +244,35 @@ def test_a_split_without_training_rows_is_refused_by_trials_that_need_them(
     with pytest.raises(SearchError, match="loaded without its training rows"):
         run_search(config, data, name="refused", split=lean)
     assert not (root / "work-refused" / "tune" / "refused").exists()
+
+
+def test_a_trial_stopped_by_tune_releases_its_workers_for_the_next(ray_cluster, split_rows):
+    """Two trials one after the other in one reused trial actor (as a search runs them),
+    each stopped by Tune at its first report. The trial holds 0.25 CPU and its worker 1 of
+    the cluster's 2: the second trial's worker fits only once the first's is released, and
+    its trial fails (ClusterError) when its worker is not placed within PLACEMENT_S."""
+    from ray import tune
+
+    root, _, rows = split_rows
+    out = root / "stopped"
+    out.mkdir()
+    settings = DataParallelSettings(num_workers=1, cpus_per_worker=1, cpus_per_read_task=0.25)
+    trainable = tune.with_resources(
+        tune.with_parameters(_stopped_trainable, rows=rows, settings=settings, out=str(out)),
+        {"cpu": TRIAL_CPUS},
+    )
+    grid = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(["first", "second"])},
+        tune_config=tune.TuneConfig(metric=SCORE_KEY, mode="max", max_concurrent_trials=1,
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(name="dp-stopped", storage_path=str(root / "tune"),
+                                  stop={"round": EVERY}, verbose=0),
+    ).fit()
+    assert all(r.error is None for r in grid), [str(r.error)[:2000] for r in grid]
+    assert [r.metrics["round"] for r in grid] == [EVERY, EVERY]
+    began = {name: json.loads((out / f"{name}.json").read_text())["began"]
+             for name in ("first", "second")}
+    reported = {r.config["trial"]: r.metrics[AT_KEY] for r in grid}
+    print("from start to first report: " + ", ".join(
+        f"{name} {reported[name] - began[name]:.1f} s" for name in ("first", "second")))

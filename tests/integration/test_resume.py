@@ -35,7 +35,7 @@ from retrain.pipeline import (
     save_stage,
     unfinished_cycle,
 )
-from retrain.search import METRICS_FILE, _last_run
+from retrain.search import METRICS_FILE, RECORDS_DIR, _last_run
 from tests.synthetic import config_dict, write_partitions
 
 # --- pure -------------------------------------------------------------------------------------
@@ -136,6 +136,44 @@ def test_finished_trials_are_told_to_tpe_with_the_distributions_it_would_have_us
     assert trials[0].value == 0.8 and trials[0].intermediate_values == {50: 0.7, 100: 0.8}
     assert trials[0].distributions == dists
     assert trials[0].params == {k: params[k.split("/", 1)[1]] for k in dists}
+
+
+def test_a_search_reads_back_the_records_its_trials_left_as_they_finished(tmp_path):
+    """`RECORDS_DIR` without Tune's experiment state (a driver that died before Tune first
+    saved it): a whole final is completed, a driver record is stopped or failed, and a
+    final cut short or a file still being written is not a finished trial."""
+    from retrain.search import _earlier_experiments, _finished_trials, save_final
+
+    experiment = tmp_path / "tune" / "search"
+    records = experiment / RECORDS_DIR
+    config = {"family": "xgboost", "max_depth": 3}
+    reports = [{"round": 10, "valid_score": 0.7, "trial_id": "t"},
+               {"round": 20, "valid_score": 0.8, "trial_id": "t"}]
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "model.ubj").write_bytes(b"x" * 100)
+    final = {**reports[-1], "final": 1, "best_round": 20, "trial_id": "done",
+             "config": config, "reports": reports, "files": {"model.ubj": 100}}
+    (checkpoint / METRICS_FILE).write_text(json.dumps(final))
+    save_final(str(records), "done", checkpoint)
+    save_final(str(records), "cut", checkpoint)
+    (records / "cut" / "model.ubj").write_bytes(b"x" * 10)  # cut short by a crash
+    for trial_id, status, error in (("asha", "terminated", None),
+                                    ("boom", "error", "ValueError: boom")):
+        (records / f"{trial_id}.json").write_text(json.dumps(
+            {"trial_id": trial_id, "status": status, "error": error, "config": config,
+             "reports": reports[:1]}))
+    (records / "late.json.partial-0a1b2c3d").write_text("{")  # still being written
+
+    assert _earlier_experiments(str(tmp_path / "tune"), "search") == [str(experiment)]
+    found = {t.trial_id: t for t in _finished_trials(str(experiment), {"xgboost": 20})}
+    assert set(found) == {"done", "asha", "boom"}
+    assert found["done"].status == "completed" and found["done"].score == 0.8
+    assert found["done"].checkpoint is not None
+    assert [h["round"] for h in found["done"].history] == [10, 20]
+    assert found["asha"].status == "stopped" and found["asha"].rounds == 10
+    assert found["boom"].status == "failed" and found["boom"].error == "ValueError: boom"
+    assert not list(records.glob("*/*.partial-*"))
 
 
 # --- a dead driver, on a real cluster ----------------------------------------------------------
@@ -256,3 +294,175 @@ def test_a_search_whose_driver_died_resumes_without_running_finished_trials_agai
         [run.info.experiment_id], filter_string=f"tags.`retrain.cycle_id` = '{cycle.cycle_id}'")
     assert [r.info.run_id for r in cycle_runs] == [cycle.run_id]
     assert str(client.get_model_version_by_alias("synthetic", "champion").version) == "1"
+
+
+# --- finished trials are durable the moment they finish -----------------------------------
+
+
+def _recorded(experiment: Path) -> tuple[set[str], set[str]]:
+    """The trials a search's own records (`RECORDS_DIR`) say finished: those with a whole
+    final model, and those whose end (stopped by ASHA, or failed) the driver wrote."""
+    records = experiment / RECORDS_DIR
+    finals = {m.parent.name for m in records.glob(f"*/{METRICS_FILE}")
+              if _whole_record(m.parent)}
+    ended = {p.stem for p in records.glob("*.json")}
+    return finals, ended - finals
+
+
+def _whole_record(folder: Path) -> bool:
+    try:
+        sizes = json.loads((folder / METRICS_FILE).read_text())["files"]
+    except (OSError, json.JSONDecodeError, KeyError):
+        return False
+    return all((folder / n).exists() and (folder / n).stat().st_size == s
+               for n, s in sizes.items())
+
+
+def _tune_knows(experiment: Path) -> set[str]:
+    """The trials Tune's saved experiment state (on storage) records as ended."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        trials = ExperimentAnalysis(str(experiment)).trials
+    except Exception:  # no state saved yet
+        return set()
+    return {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_trials_asha_stopped_just_before_the_driver_died_are_not_run_again(
+    ray_cluster, tmp_path, capsys
+):
+    """The adversarial pass's case: ASHA on, the driver killed a moment after Tune stopped a
+    trial. Tune's own record of that (its experiment state, params.json, result.json) is
+    written on the driver in Ray's session folder and reaches storage only at its next sync;
+    the search's own record is on storage as Tune stops the trial."""
+    trials = 8
+    write_partitions(tmp_path / "data", [1, 2, 3], rows=20000, seed=5)
+    raw = config_dict(tmp_path / "data", tmp_path / "work",
+                      search={"num_samples": trials, "num_boost_round": 120,
+                              "report_every": 10, "early_stopping": True,
+                              "early_stopping_rounds": None,
+                              "asha": {"grace_period": 1, "reduction_factor": 2}},
+                      resources={"cpus_per_trial": 0.9})
+    path = tmp_path / "retrain.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cycles, tune_root = tmp_path / "work" / "cycles", tmp_path / "work" / "tune"
+
+    log = (tmp_path / "driver.log").open("w")
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(path), ray_cluster["address"]],
+                              env=ray_cluster["env"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert driver.poll() is None, \
+                f"the driver ended before it was killed:\n{(tmp_path / 'driver.log').read_text()}"
+            assert time.monotonic() < deadline, "ASHA stopped no trial within 300 s"
+            stages = read_stages(cycles)
+            if stages:
+                experiment = tune_root / f"synthetic-{stages[0].cycle_id}"
+                if _recorded(experiment)[1]:
+                    break
+            time.sleep(0.05)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        log.close()
+    # what the dead driver left: the records are final now (a trial may have ended between
+    # the check and the kill, and counts then too)
+    finals, stopped = _recorded(experiment)
+    finished = finals | stopped
+    unknown = finished - _tune_knows(experiment)
+    cycle = read_stages(cycles)[0]
+    assert cycle.stage == "started"
+    assert stopped and len(finished) < trials
+
+    assert main(["run", "--config", str(path), "--resume", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    print(f"killed with {len(finals)} completed and {len(stopped)} stopped trials recorded; "
+          f"Tune's saved state knew {len(finished - unknown)} of them")
+    assert out["cycle_id"] == cycle.cycle_id and out["resumed_from"] == "started"
+    assert sum(out["trials"].values()) == trials
+    assert out["trials"]["stopped"] >= len(stopped)
+    # only the budget the records did not account for ran again, as a new experiment
+    resumed = tune_root / f"synthetic-{cycle.cycle_id}.resume1"
+    assert len(list(resumed.glob("_trial_*"))) == trials - len(finished)
+    # one trial run each: the recorded trials (by their first-run ids) and the rest
+    uri = f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    children = client.search_runs(
+        [client.get_run(cycle.run_id).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{cycle.run_id}'")
+    names = [c.info.run_name.removeprefix("trial-") for c in children]
+    assert len(names) == len(set(names)) == trials
+    assert finished <= set(names)
+    assert {c.info.run_name.removeprefix("trial-") for c in children
+            if c.data.tags["retrain.trial_status"] == "stopped"} >= stopped
+
+
+# --- registration is idempotent ------------------------------------------------------------
+
+#: a driver that dies (SIGKILL, by its own pid) the moment MLflow has created the version,
+#: before `register` returns and the cycle records the version
+DIES_AFTER_REGISTERING = """
+import os
+import signal
+import sys
+
+import ray
+from mlflow import MlflowClient
+
+from retrain import load_config, run_cycle
+
+create = MlflowClient._create_model_version
+
+
+def create_then_die(self, *args, **kwargs):
+    version = create(self, *args, **kwargs)
+    print(f"Created version {version.version}; the driver dies now", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+MlflowClient._create_model_version = create_then_die
+ray.init(address=sys.argv[2], logging_level="WARNING")
+run_cycle(load_config(sys.argv[1]))
+"""
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_driver_killed_right_after_registering_resumes_to_the_same_version(
+    ray_cluster, tmp_path, capsys
+):
+    write_partitions(tmp_path / "data", [1, 2, 3], rows=3000, seed=5)
+    raw = config_dict(tmp_path / "data", tmp_path / "work",
+                      search={"num_samples": 2, "num_boost_round": 20, "report_every": 10})
+    path = tmp_path / "retrain.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cycles = tmp_path / "work" / "cycles"
+    done = subprocess.run(
+        [sys.executable, "-c", DIES_AFTER_REGISTERING, str(path), ray_cluster["address"]],
+        env=ray_cluster["env"], capture_output=True, text=True, timeout=400)
+    assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
+    assert "Created version 1; the driver dies now" in done.stdout
+    cycle = read_stages(cycles)[0]
+    # it died between MLflow's version and the cycle's record of it
+    assert cycle.stage == "decided" and cycle.model_version is None
+
+    uri = f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert [str(v.version) for v in client.search_model_versions("name = 'synthetic'")] == ["1"]
+
+    assert main(["run", "--config", str(path), "--resume", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["cycle_id"] == cycle.cycle_id and out["resumed_from"] == "decided"
+    versions = client.search_model_versions("name = 'synthetic'")
+    assert [str(v.version) for v in versions] == ["1"]
+    assert versions[0].run_id == cycle.run_id
+    assert versions[0].tags["retrain.run_id"] == cycle.run_id
+    assert str(client.get_model_version_by_alias("synthetic", "champion").version) == "1"
+    final = read_stages(cycles)[0]
+    assert final.stage == "done" and final.model_version == "1"
