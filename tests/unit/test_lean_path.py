@@ -260,3 +260,25 @@ def test_records_whose_ints_pandas_may_retype_take_the_pandas_path(column):
     assert scorer.encoder.encode(parse_rows(body)) is None or column == [1, "a"]
     assert scorer.score(parse_rows(body)).tobytes() == old_path(
         model, parse_invocation(body), False).tobytes()
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=bodies(strict=True))
+def test_the_inference_log_keeps_what_it_kept(body):
+    """The log gets the parsed rows (no frame); its writer builds the frame the pandas path
+    built, so the stored table is the one it stored before, value for value."""
+    from serve.inference_log import _prediction_table, _PredictionEntry
+
+    def table(frame):
+        entry = _PredictionEntry(ts_ms=0, request_id="r", model_version="1", spec=SPEC,
+                                 frame=frame, predictions=np.zeros(len(frame)))
+        return _prediction_table([entry])
+
+    try:
+        rows = parse_rows(body)
+    except InvalidInput:
+        return
+    new, old = table(rows), table(parse_invocation(body))
+    assert new.schema == old.schema
+    # pandas' comparison: NaN (a JSON NaN, or the null latency) equals NaN
+    pd.testing.assert_frame_equal(new.to_pandas(), old.to_pandas(), check_exact=True)
