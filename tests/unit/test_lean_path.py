@@ -282,3 +282,27 @@ def test_the_inference_log_keeps_what_it_kept(body):
     assert new.schema == old.schema
     # pandas' comparison: NaN (a JSON NaN, or the null latency) equals NaN
     pd.testing.assert_frame_equal(new.to_pandas(), old.to_pandas(), check_exact=True)
+
+
+def test_a_batch_mixes_lean_and_pandas_requests_and_answers_each_as_alone():
+    """With batching on, lean blocks are predicted together, frames together; each request
+    gets what it gets alone, and a bad one its own refusal."""
+    from serve.versions import Limits, VersionCounters, VersionRunner
+
+    runner = VersionRunner(_model(SHUFFLED), Limits(), VersionCounters())
+    lean = [{"dataframe_records": [{"x1": 0.1 * i, "c1": "b", "x2": i, "c2": "y"}]}
+            for i in range(3)]
+    pandas_path = {"dataframe_records": [{"x1": 0.5, "c1": 1, "x2": 1.0, "c2": "x"},
+                                         {"x1": 0.5, "c1": None, "x2": 1.0, "c2": "z"}]}
+    big = {"dataframe_split": {"columns": list(NAMES),
+                               "data": [[0.2, "a", 3.0, "x"]] * 1001}}  # over LEAN_MAX_ROWS
+    bad = {"dataframe_records": [{"x1": "high", "c1": "a", "x2": 1.0, "c2": "x"}]}
+    bodies_ = [*lean, pandas_path, big, bad, big]
+    items = [(parse_rows(b), 0.0) for b in bodies_]
+    done = runner._score_many(items)
+    for body, d in zip(bodies_[:5], done[:5], strict=True):
+        assert d.exc is None
+        assert d.predictions.tobytes() == old_path(
+            runner.model, parse_invocation(body), False).tobytes()
+    assert isinstance(done[5].exc, InvalidInput) and "must be numeric" in str(done[5].exc)
+    assert done[6].predictions.tobytes() == done[4].predictions.tobytes()
