@@ -241,7 +241,11 @@ class Scorer:
         """The model's input: a float32 block (lean) or a typed frame; `InvalidInput` when the
         caller's rows cannot be read."""
         if self.encoder is not None and isinstance(rows, Rows):
-            block = self.encoder.encode(rows, allow_all_missing_rows=self.allow_all_missing_rows)
+            try:
+                block = self.encoder.encode(rows,
+                                            allow_all_missing_rows=self.allow_all_missing_rows)
+            except Exception:  # a value it did not foresee: the pandas path judges it
+                block = None
             if block is not None:
                 return block
         raw = rows.frame() if isinstance(rows, Rows) else rows

@@ -306,3 +306,12 @@ def test_a_batch_mixes_lean_and_pandas_requests_and_answers_each_as_alone():
             runner.model, parse_invocation(body), False).tobytes()
     assert isinstance(done[5].exc, InvalidInput) and "must be numeric" in str(done[5].exc)
     assert done[6].predictions.tobytes() == done[4].predictions.tobytes()
+
+
+def test_a_value_the_lean_path_cannot_read_goes_to_the_pandas_path():
+    """An int past Python's digit limit for text (a JSON body cannot hold one; a caller in
+    process can): the lean path's str() raises, and the pandas path gives its 400."""
+    model = _model(BOOSTER)
+    body = {"dataframe_records": [{"x1": 0.5, "c1": 10**5000, "x2": 1.0, "c2": "x"}]}
+    old = outcome(lambda: old_path(model, parse_invocation(body), False))
+    assert outcome(lambda: Scorer(model).score(parse_rows(body))) == old
