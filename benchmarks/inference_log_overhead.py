@@ -25,6 +25,7 @@ from serve.features import FeatureSpec
 from serve.inference_log import InferenceLog, read_predictions
 from serve.loader import LoadedModel
 from serve.model import _score
+from serve.scoring import Scorer
 
 
 def make_model(seed: int = 0) -> LoadedModel:
@@ -52,13 +53,16 @@ def bodies(n: int, seed: int = 1) -> list[dict]:
 
 
 def run_block(
-    model: LoadedModel, block: list[dict], log: InferenceLog | None
+    model: LoadedModel, block: list[dict], log: InferenceLog | None,
+    scorer: Scorer | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Seconds per request for the whole path, and for the append alone (0 without a log)."""
+    """Seconds per request for the whole path, and for the append alone (0 without a log).
+    ``scorer``: the version's, made once as a replica makes it (one is made when None)."""
+    scorer = scorer or Scorer(model)
     times, appends = np.empty(len(block)), np.zeros(len(block))
     for i, body in enumerate(block):
         start = time.perf_counter()
-        rows, scores = _score(model, body, 10_000)
+        rows, scores = _score(model, body, 10_000, scorer)
         if log is not None:
             scored = time.perf_counter()
             log.log_predictions(request_id=f"r{i}", model_version=model.version,
@@ -77,9 +81,10 @@ def main() -> None:
     args = parser.parse_args()
 
     model = make_model()
+    scorer = Scorer(model)
     per_block = args.requests // args.blocks
     requests = bodies(per_block)
-    run_block(model, requests[:200], None)  # warm-up: first calls pay lazy set-up
+    run_block(model, requests[:200], None, scorer)  # warm-up: first calls pay lazy set-up
     with tempfile.TemporaryDirectory(prefix="inference-log-bench-") as folder:
         log = InferenceLog(folder, flush_rows=args.flush_rows,
                            flush_interval_s=args.flush_interval, max_buffer_rows=1_000_000)
@@ -90,7 +95,7 @@ def main() -> None:
             # alternate which path goes first, so a drift in machine load hits both alike
             order = [(None, bare), (log, logged)] if b % 2 == 0 else [(log, logged), (None, bare)]
             for target_log, sink in order:
-                times, appends = run_block(model, requests, target_log)
+                times, appends = run_block(model, requests, target_log, scorer)
                 sink.append(times)
                 if target_log is not None:
                     appended.append(appends)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -78,12 +79,15 @@ class Footprint:
 
 
 def measure_footprints(
-    models: Mapping[str, tuple[Callable[[pd.DataFrame], np.ndarray], int]],
+    models: Mapping[str, tuple[Callable[[Any], np.ndarray], int]],
     sample: pd.DataFrame, *, repeats: int = 30,
+    prepare: Callable[[pd.DataFrame], Any] | None = None,
 ) -> dict[str, Footprint]:
     """Median single-row and per-1k-rows batch latency of each model's ``predict`` on raw rows.
 
-    ``models`` maps a name to ``(predict, size_bytes)``. The models are timed interleaved:
+    ``models`` maps a name to ``(predict, size_bytes)``. ``prepare`` turns the single row and
+    the batch into what ``predict`` takes (a request body, for the serving path), once and
+    outside the timing. The models are timed interleaved:
     every round times each of them once, in a rotating order. On a shared machine a burst of
     load then slows all of them alike, so the challenger/champion ratios the guardrails read
     stay fair even when the absolute figures are noisy.
@@ -92,6 +96,9 @@ def measure_footprints(
     batch = sample.iloc[:1000] if len(sample) >= 1000 else sample.sample(
         1000, replace=True, random_state=0
     )
+    batch_rows = len(batch)
+    if prepare is not None:
+        row, batch = prepare(row), prepare(batch)
     names = list(models)
     for name in names:
         models[name][0](row)  # the first call pays lazy set-up; a warmed replica does not
@@ -100,14 +107,14 @@ def measure_footprints(
     return {
         name: Footprint(
             single_row_ms=float(np.median(singles[name]) * 1000),
-            batch_ms_per_1k=float(np.median(batches[name]) * 1000 * 1000 / len(batch)),
+            batch_ms_per_1k=float(np.median(batches[name]) * 1000 * 1000 / batch_rows),
             size_bytes=int(models[name][1]),
         )
         for name in names
     }
 
 
-def _interleaved(models, names: list[str], rows: pd.DataFrame, rounds: int):
+def _interleaved(models, names: list[str], rows: Any, rounds: int):
     times: dict[str, list[float]] = {name: [] for name in names}
     for i in range(rounds):
         shift = i % len(names)

@@ -70,6 +70,7 @@ from retrain.search import (
 )
 from serve.loader import LoadedModel
 from serve.schemas import InvalidInput
+from serve.scoring import Scorer, request_body
 
 
 @dataclass(frozen=True)
@@ -200,11 +201,17 @@ def _check_resumable(stage: CycleStage, partitions: list, champion: str | None) 
 
 
 def _footprints(split: Split, models: dict[str, LoadedModel]):
-    """Time every finalist and the champion together, so their latency ratios are fair."""
+    """Time every finalist and the champion together, so their latency ratios are fair, on
+    the path a serving replica takes (`serve.scoring.Scorer`): a JSON ``/invocations`` body
+    of the holdout's rows, decoded, read and predicted as the replica does, so a measured
+    single-row latency is what a caller of that version waits for inside the replica."""
+    # every model's features (extra columns are ignored, as a replica ignores them)
+    names = tuple(dict.fromkeys(n for m in models.values() for n in m.spec.names))
     return measure_footprints(
-        {name: (lambda rows, m=m: m.predict(m.spec.frame(rows)), m.size_bytes())
+        {name: (Scorer(m, allow_all_missing_rows=True).score_body, m.size_bytes())
          for name, m in models.items()},
         split.holdout_raw,
+        prepare=lambda rows: request_body(rows, names),
     )
 
 

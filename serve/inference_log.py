@@ -89,6 +89,18 @@ MAX_ROW = 2**31 - 1
 _REQUEST_ID_TEXT = re.compile(r"[\x20-\x7e]+")
 
 
+class _Frames(Protocol):
+    """Rows that make their frame on demand (`serve.schemas.Rows`)."""
+
+    def __len__(self) -> int: ...
+
+    def frame(self) -> pd.DataFrame: ...
+
+
+def _as_frame(rows: pd.DataFrame | _Frames) -> pd.DataFrame:
+    return rows if isinstance(rows, pd.DataFrame) else rows.frame()
+
+
 class _Spec(Protocol):
     """What the log needs of a model's `serve.features.FeatureSpec`."""
 
@@ -237,8 +249,10 @@ class _PredictionEntry:
     request_id: str
     model_version: str
     spec: _Spec
-    #: the request's parsed rows as sent (before category encoding); extra columns ignored
-    frame: pd.DataFrame
+    #: the request's parsed rows as sent (before category encoding); extra columns ignored.
+    #: A `serve.schemas.Rows` (the lean request path builds no frame) is made a frame by the
+    #: writer thread, off the request's critical path, with the calls that made it before.
+    frame: pd.DataFrame | _Frames
     predictions: np.ndarray
     latency_ms: float = math.nan
     shadow: bool = False
@@ -328,7 +342,7 @@ class InferenceLog:
         request_id: str,
         model_version: str,
         spec: _Spec,
-        frame: pd.DataFrame,
+        frame: pd.DataFrame | _Frames,
         predictions: Sequence[float] | np.ndarray,
         latency_ms: float = math.nan,
         shadow: bool = False,
@@ -582,7 +596,7 @@ def _prediction_table(group: list[_Entry]) -> pa.Table:
     }
     # One concat of the whole frames (pandas' fast path when requests share their columns),
     # then one vectorised conversion per feature: per-request column access cost 5x more.
-    frame = pd.concat([e.frame for e in entries], ignore_index=True)
+    frame = pd.concat([_as_frame(e.frame) for e in entries], ignore_index=True)
     for name, kind in zip(spec.names, spec.kinds, strict=True):
         raw = frame[name] if name in frame else pd.Series([None] * len(frame), dtype=object)
         column = FEATURE_PREFIX + name if name in PREDICTION_COLUMNS.names else name

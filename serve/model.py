@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
@@ -56,7 +55,8 @@ from serve.loader import (
 )
 from serve.oip import infer_response, model_metadata, parse_infer
 from serve.openapi_bodies import BODIES
-from serve.schemas import InvalidInput, check_text, parse_invocation, refuse_surrogates
+from serve.schemas import InvalidInput, Rows, check_text, parse_rows, refuse_surrogates
+from serve.scoring import Scorer
 from serve.settings import ServeSettings
 from serve.traffic import PIN_HEADER, TrafficSplit, is_version
 from serve.versions import Limits, Outcome, Routing, VersionRunner, VersionSet
@@ -135,11 +135,13 @@ def _error(status: int, message: str, request_id: str,
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _score(model: LoadedModel, body: Any, max_rows: int) -> tuple[pd.DataFrame, np.ndarray]:
+def _score(model: LoadedModel, body: Any, max_rows: int,
+           scorer: Scorer | None = None) -> tuple[Rows, np.ndarray]:
     """The request's rows as parsed (what the log keeps) and their predictions, in the
-    caller's thread (benchmarks/inference_log_overhead.py measures this path)."""
-    raw = parse_invocation(body, max_rows=max_rows)
-    return raw, model.predict(model.spec.frame(raw))
+    caller's thread, by the replica's path (benchmarks/inference_log_overhead.py measures
+    it); pass the version's ``scorer`` to skip building one."""
+    rows = parse_rows(body, max_rows=max_rows)
+    return rows, (scorer or Scorer(model)).score(rows)
 
 
 class _TooBig(Exception):
@@ -397,7 +399,7 @@ class ModelServer:
         return routing.runners[split.choose(key, random.random())], False
 
     async def _predict(self, routing: Routing, runner: VersionRunner, pinned: bool,
-                       rows: pd.DataFrame, request_id: str) -> Outcome:
+                       rows: Rows, request_id: str) -> Outcome:
         outcome = await runner.predict(rows)
         runner.counters.record(outcome, pinned=pinned)
         if outcome.invalid is not None:
@@ -413,7 +415,7 @@ class ModelServer:
                                                                shadow=True))
         return outcome
 
-    def _log_outcome(self, request_id: str, model: LoadedModel, rows: pd.DataFrame,
+    def _log_outcome(self, request_id: str, model: LoadedModel, rows: Rows,
                      outcome: Outcome, *, shadow: bool) -> None:
         log = self._log
         if log is None:
@@ -461,7 +463,7 @@ class ModelServer:
             return _error(503, "no model version is registered under the alias yet", request_id)
         s = self.settings
         try:
-            rows = await _parsed(raw, lambda body: parse_invocation(
+            rows = await _parsed(raw, lambda body: parse_rows(
                 body, max_rows=s.max_rows, max_columns=s.max_columns, max_cells=s.max_cells))
         except _BadBody as exc:
             return _error(exc.status, str(exc), request_id)
@@ -500,7 +502,7 @@ class ModelServer:
                 max_cells=s.max_cells))
         except _BadBody as exc:
             return _error(exc.status, str(exc), request_id)
-        outcome = await self._predict(routing, runner, pinned, parsed.rows, request_id)
+        outcome = await self._predict(routing, runner, pinned, parsed.parsed, request_id)
         if not outcome.ok:
             return self._failed(outcome, request_id)
         # "id" echoes the body's own id (the protocol's rule); the log, and so feedback, key

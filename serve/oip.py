@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from serve.features import FeatureSpec
-from serve.schemas import MAX_CELLS, MAX_COLUMNS, MAX_TEXT_CHARS, InvalidInput
+from serve.schemas import MAX_CELLS, MAX_COLUMNS, MAX_TEXT_CHARS, ColumnRows, InvalidInput, Rows
 
 OUTPUT = "predict"
 _NUMERIC = {"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
@@ -44,7 +44,12 @@ class InferRequest:
     """A parsed infer body: its optional id and the rows as sent (before feature typing)."""
 
     id: str | None
-    rows: pd.DataFrame
+    parsed: Rows
+
+    @property
+    def rows(self) -> pd.DataFrame:
+        """The rows as a frame of objects (what the pandas path reads)."""
+        return self.parsed.frame()
 
 
 def parse_infer(body: Any, names: Sequence[str], *, max_rows: int,
@@ -164,18 +169,42 @@ def _is_matrix(tensor: _Tensor, names: Sequence[str]) -> bool:
     return len(tensor.shape) == 2 and (tensor.shape[1] != 1 or tensor.name not in names)
 
 
-def _from_matrix(tensor: _Tensor, names: Sequence[str]) -> pd.DataFrame:
+class MatrixRows(Rows):
+    """One 2-D tensor whose columns are the model's features in order (row-major data)."""
+
+    __slots__ = ("_index", "_rows", "data", "names")
+
+    def __init__(self, names: Sequence[str], data: list[Any], rows: int) -> None:
+        self.names, self.data, self._rows = list(names), data, rows
+        self._index = {name: j for j, name in enumerate(self.names)}
+
+    def __len__(self) -> int:
+        return self._rows
+
+    @property
+    def empty(self) -> bool:
+        return not self._rows or not self.names
+
+    def column(self, name: str) -> list[Any] | None:
+        j = self._index.get(name)
+        return None if j is None else self.data[j::len(self.names)]
+
+    def _build(self) -> pd.DataFrame:
+        data = np.array(self.data, dtype=object).reshape(self._rows, len(self.names))
+        return pd.DataFrame(data, columns=self.names, dtype=object)
+
+
+def _from_matrix(tensor: _Tensor, names: Sequence[str]) -> MatrixRows:
     rows, columns = tensor.shape
     if columns != len(names):
         raise InvalidInput(
             f"a 2-D input must have one column per feature: shape [rows, {len(names)}] for "
             f"{list(names)}, but got {list(tensor.shape)}; or send one input per feature")
     _check_rows(rows)
-    data = np.array(tensor.data, dtype=object).reshape(rows, columns)
-    return pd.DataFrame(data, columns=list(names), dtype=object)
+    return MatrixRows(names, tensor.data, rows)
 
 
-def _from_columns(tensors: list[_Tensor]) -> pd.DataFrame:
+def _from_columns(tensors: list[_Tensor]) -> ColumnRows:
     seen: set[str] = set()
     rows: set[int] = set()
     for t in tensors:
@@ -188,8 +217,9 @@ def _from_columns(tensors: list[_Tensor]) -> pd.DataFrame:
         rows.add(t.shape[0])
     if len(rows) > 1:
         raise InvalidInput(f"the inputs have different numbers of rows: {sorted(rows)}")
-    _check_rows(rows.pop())
-    return pd.DataFrame({t.name: pd.Series(t.data, dtype=object) for t in tensors})
+    count = rows.pop()
+    _check_rows(count)
+    return ColumnRows({t.name: t.data for t in tensors}, count)
 
 
 def _check_rows(rows: int) -> None:

@@ -1,4 +1,5 @@
-"""Request bodies: the MLflow scoring format, parsed into a DataFrame or rejected with a reason.
+"""Request bodies: the MLflow scoring format, parsed into rows (`Rows`, a frame on demand) or
+rejected with a reason.
 
 Accepted (exactly one key per body), as MLflow's ``/invocations`` does:
 
@@ -98,6 +99,15 @@ def _utf8(where: str, value: str) -> None:
 
 def parse_invocation(body: Any, *, max_rows: int = 10_000, max_columns: int = MAX_COLUMNS,
                      max_cells: int = MAX_CELLS) -> pd.DataFrame:
+    """The body's rows as a frame of objects (what the pandas path reads); see `parse_rows`."""
+    return parse_rows(body, max_rows=max_rows, max_columns=max_columns,
+                      max_cells=max_cells).frame()
+
+
+def parse_rows(body: Any, *, max_rows: int = 10_000, max_columns: int = MAX_COLUMNS,
+               max_cells: int = MAX_CELLS) -> Rows:
+    """The body's rows, checked, without building a frame (the lean request path reads them
+    directly; `Rows.frame` builds the frame `parse_invocation` returns)."""
     if not isinstance(body, dict):
         raise InvalidInput(
             f"expected a JSON object with one of the keys {list(FORMATS)}, "
@@ -113,14 +123,119 @@ def parse_invocation(body: Any, *, max_rows: int = 10_000, max_columns: int = MA
     payload = body[key]
     limits = _Limits(key, max_rows, max_columns, max_cells)
     if key == "dataframe_split":
-        frame = _from_split(payload, limits)
+        rows: Rows = _from_split(payload, limits)
     elif isinstance(payload, dict) and key != "dataframe_records":
-        frame = _from_columns(key, payload, limits)
+        rows = _from_columns(key, payload, limits)
     else:
-        frame = _from_records(key, payload, limits)
-    if frame.empty:
+        rows = _from_records(key, payload, limits)
+    if rows.empty:
         raise InvalidInput(f"{key!r} holds no rows; send at least one")
-    return frame
+    return rows
+
+
+class Rows:
+    """A request's rows as sent, checked but not made into a frame.
+
+    The lean request path reads the values straight from the parsed JSON (`column`); `frame`
+    builds the frame of objects the pandas path and the inference log read, with the same
+    pandas calls as before this class existed (so both read exactly what they read then),
+    once, and keeps it. The parsed body is shared, never changed.
+    """
+
+    __slots__ = ("_frame",)
+    #: True when pandas infers each column's dtype across rows before making it objects
+    #: (records): a column of ints and nulls then reads as floats (1 becomes 1.0)
+    infers_dtypes = False
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def empty(self) -> bool:
+        """As ``frame().empty``: no rows, or no columns."""
+        raise NotImplementedError
+
+    def column(self, name: str) -> list[Any] | None:
+        """The values sent for ``name`` (None: a missing key of a record), or None when the
+        column is not sent at all."""
+        raise NotImplementedError
+
+    def _build(self) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def frame(self) -> pd.DataFrame:
+        try:
+            return self._frame
+        except AttributeError:
+            self._frame = self._build()
+            return self._frame
+
+
+class SplitRows(Rows):
+    __slots__ = ("_index", "columns", "data")
+
+    def __init__(self, columns: list[str], data: list[list[Any]]) -> None:
+        self.columns, self.data = columns, data
+        self._index = {name: i for i, name in enumerate(columns)}
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @property
+    def empty(self) -> bool:
+        return not self.data or not self.columns
+
+    def column(self, name: str) -> list[Any] | None:
+        i = self._index.get(name)
+        return None if i is None else [row[i] for row in self.data]
+
+    def _build(self) -> pd.DataFrame:
+        return pd.DataFrame(self.data, columns=self.columns, dtype=object)
+
+
+class RecordRows(Rows):
+    __slots__ = ("names", "records")
+    infers_dtypes = True
+
+    def __init__(self, records: list[dict[str, Any]], names: set[str]) -> None:
+        self.records, self.names = records, names
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def empty(self) -> bool:
+        return not self.records or not self.names
+
+    def column(self, name: str) -> list[Any] | None:
+        if name not in self.names:
+            return None
+        return [record.get(name) for record in self.records]
+
+    def _build(self) -> pd.DataFrame:
+        return pd.DataFrame.from_records(self.records).astype(object)
+
+
+class ColumnRows(Rows):
+    """Columns by name, each a list of one value per row (all of one length, checked)."""
+
+    __slots__ = ("_rows", "payload")
+
+    def __init__(self, payload: dict[str, list[Any]], rows: int) -> None:
+        self.payload, self._rows = payload, rows
+
+    def __len__(self) -> int:
+        return self._rows
+
+    @property
+    def empty(self) -> bool:
+        return not self._rows or not self.payload
+
+    def column(self, name: str) -> list[Any] | None:
+        return self.payload.get(name)
+
+    def _build(self) -> pd.DataFrame:
+        return pd.DataFrame({name: pd.Series(v, dtype=object) for name, v in self.payload.items()})
 
 
 class _Limits:
@@ -143,7 +258,7 @@ class _Limits:
                                "features")
 
 
-def _from_split(payload: Any, limits: _Limits) -> pd.DataFrame:
+def _from_split(payload: Any, limits: _Limits) -> SplitRows:
     if not isinstance(payload, dict) or "columns" not in payload or "data" not in payload:
         raise InvalidInput(
             "'dataframe_split' must be an object with 'columns' (a list of names) "
@@ -164,10 +279,10 @@ def _from_split(payload: Any, limits: _Limits) -> pd.DataFrame:
                 f"(one per column), but got {row!r:.80}"
             )
         _check_scalars(f"dataframe_split.data[{i}]", row)
-    return pd.DataFrame(data, columns=columns, dtype=object)
+    return SplitRows(columns, data)
 
 
-def _from_records(key: str, payload: Any, limits: _Limits) -> pd.DataFrame:
+def _from_records(key: str, payload: Any, limits: _Limits) -> RecordRows:
     if not isinstance(payload, list):
         raise InvalidInput(f"{key!r} must be a list of records (objects), got {_kind(payload)}")
     limits.check(len(payload), 0, 0)
@@ -183,10 +298,10 @@ def _from_records(key: str, payload: Any, limits: _Limits) -> pd.DataFrame:
         cells += len(record)
         limits.check(len(payload), len(names), cells)
         _check_scalars(f"{key}[{i}]", list(record.values()))
-    return pd.DataFrame.from_records(payload).astype(object)
+    return RecordRows(payload, names)
 
 
-def _from_columns(key: str, payload: dict, limits: _Limits) -> pd.DataFrame:
+def _from_columns(key: str, payload: dict, limits: _Limits) -> ColumnRows:
     lengths = set()
     limits.check(0, len(payload), 0)
     cells = 0
@@ -199,7 +314,7 @@ def _from_columns(key: str, payload: dict, limits: _Limits) -> pd.DataFrame:
         lengths.add(len(values))
     if len(lengths) > 1:
         raise InvalidInput(f"the columns of {key!r} have different lengths: {sorted(lengths)}")
-    return pd.DataFrame({name: pd.Series(v, dtype=object) for name, v in payload.items()})
+    return ColumnRows(payload, lengths.pop() if lengths else 0)
 
 
 def _check_scalars(where: str, values: list) -> None:

@@ -38,7 +38,8 @@ import numpy as np
 import pandas as pd
 
 from serve.loader import TRAFFIC_TAG, LoadedModel, RegistryState
-from serve.schemas import InvalidInput, parse_invocation
+from serve.schemas import InvalidInput, Rows, parse_rows
+from serve.scoring import Scorer, concat
 from serve.traffic import TrafficSplit
 
 logger = logging.getLogger("retrain.serve.versions")
@@ -190,6 +191,7 @@ class VersionRunner:
         self.model = model
         self.limits = limits
         self.counters = counters
+        self.scorer = Scorer(model, allow_all_missing_rows=limits.allow_all_missing_rows)
         self._lock = threading.Lock()
         self._pool = self._new_pool()
         self._in_flight = 0  # submitted to the pool and not finished, shadow copies included
@@ -255,71 +257,49 @@ class VersionRunner:
         return self._in_flight
 
     # -- work done in the pool -------------------------------------------------------------
-    def _shape(self, raw: pd.DataFrame) -> pd.DataFrame:
-        spec = self.model.spec
-        if not self.limits.allow_all_missing_rows:
-            _refuse_empty_rows(raw, spec.names)
+    def _score(self, rows: Rows | pd.DataFrame, submitted: float) -> _Done:
         try:
-            with np.errstate(over="ignore"):  # beyond float32: inf, refused just below
-                frame = spec.frame(raw)
-        except InvalidInput:
-            raise
-        except Exception as exc:  # e.g. an integer too large for a float: still the input
-            raise InvalidInput(f"the features cannot be read: {_describe(exc)}") from exc
-        for name, kind in zip(spec.names, spec.kinds, strict=True):
-            # Infinity (or a number beyond float32, which becomes it) is refused here for
-            # every flavour: scikit-learn raises on it, which would read as a model failure.
-            if kind == "numeric" and np.isinf(frame[name].to_numpy()).any():
-                raise InvalidInput(f"feature {name!r} must be a finite number or null (missing), "
-                                   "but got an infinite or out-of-range value")
-        return frame
-
-    def _predict_frame(self, frame: pd.DataFrame, rows: int) -> np.ndarray:
-        scores = np.asarray(self.model.predict(frame), dtype=np.float64)
-        if scores.shape != (rows,):
-            raise ValueError(f"the model returned {scores.shape} predictions for {rows} rows")
-        if not np.isfinite(scores).all():
-            raise ValueError("the model returned a non-finite prediction")
-        return scores
-
-    def _score(self, raw: pd.DataFrame, submitted: float) -> _Done:
-        try:
-            scores = self._predict_frame(self._shape(raw), len(raw))
+            scores = self.scorer.score(rows)
         except Exception as exc:
             return _Done(_ms_since(submitted), exc=exc)
         return _Done(_ms_since(submitted), predictions=scores)
 
-    def _score_many(self, items: list[tuple[pd.DataFrame, float]]) -> list[_Done]:
-        """One prediction for a batch; a failing batch is retried request by request, so a
-        failure is charged to the requests that cause it."""
+    def _score_many(self, items: list[tuple[Rows | pd.DataFrame, float]]) -> list[_Done]:
+        """One prediction per kind of model input (lean blocks, frames) for a batch; a
+        failing batch is retried request by request, so a failure is charged to the requests
+        that cause it."""
         done: list[_Done | None] = [None] * len(items)
-        shaped: list[tuple[int, pd.DataFrame]] = []
-        for i, (raw, submitted) in enumerate(items):
+        shaped: list[tuple[int, np.ndarray | pd.DataFrame]] = []
+        for i, (rows, submitted) in enumerate(items):
             try:
-                shaped.append((i, self._shape(raw)))
+                shaped.append((i, self.scorer.shape(rows)))
             except InvalidInput as exc:
                 done[i] = _Done(_ms_since(submitted), exc=exc)
-        if len(shaped) > 1:
+        alone: list[tuple[int, np.ndarray | pd.DataFrame]] = []
+        for kind in (np.ndarray, pd.DataFrame):
+            group = [(i, x) for i, x in shaped if isinstance(x, kind)]
+            if len(group) < 2:
+                alone += group
+                continue
             try:
-                frames = [frame for _, frame in shaped]
-                scores = self._predict_frame(pd.concat(frames, ignore_index=True),
-                                             sum(len(f) for f in frames))
-                bounds = np.cumsum([0] + [len(f) for f in frames])
-                for k, (i, _) in enumerate(shaped):
+                inputs = [x for _, x in group]
+                scores = self.scorer.predict(concat(inputs))
+                bounds = np.cumsum([0] + [len(x) for x in inputs])
+                for k, (i, _) in enumerate(group):
                     done[i] = _Done(_ms_since(items[i][1]),
                                     predictions=scores[bounds[k]:bounds[k + 1]])
-                shaped = []
             except Exception:
                 logger.debug("batch of version %s failed; retrying one by one", self.version)
-        for i, frame in shaped:
+                alone += group
+        for i, x in alone:
             try:
-                done[i] = _Done(_ms_since(items[i][1]),
-                                predictions=self._predict_frame(frame, len(frame)))
+                done[i] = _Done(_ms_since(items[i][1]), predictions=self.scorer.predict(x))
             except Exception as exc:
                 done[i] = _Done(_ms_since(items[i][1]), exc=exc)
         return done  # type: ignore[return-value]
 
-    async def _predict_batch(self, items: list[tuple[pd.DataFrame, float]]) -> list[_Done]:
+    async def _predict_batch(self, items: list[tuple[Rows | pd.DataFrame, float]]
+                             ) -> list[_Done]:
         self.counters.batched(len(items))
         future = self._submit(self._score_many, items)
         if future is None:
@@ -332,7 +312,7 @@ class VersionRunner:
                 "requests in flight already; retry later")
 
     # -- the request path ------------------------------------------------------------------
-    async def predict(self, raw: pd.DataFrame) -> Outcome:
+    async def predict(self, raw: Rows | pd.DataFrame) -> Outcome:
         """This version's answer to the request's parsed rows; never raises for a failure."""
         submitted = time.perf_counter()
         if self._batched is not None:
@@ -352,7 +332,7 @@ class VersionRunner:
                 f"version {self.version} did not answer within {self.limits.timeout_s:g} s")))
         return self._outcome(waiting.result())
 
-    def mirror(self, raw: pd.DataFrame, done: Callable[[Outcome], None]) -> bool:
+    def mirror(self, raw: Rows | pd.DataFrame, done: Callable[[Outcome], None]) -> bool:
         """Compute a shadow copy in the background and hand its outcome to ``done`` (in a
         pool thread). False, and counted, when the copy was dropped."""
         future = self._submit(self._score, raw, time.perf_counter(), shadow=True)
@@ -387,31 +367,22 @@ class VersionRunner:
 
     def warm(self, timeout_s: float = 60.0) -> float:
         """One prediction of the spec's example row through the pool, before any request
-        is routed here; returns its seconds. Raises what the version raises."""
-        raw = parse_invocation({"dataframe_records": [self.model.spec.example()]})
+        is routed here, by the path a request takes and, where that is the lean path, by the
+        pandas path too (big requests take it): returns the seconds of the first. Raises
+        what the version raises."""
+        rows = parse_rows({"dataframe_records": [self.model.spec.example()]})
         start = time.perf_counter()
-        future = self._submit(self._score, raw, start)
-        if future is None:  # cannot happen on a fresh runner; said plainly if it does
-            raise Overloaded(self._saturated())
-        done: _Done = future.result(timeout=timeout_s)
-        if done.exc is not None:
-            raise done.exc
-        return time.perf_counter() - start
-
-
-def _refuse_empty_rows(raw: pd.DataFrame, names: tuple[str, ...]) -> None:
-    """`InvalidInput` naming the first row in which every feature is absent or null."""
-    present = [name for name in names if name in raw.columns]
-    if len(present) < len(names):
-        return  # spec.frame names the missing columns, a clearer message
-    empty = raw[present].isna().all(axis=1).to_numpy()
-    if empty.any():
-        rows = np.flatnonzero(empty)
-        more = f" (and {len(rows) - 1} more)" if len(rows) > 1 else ""
-        raise InvalidInput(
-            f"row {int(rows[0])}{more} has none of the model's features {list(names)}: every "
-            "one is missing or null, so there is nothing to predict from. Send at least one "
-            "feature per row (or set serving.allow_all_missing_rows: true)")
+        seconds = 0.0
+        lean = self.scorer.encoder is not None
+        for example in (rows, rows.frame()) if lean else (rows,):
+            future = self._submit(self._score, example, start)
+            if future is None:  # cannot happen on a fresh runner; said plainly if it does
+                raise Overloaded(self._saturated())
+            done: _Done = future.result(timeout=timeout_s)
+            if done.exc is not None:
+                raise done.exc
+            seconds = seconds or time.perf_counter() - start
+        return seconds
 
 
 def _ms_since(start: float) -> float:

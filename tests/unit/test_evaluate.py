@@ -82,3 +82,41 @@ def test_footprints_are_timed_interleaved_so_load_hits_every_model_alike():
     # every round times both models, and the order rotates so neither always goes first
     assert singles == ["a", "b", "b", "a", "a", "b", "b", "a"]
     assert [name for name, n in order if n == 1000] == ["a", "b", "b", "a", "a", "b"]
+
+
+def test_the_guardrail_times_the_replicas_path_on_a_request_body(monkeypatch):
+    """The pipeline's footprints time `serve.scoring.Scorer.score_body` on a JSON body of the
+    holdout's rows (decoded, read and predicted as a replica does), one row and 1,000 rows,
+    and the batch figure is per 1,000 rows, not per byte of the body."""
+    import json
+
+    import xgboost as xgb
+
+    from retrain import pipeline
+    from serve.features import FeatureSpec
+    from serve.loader import LoadedModel
+    from serve.scoring import Scorer
+
+    rng = np.random.default_rng(0)
+    holdout = pd.DataFrame({"x": rng.normal(size=1500), "c": rng.choice(["a", "b"], 1500),
+                            "unused": "z"})
+    spec = FeatureSpec.learn(holdout, ("x", "c"))
+    booster = xgb.train({"objective": "binary:logistic"}, xgb.DMatrix(
+        spec.frame(holdout), holdout["x"] > 0, enable_categorical=True), 3)
+    model = LoadedModel(name="m", version="1", task="classification", spec=spec,
+                        booster=booster)
+    bodies, lean = [], []
+    score_body = Scorer.score_body
+
+    def spy(self, raw):
+        bodies.append(raw)
+        lean.append(self.encoder is not None)
+        return score_body(self, raw)
+
+    monkeypatch.setattr(Scorer, "score_body", spy)
+    split = type("Split", (), {"holdout_raw": holdout})()
+    fps = pipeline._footprints(split, {"v1": model})
+    assert fps["v1"].single_row_ms > 0 and fps["v1"].batch_ms_per_1k > 0
+    sizes = {len(json.loads(b)["dataframe_split"]["data"]) for b in bodies}
+    assert sizes == {1, 1000} and all(lean)
+    assert json.loads(bodies[0])["dataframe_split"]["columns"] == ["x", "c"]
