@@ -617,8 +617,13 @@ class OpportunityTrigger(_Section):
     fit_share: float = Field(default=0.5, gt=0, lt=1)
     #: boosting rounds added to the champion for the cheap challenger
     rounds: int = Field(default=20, ge=1)
-    #: fires when the interval's lower bound exceeds this (the metric's units; > 0 better)
+    #: fires when the interval's lower bound exceeds this (the metric's units; > 0 better) ...
     min_improvement: float = Field(default=0.0, ge=0)
+    #: ... and this share of the champion's metric (0.001: 0.0007 AUC at 0.7, 0.1 RMSE at
+    #: 100), so that a gain too small to pay for a cycle does not fire; off by default until
+    #: a backtest chooses it (on flights it would have saved the cycle after November, whose
+    #: lower bound was +0.0002)
+    min_relative_improvement: float = Field(default=0.0, ge=0)
 
 
 class TriggersConfig(_Section):

@@ -284,6 +284,8 @@ def load_split(
         x_all, x_holdout = spec.frame(train), spec.frame(holdout)
     except InvalidInput as exc:
         raise DataError(f"the data does not fit the features: {exc}") from exc
+    _refuse_infinities(x_all, "training")
+    _refuse_infinities(x_holdout, "holdout")
     y_all = target_values(config, task, targets)
     y_holdout = target_values(config, task, holdout[config.target])
     share = config.holdout_share if holdout_share is None else holdout_share
@@ -316,6 +318,19 @@ def load_split(
         row_counts=counts,
         holdout_head=max(0, head),
     )
+
+
+def _refuse_infinities(frame: pd.DataFrame, where: str) -> None:
+    """XGBoost refuses infinite inputs (every trial would fail with a native backtrace); a
+    float32 frame also turns overflowing values (1e300) into infinities. Named here, once."""
+    bad = {name: int(np.isinf(frame[name].to_numpy()).sum()) for name in frame.columns
+           if not isinstance(frame[name].dtype, pd.CategoricalDtype)}
+    bad = {name: n for name, n in bad.items() if n}
+    if bad:
+        raise DataError(
+            f"the {where} rows hold infinite or overflowing values (beyond float32) in "
+            f"{bad} (column: rows); no model can train on them: fix or drop those rows, or "
+            "leave the column out with data.exclude (admission quarantines such new partitions)")
 
 
 def training_row_count(config: DataConfig, partitions: list[Partition],

@@ -526,9 +526,15 @@ def _boost(family: Family, config: dict[str, Any], data: TrainData, settings: Tr
             if stop:
                 # the model as it was at its best report: later rounds only overfit
                 best = tracker.best_round
+                if settings.patience is None:
+                    best = done  # the model keeps every round; its score is the last one
+                    tracker.best_value = value
                 metrics.update({SCORE_KEY: tracker.best_value, BEST_ROUND_KEY: best,
                                 FINAL_KEY: 1, FIT_KEY: began - start - reporting[0]})
-                kept = model[: base_rounds + best] if best < done else model
+                # cut to the best round only where early stopping is on: a trial asked to
+                # boost to its rounds (early_stopping_rounds empty) keeps every one
+                cut = settings.patience is not None and best < done
+                kept = model[: base_rounds + best] if cut else model
                 reporter.final(metrics, lambda tmp: kept.save_model(os.path.join(tmp, MODEL_FILE)))
             else:
                 reporter.report(metrics)

@@ -464,11 +464,15 @@ def _opportunity(config: TriggersConfig, inputs: TriggerInputs) -> _Condition:
         return _Condition(kind, False, False, Hold.TOO_FEW_LABELS,
                           f"not judged (needs {policy.min_rows} new labelled rows and an "
                           "XGBoost champion)")
-    if chance.low > policy.min_improvement:
+    reference = inputs.champion_metric if inputs.champion_metric is not None \
+        else inputs.monitor.live_metric
+    bar = max(policy.min_improvement,
+              policy.min_relative_improvement * abs(reference or 0.0))
+    if chance.low > bar:
         return _Condition(kind, True, True, None,
-                          f"{chance.summary()}, lower bound above {policy.min_improvement:g}")
+                          f"{chance.summary()}, lower bound above {bar:.4g}")
     return _Condition(kind, False, False, Hold.NOT_MET,
-                      f"{chance.summary()}, lower bound not above {policy.min_improvement:g}")
+                      f"{chance.summary()}, lower bound not above {bar:.4g}")
 
 
 def _drift(config: TriggersConfig, streak: int,

@@ -146,12 +146,16 @@ def _numeric(name: str, column: pd.Series) -> np.ndarray:
         pd.api.types.is_numeric_dtype(column) or column.dtype == object
     ):
         raise InvalidInput(f"feature {name!r} must be numeric, but got dtype {column.dtype}")
+    # a value beyond float32 becomes an infinity, which callers refuse by name (training:
+    # `retrain.data`; serving checks ranges before this), so numpy's warning adds nothing
     if pd.api.types.is_numeric_dtype(column):
-        return column.to_numpy(dtype=np.float32, na_value=np.nan)
+        with np.errstate(over="ignore"):
+            return column.to_numpy(dtype=np.float32, na_value=np.nan)
     bad = [v for v in column if v is not None and not _is_number(v)]
     if bad:
         raise InvalidInput(f"feature {name!r} must be numeric, but got {bad[0]!r}")
-    return column.astype("float64").to_numpy(dtype=np.float32, na_value=np.nan)
+    with np.errstate(over="ignore"):
+        return column.astype("float64").to_numpy(dtype=np.float32, na_value=np.nan)
 
 
 def _is_number(value: Any) -> bool:

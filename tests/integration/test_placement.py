@@ -41,6 +41,9 @@ def test_a_search_that_cannot_place_a_trial_says_so_within_its_timeout(ray_clust
         def ready(self) -> bool:
             return True
 
+    # what is free before (an earlier test's Serve app may hold a share): what must be free
+    # again after the failed search
+    free = ray.available_resources().get("CPU")
     holder = Holder.remote()
     try:
         ray.get(holder.ready.remote(), timeout=120)
@@ -51,7 +54,7 @@ def test_a_search_that_cannot_place_a_trial_says_so_within_its_timeout(ray_clust
     finally:
         ray.kill(holder)
     # the failed search left no trial waiting to take the CPUs once they are free
-    wait_until(lambda: ray.available_resources().get("CPU") == 2, timeout=60)
+    wait_until(lambda: ray.available_resources().get("CPU") == free, timeout=60)
     message = str(raised.value)
     print(f"failed after {took:.1f} s: {message}")
     assert f"no trial could be placed for {TIMEOUT_S} s (resources.placement_timeout_s)" \
@@ -79,6 +82,9 @@ def test_a_data_parallel_trial_whose_workers_cannot_be_placed_says_so(ray_cluste
         def ready(self) -> bool:
             return True
 
+    # what is free before (an earlier test's Serve app may hold a share): what must be free
+    # again after the failed search
+    free = ray.available_resources().get("CPU")
     holder = Holder.remote()
     try:
         ray.get(holder.ready.remote(), timeout=120)
@@ -88,7 +94,7 @@ def test_a_data_parallel_trial_whose_workers_cannot_be_placed_says_so(ray_cluste
         took = time.monotonic() - start
     finally:
         ray.kill(holder)
-    wait_until(lambda: ray.available_resources().get("CPU") == 2, timeout=60)
+    wait_until(lambda: ray.available_resources().get("CPU") == free, timeout=60)
     message = str(raised.value)
     print(f"failed after {took:.1f} s: {message}")
     assert f"Ray Train workers were not placed within {TIMEOUT_S} s" in message

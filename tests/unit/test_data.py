@@ -321,3 +321,13 @@ def test_a_byte_copy_of_an_older_partition_is_quarantined_as_a_copy(tmp_path):
     (verdict,) = integrity_verdicts(partitions, partitions)
     assert verdict.partition == "3"
     assert "same content" in verdict.problems[0] and "as partition 1" in verdict.problems[0]
+
+
+def test_infinite_or_overflowing_training_values_are_named_not_left_to_xgboost(tmp_path):
+    write_partitions(tmp_path / "data", [1, 2, 3], rows=100)
+    path = tmp_path / "data" / "period=1" / "part-0.parquet"
+    frame = pd.read_parquet(path)
+    frame.loc[:2, "x1"] = 1e300  # overflows float32
+    frame.to_parquet(path, index=False)
+    with pytest.raises(DataError, match=r"infinite or overflowing values .*'x1': 3"):
+        load_split(_config(tmp_path), "classification")
