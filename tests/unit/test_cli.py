@@ -112,17 +112,24 @@ def test_serve_host_and_port_override_the_config(tmp_path, capsys):
 
 def test_serve_on_a_taken_port_fails_before_starting_anything_and_names_port(
         tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    # a process of its own, as a user runs it: this one may be attached to the session's Ray
+    # already (then `serve` would use that cluster's Serve rather than start one)
     path = tmp_path / "retrain.yaml"
     path.write_text(yaml.safe_dump(config_dict("data", "work")))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert main(["serve", "--config", str(path), "--port", str(port)]) == 2
-    err = capsys.readouterr().err
-    assert f"cannot serve on 127.0.0.1:{port}" in err and "--port" in err
-    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "retrain.cli", "serve", "--config", str(path), "--port",
+             str(port)], capture_output=True, text=True, timeout=120, cwd=ROOT,
+            env={**env, "PYTHONPATH": ROOT})
+    assert done.returncode == 2, done.stderr
+    assert f"cannot serve on 127.0.0.1:{port}" in done.stderr and "--port" in done.stderr
+    # before anything started: no Ray runtime came up (its start takes seconds, and says so)
+    assert time.monotonic() - started < 60 and "Started a local Ray instance" not in done.stderr
 
 
 def test_watch_stops_on_sigterm_and_ctrl_c_without_a_traceback(tmp_path):
