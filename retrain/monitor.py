@@ -107,10 +107,9 @@ def live_metric(task: str, metric: str, predictions: pd.DataFrame, feedback: pd.
     empty = LiveMetric(metric, None, 0, evaluated)
     if version is None or predictions.empty or feedback.empty:
         return empty
-    mine = predictions.loc[predictions["model_version"] == version, [*KEY, "ts", "prediction"]]
-    labels = feedback.sort_values("ts").drop_duplicates(KEY, keep="last")[[*KEY, "label"]]
-    joined = mine.merge(labels, on=KEY, how="inner").sort_values("ts")
-    joined = joined[np.isfinite(joined["label"]) & np.isfinite(joined["prediction"])]
+    joined, _ = labelled_rows(predictions[[*KEY, "ts", "model_version", "prediction"]],
+                              feedback, version=version)
+    joined = joined[np.isfinite(joined["prediction"])]
     if max_rows is not None:
         joined = joined.tail(max_rows)
     if joined.empty:

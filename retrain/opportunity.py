@@ -55,6 +55,7 @@ def estimate_opportunity(config: Config, champion: LoadedModel, frame: pd.DataFr
     import xgboost as xgb
 
     from retrain.candidates import DEFAULTS, WARM_START, xgb_params
+    from retrain.config import METRIC_DIRECTIONS
     from retrain.stats import paired_difference
 
     policy = config.triggers.opportunity
@@ -65,15 +66,12 @@ def estimate_opportunity(config: Config, champion: LoadedModel, frame: pd.DataFr
     y = np.asarray(y)
     if len(np.unique(y[cut:])) < 2 and config.task.type == "classification":
         return None
-    warm = {k: v for k, v in DEFAULTS[WARM_START].items()}
-    params = xgb_params(config.task.type, config.task.primary_metric, warm, nthread=1,
-                        device="cpu", seed=config.search.seed)
+    params = xgb_params(config.task.type, config.task.primary_metric, DEFAULTS[WARM_START],
+                        nthread=1, device="cpu", seed=config.search.seed)
     challenger = xgb.train(params, xgb.DMatrix(x.iloc[:cut], y[:cut], enable_categorical=True),
                            num_boost_round=policy.rounds, xgb_model=champion.booster)
     newest = x.iloc[cut:]
     metric = config.task.primary_metric
-    from retrain.config import METRIC_DIRECTIONS
-
     d = paired_difference(
         metric, y[cut:], challenger.inplace_predict(newest),
         champion.booster.inplace_predict(newest), greater_is_better=METRIC_DIRECTIONS[metric],
