@@ -251,7 +251,10 @@ def _finalists(config: Config, search: SearchResult, split: Split, warm: WarmSta
         models[f"trial-{trial.trial_id}"] = model
         finalists.append(Finalist(
             name=f"trial-{trial.trial_id}",
-            predictions=model.predict(spec.frame(split.holdout_raw)),
+            # the split's holdout frame is already typed by its spec; only a warm start's
+            # champion spec frames it again
+            predictions=model.predict(split.x_holdout if spec is split.spec
+                                      else spec.frame(split.holdout_raw)),
             trial_id=trial.trial_id,
             valid_score=trial.score,
             trained_rows=again.rows if again is not None else None,
