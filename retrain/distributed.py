@@ -428,9 +428,7 @@ def _run_trainer(job: _Job, settings: DataParallelSettings, name: str,
     # the trainer hands this process's DataContext to its workers; a progress bar per read
     # would flood the trial's log
     DataContext.get_current().enable_progress_bars = False
-    per_worker = {"CPU": settings.cpus_per_worker}
-    if settings.gpus_per_worker > 0:
-        per_worker["GPU"] = settings.gpus_per_worker
+    per_worker = _per_worker(settings)
     XGBoostTrainer(
         _worker,
         train_loop_config={"job": job},
@@ -442,6 +440,35 @@ def _run_trainer(job: _Job, settings: DataParallelSettings, name: str,
         datasets=_datasets(job.rows, settings),
         dataset_config=_data_config(),
     ).fit()
+
+
+def _per_worker(settings: DataParallelSettings) -> dict[str, float]:
+    per_worker = {"CPU": settings.cpus_per_worker}
+    if settings.gpus_per_worker > 0:
+        per_worker["GPU"] = settings.gpus_per_worker
+    return per_worker
+
+
+def _check_placeable(settings: DataParallelSettings, timeout_s: float) -> None:
+    """Reserve the workers' resources once, as Train's placement group would (PACK), and free
+    them again; raise `ClusterError` when that takes longer than ``timeout_s``.
+
+    Train creates its workers' placement group in its controller actor. A group created by
+    an actor outlives it for as long as the job lives, and Train's detached cleaner removes
+    only groups that were placed: a trial that gave up on a group still pending, and killed
+    its Train run, left that group to grab the CPUs the moment they were free, for the rest
+    of the job (measured: a whole test session's later searches could place nothing). This
+    group is the trial's own, so whatever happens it is removed here.
+    """
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    group = placement_group([_per_worker(settings)] * settings.num_workers, strategy="PACK")
+    try:
+        placed = group.wait(timeout_seconds=timeout_s)
+    finally:
+        remove_placement_group(group)
+    if not placed:
+        raise ClusterError(_unplaced(settings, timeout_s))
 
 
 def _datasets(rows: ParquetRows, settings: DataParallelSettings) -> dict[str, Any]:
@@ -636,8 +663,10 @@ def train_data_parallel(
     Reports go through ``reporter`` (the trial's `retrain.search.TrialReporter`: ``report``
     and ``final``); without one nothing is reported and the final model is only returned.
 
-    ``placement_timeout_s``: when no worker has started that many seconds after the run
-    began (the cluster cannot place them), raises `ClusterError` naming what they ask for.
+    ``placement_timeout_s``: when the workers' resources cannot be reserved within that many
+    seconds (`_check_placeable`, before Train starts), or no worker has started that many
+    seconds after the run began (another trial took the resources in between), raises
+    `ClusterError` naming what they ask for.
     A trial that ends before its run (stopped by Tune, failed, timed out) kills its driver
     actor and removes its workers' placement group itself, so their CPUs are free at once
     rather than when Train's own cleaner notices.
@@ -645,6 +674,8 @@ def train_data_parallel(
     import ray
 
     session = _tune_session()
+    if placement_timeout_s is not None:
+        _check_placeable(settings, placement_timeout_s)
     name = f"data-parallel-{uuid.uuid4().hex[:8]}"
     if storage_path is None:
         # the controller runs on the trial's node, so the trial's own folder is reachable

@@ -94,6 +94,8 @@ def test_a_data_parallel_trial_whose_workers_cannot_be_placed_says_so(ray_cluste
         took = time.monotonic() - start
     finally:
         ray.kill(holder)
+    # no placement group of the trial's workers is left pending, to take the CPUs once free
+    wait_until(lambda: not _held_groups(), timeout=30)
     wait_until(lambda: ray.available_resources().get("CPU") == free, timeout=60)
     message = str(raised.value)
     print(f"failed after {took:.1f} s: {message}")
@@ -101,3 +103,10 @@ def test_a_data_parallel_trial_whose_workers_cannot_be_placed_says_so(ray_cluste
     assert "1 workers (CPU 1 each)" in message
     # the stated time, plus the start of Tune, the trial and its Train run on a loaded box
     assert TIMEOUT_S <= took < TIMEOUT_S + 120
+
+
+def _held_groups() -> list[dict]:
+    import ray
+
+    return [g for g in ray.util.placement_group_table().values()
+            if g["state"] in ("PENDING", "CREATED", "RESCHEDULING")]
