@@ -1,4 +1,5 @@
-"""Checks in front of Serve's HTTP proxy: headers it would fail on, answered with a 400.
+"""ASGI middleware in front of Serve's HTTP proxy: headers it would fail on, answered with a
+400; a request it could not answer at all, answered with a 503 to retry.
 
 Serve's proxy reads some request headers before any application code runs (``x-request-id``,
 the multiplexed model id, the session id, ``traceparent``) and decodes them as UTF-8; a value
@@ -48,6 +49,56 @@ class HeaderCheck:
         await self.app(scope, receive, send)
 
 
+class RetryWhenUnanswered:
+    """A 503 with ``Retry-After`` for an HTTP request the proxy returns from without starting
+    any response.
+
+    The proxy does that when the replica holding the request died (``RayActorError``) or the
+    call failed outside the application, and the HTTP server then answers a bare 500. The
+    application itself always answers (its own errors included, as JSON with the request's
+    id), so a request left unanswered was lost with its replica, not refused: a retry reaches
+    a live replica, and 503 says so to clients and load balancers that retry on it.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        await self.app(scope, receive, watched)
+        if not started:
+            request_id = _request_id(scope.get("headers") or [])
+            body = json.dumps({
+                "error": "the replica answering this request stopped before it answered "
+                         "(it is being replaced); send the request again",
+                "request_id": request_id}).encode()
+            try:
+                await send({"type": "http.response.start", "status": 503,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode()),
+                                        (b"retry-after", b"1")]})
+                await send({"type": "http.response.body", "body": body})
+            except Exception:  # the client is gone (the proxy's 499): nobody to answer
+                return
+
+
+def _request_id(headers) -> str | None:
+    for key, value in headers:
+        if key == b"x-request-id" and REQUEST_ID.fullmatch(value):
+            return value.decode("ascii")
+    return None
+
+
 def _problem(headers) -> str | None:
     for key, value in headers:
         if key == b"x-request-id" and not REQUEST_ID.fullmatch(value):
@@ -63,4 +114,5 @@ def _problem(headers) -> str | None:
 
 def middlewares() -> list[Middleware]:
     """The callback Serve's proxy calls (see the module docstring)."""
-    return [Middleware(HeaderCheck)]
+    # the header check outermost: a refused request never reaches the proxy
+    return [Middleware(HeaderCheck), Middleware(RetryWhenUnanswered)]

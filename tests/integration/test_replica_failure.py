@@ -93,6 +93,8 @@ def test_killing_one_replica_under_load_fails_only_its_in_flight_requests_and_he
     # only requests in flight at the kill may fail; every other request succeeds
     in_flight_ids = {id(a) for a in in_flight}
     assert [a for a in failed if id(a) not in in_flight_ids] == [], failed
+    # and those were told to retry (serve/proxy.py), not answered a server error
+    assert all(a.status == 503 for a in failed), failed
     # answers resume within RESUME_S: the first success after the kill, and no later stretch
     # without one, even while Serve replaces the replica
     after = sorted(a.finished for a in answers if a.ok and a.started > kill_done)

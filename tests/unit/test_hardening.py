@@ -212,7 +212,7 @@ def test_only_a_salted_hash_of_the_token_reaches_the_deployment_arguments(monkey
 
 
 def test_the_proxy_check_refuses_headers_serves_proxy_would_fail_on():
-    from serve.proxy import _problem, middlewares
+    from serve.proxy import _problem
 
     assert _problem([(b"x-request-id", b"abc-123"), (b"x-user", "é".encode())]) is None
     for headers, expected in (([(b"x-request-id", b"\x80")], "printable ASCII"),
@@ -220,7 +220,45 @@ def test_the_proxy_check_refuses_headers_serves_proxy_would_fail_on():
                               ([(b"x-request-id", b"a" * 257)], "printable ASCII"),
                               ([(b"traceparent", b"\xff\xfe")], "traceparent header is not UTF-8")):
         assert expected in _problem(headers)
-    assert middlewares()[0].cls.__name__ == "HeaderCheck"
+
+
+def test_a_request_the_proxy_leaves_unanswered_gets_503_to_retry_and_answers_pass_through():
+    """Serve's proxy returns without a response when the replica holding the request died;
+    the middleware answers 503 with Retry-After there, and leaves every answer that was
+    started (a 500 of the application's own included) as it was."""
+    import asyncio
+
+    from serve.proxy import RetryWhenUnanswered, middlewares
+
+    async def lost(scope, receive, send):  # what the proxy does when the replica died
+        return None
+
+    def answering(status):
+        async def app(scope, receive, send):
+            await send({"type": "http.response.start", "status": status, "headers": []})
+            await send({"type": "http.response.body", "body": b"{}"})
+        return app
+
+    def call(app) -> list[dict]:
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        async def receive():
+            return {"type": "http.request", "body": b""}
+
+        scope = {"type": "http", "headers": [(b"x-request-id", b"req-7")]}
+        asyncio.run(RetryWhenUnanswered(app)(scope, receive, send))
+        return sent
+
+    start, body = call(lost)
+    assert start["status"] == 503 and (b"retry-after", b"1") in start["headers"]
+    assert json.loads(body["body"])["request_id"] == "req-7"
+    for status in (200, 400, 500):
+        sent = call(answering(status))
+        assert [m.get("status") for m in sent] == [status, None]
+    assert [m.cls.__name__ for m in middlewares()] == ["HeaderCheck", "RetryWhenUnanswered"]
 
 
 def test_the_app_refuses_a_bad_request_id_itself_where_no_proxy_check_runs():
