@@ -620,10 +620,9 @@ class OpportunityTrigger(_Section):
     #: fires when the interval's lower bound exceeds this (the metric's units; > 0 better) ...
     min_improvement: float = Field(default=0.0, ge=0)
     #: ... and this share of the champion's metric (0.001: 0.0007 AUC at 0.7, 0.1 RMSE at
-    #: 100), so that a gain too small to pay for a cycle does not fire; off by default until
-    #: a backtest chooses it (on flights it would have saved the cycle after November, whose
-    #: lower bound was +0.0002)
-    min_relative_improvement: float = Field(default=0.0, ge=0)
+    #: 100), so that a gain too small to pay for a cycle does not fire (on flights, 0 fired a
+    #: cycle after November on a lower bound of +0.0002 and kept the champion)
+    min_relative_improvement: float = Field(default=0.001, ge=0)
 
 
 class TriggersConfig(_Section):
