@@ -25,13 +25,16 @@ if TYPE_CHECKING:
     from retrain.config import Config, config_from_dict, example_yaml, load_config
     from retrain.decide import Decision, Verdict, decide
     from retrain.errors import (
+        BusyError,
         ClusterError,
         ConfigError,
         DataError,
         ModelNotFoundError,
         RegistryError,
         RetrainError,
+        RetrainWarning,
         SearchError,
+        StateError,
     )
     from retrain.evaluate import Comparison
     from retrain.ledger import EventKind, Ledger, LedgerEvent, ServedAt
@@ -43,8 +46,9 @@ if TYPE_CHECKING:
 _MODULES: dict[str, tuple[str, ...]] = {
     "retrain.config": ("Config", "config_from_dict", "example_yaml", "load_config"),
     "retrain.decide": ("Decision", "Verdict", "decide"),
-    "retrain.errors": ("ClusterError", "ConfigError", "DataError", "ModelNotFoundError",
-                       "RegistryError", "RetrainError", "SearchError"),
+    "retrain.errors": ("BusyError", "ClusterError", "ConfigError", "DataError",
+                       "ModelNotFoundError", "RegistryError", "RetrainError", "RetrainWarning",
+                       "SearchError", "StateError"),
     "retrain.evaluate": ("Comparison",),
     "retrain.ledger": ("EventKind", "Ledger", "LedgerEvent", "ServedAt"),
     "retrain.pipeline": ("CycleResult", "run_cycle"),
@@ -54,6 +58,7 @@ _EXPORTS: dict[str, str] = {name: module for module, names in _MODULES.items()
                             for name in names}
 
 __all__ = [
+    "BusyError",
     "ClusterError",
     "Comparison",
     "Config",
@@ -67,9 +72,11 @@ __all__ = [
     "ModelNotFoundError",
     "RegistryError",
     "RetrainError",
+    "RetrainWarning",
     "SearchError",
     "SearchResult",
     "ServedAt",
+    "StateError",
     "TrialResult",
     "Verdict",
     "config_from_dict",

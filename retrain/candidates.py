@@ -1,13 +1,13 @@
 """Model families and their search spaces as data: config -> `Family` -> trial params -> model.
 
-Four families compete in one search:
+Five families compete in one search:
 
 - ``xgboost``: XGBoost from scratch over ``search.space``;
 - ``xgboost_window``: XGBoost from scratch on a searched training window (the newest k
   partitions, rows weighted by a searched recency half-life), see `window_weights`;
 - ``xgboost_warm_start``: the champion's booster, boosted on for a few more rounds on the
-  training rows it has not seen (continual learning); valid only when the champion's feature
-  spec equals this cycle's, see `warm_start_problem`;
+  training rows it has not seen (continual learning); valid when the champion reads this
+  cycle's columns with the same codes (vocabularies may grow), see `warm_start_problem`;
 - ``hist_gradient_boosting`` and ``linear``: scikit-learn estimators, see `build_sklearn`.
 
 Everything here is pure or a thin constructor; Ray Tune is driven by `retrain.search`.

@@ -1,5 +1,5 @@
 """`retrain` command line: init, validate, run, serve, status, history, monitor, watch,
-request, backtest, demo.
+request, readmit, backtest, rollout, demo.
 
 Errors of the `RetrainError` tree print their message (which says how to fix the problem) and
 exit with the error's code; anything else is a bug and keeps its traceback. The commands that
