@@ -1,23 +1,28 @@
-"""What traffic control costs an answer: the retrain app vs plain Serve vs bare FastAPI.
+"""What an answer costs through Serve, per Serve setting: the retrain app vs plain Serve vs a
+bare server running the same request path.
 
 One run, one booster (registered once in a temporary MLflow store), the same single-row
 request and the same load generator (retrain/loadgen.py) against:
 
-- ``bare``     FastAPI + uvicorn in its own process, ``inplace_predict`` in the handler;
-- ``plain``    a minimal one-deployment Ray Serve app (FastAPI ingress, the same handler);
-- ``traffic``  the retrain app (serve/model.py) with a split of one version, inference log
-  off (its cost is benchmarks/inference_log_overhead.py's subject), and ``traffic+log``
-  with it on;
-- ``batched``  the retrain app with ``batch_max_size`` > 1 (``serve.batch``), against
-  ``traffic`` at concurrency 32.
+- ``bare``          FastAPI + uvicorn in its own process, running the app's lean request path
+                    (`serve.scoring.Scorer`: JSON to a float32 row block, ``inplace_predict``);
+- ``bare-pandas``   the same server with the pandas path the app used before (parse, typed
+                    frame, predict on the frame);
+- ``plain``         a minimal one-deployment Serve app (FastAPI ingress, the lean path);
+- ``traffic``       the retrain app (serve/model.py: traffic split, admin, inference log on);
+- ``traffic-nolog`` the same app with the inference log off;
+- ``batched``       the retrain app (log off) with ``batch_max_size`` > 1 (``serve.batch``),
+                    against ``traffic-nolog`` at 32 and 128 clients.
 
-All Serve apps run side by side in one Serve instance, and the measurement blocks rotate
-through the targets, so a drift in machine load hits all alike. Latency p50/p99 come from
-1 client thread, throughput from ``--threads`` client threads (and 32 for batching).
+Serve's settings are read where Ray starts, so each setting (``--settings``; see SETTINGS)
+runs in a child process with a Ray runtime of its own, and the bare servers (started once,
+by this process) are measured again inside each child's rotating blocks: every ratio compares
+targets measured in the same minutes. Latency p50/p99 come from 1 client thread,
+throughput from ``--threads`` and 32 client threads.
 
-Usage: python benchmarks/serve_overhead.py [--seconds 6] [--blocks 3] [--threads 8]
-       [--batch-size 32] [--batch-wait 0.005]
-       (internal: --bare PORT TRACKING_URI sets up the bare server process)
+Usage: python benchmarks/serve_overhead.py [--settings default chosen ...] [--seconds 4]
+       [--blocks 2] [--threads 8] [--batch-size 32] [--batch-wait 0.005]
+       (internal: --bare PORT TRACKING_URI MODE, --child SETTING ARGS_JSON)
 """
 
 # No `from __future__ import annotations`: FastAPI reads the plain app's annotations at run
@@ -39,6 +44,18 @@ MODEL = "bench"
 TOKEN = "serve-overhead-bench"
 ROW = {"x1": 0.3, "x2": 4.0, "x3": -1.2, "cat": "b"}
 BODY = {"dataframe_records": [ROW]}
+
+#: Serve settings (environment variables read where Ray starts), each documented by Ray's
+#: performance guide; "chosen" is what `retrain serve` and cluster/local_cluster.py set
+SETTINGS: dict[str, dict[str, str]] = {
+    "default": {},
+    "no-threads": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+                   "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"},
+    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
+    "haproxy+throughput": {"RAY_SERVE_ENABLE_HA_PROXY": "1",
+                           "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+}
 
 
 def free_port() -> int:
@@ -65,23 +82,36 @@ def register(root: Path) -> str:
     return registry.tracking_uri
 
 
-# -- the two baselines -------------------------------------------------------------------------
+# -- the servers ------------------------------------------------------------------------------
 
 
-def _handler_app(get_model):
-    """FastAPI app with the plain handler: parse, shape, ``inplace_predict``, answer."""
+def _lean(model):
+    from serve.scoring import Scorer
+
+    scorer = Scorer(model)
+    return lambda raw: scorer.score_body(raw)
+
+
+def _pandas(model):
+    from serve.schemas import parse_invocation
+
+    def score(raw: bytes):
+        frame = model.spec.frame(parse_invocation(json.loads(raw)))
+        return model.booster.inplace_predict(frame)
+
+    return score
+
+
+def _handler_app(model, score):
+    """FastAPI app with one handler: the body scored by ``score``, the answer as the app's."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
-
-    from serve.schemas import parse_invocation
 
     app = FastAPI()
 
     @app.post("/invocations")
     async def invocations(request: Request) -> JSONResponse:
-        model = get_model()
-        raw = parse_invocation(json.loads(await request.body()))
-        scores = model.booster.inplace_predict(model.spec.frame(raw))
+        scores = score(await request.body())
         return JSONResponse({"predictions": np.asarray(scores, dtype=float).tolist(),
                              "model_version": model.version})
 
@@ -94,7 +124,6 @@ def plain_app(tracking_uri: str, cpus: float, max_ongoing: int):
     from ray import serve
 
     from serve.loader import load_version
-    from serve.schemas import parse_invocation
 
     app = FastAPI()
 
@@ -104,18 +133,18 @@ def plain_app(tracking_uri: str, cpus: float, max_ongoing: int):
     class Plain:
         def __init__(self) -> None:
             self.model = load_version(tracking_uri, MODEL, "1")
+            self.score = _lean(self.model)
 
         @app.post("/invocations")
         async def invocations(self, request: Request) -> JSONResponse:
-            raw = parse_invocation(json.loads(await request.body()))
-            scores = self.model.booster.inplace_predict(self.model.spec.frame(raw))
+            scores = self.score(await request.body())
             return JSONResponse({"predictions": np.asarray(scores, dtype=float).tolist(),
                                  "model_version": self.model.version})
 
     return Plain.bind()
 
 
-def run_bare(port: int, tracking_uri: str) -> None:
+def run_bare(port: int, tracking_uri: str, mode: str) -> None:
     import threading
 
     import uvicorn
@@ -131,7 +160,8 @@ def run_bare(port: int, tracking_uri: str) -> None:
 
     threading.Thread(target=orphaned, daemon=True).start()
     model = load_version(tracking_uri, MODEL, "1")
-    uvicorn.run(_handler_app(lambda: model), host="127.0.0.1", port=port, log_level="warning",
+    score = _lean(model) if mode == "lean" else _pandas(model)
+    uvicorn.run(_handler_app(model, score), host="127.0.0.1", port=port, log_level="warning",
                 access_log=False)
 
 
@@ -150,11 +180,11 @@ def measure(url: str, threads: int, seconds: float) -> dict:
         elapsed = time.perf_counter() - started
     latencies = np.asarray(load.stats.latencies[before[1]:after[1]]) * 1000
     return {"ok": after[0] - before[0], "failed": after[2] - before[2],
-            "rps": (after[0] - before[0]) / elapsed, "latencies": latencies}
+            "rps": (after[0] - before[0]) / elapsed, "latencies": latencies.tolist()}
 
 
 def merge(parts: list[dict]) -> dict:
-    lat = np.concatenate([p["latencies"] for p in parts])
+    lat = np.concatenate([np.asarray(p["latencies"]) for p in parts])
     return {"ok": sum(p["ok"] for p in parts), "failed": sum(p["failed"] for p in parts),
             "rps": float(np.mean([p["rps"] for p in parts])),
             "p50": float(np.percentile(lat, 50)) if lat.size else float("nan"),
@@ -175,21 +205,19 @@ def wait_ready(url: str, timeout: float = 180) -> None:
     raise SystemExit(f"{url} did not answer within {timeout:.0f}s")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=6.0, help="per target and block")
-    parser.add_argument("--blocks", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=8, help="client threads, throughput")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--batch-wait", type=float, default=0.005)
-    parser.add_argument("--cpus", type=float, default=0.5, help="CPUs per replica (logical)")
-    parser.add_argument("--bare", nargs=2, metavar=("PORT", "TRACKING_URI"),
-                        help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.bare:
-        run_bare(int(args.bare[0]), args.bare[1])
-        return
-
+def run_child(setting: str, args: dict) -> None:
+    """One setting: a Ray runtime of its own with the setting's environment, the Serve apps,
+    and the rotating blocks over them and the bare servers; prints one JSON line."""
+    os.environ.update(SETTINGS[setting])
+    scratch = Path(tempfile.mkdtemp(prefix=f"serve-{setting}-"))
+    # HAProxy's files and ports: this run's own (its defaults are shared by every cluster on
+    # the machine, and 8404/9101 may be taken)
+    os.environ.update({"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(scratch / "haproxy.cfg"),
+                       "RAY_SERVE_HAPROXY_SOCKET_PATH": str(scratch / "admin.sock"),
+                       "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(scratch),
+                       "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(scratch / "server-state"),
+                       "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+                       "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())})
     import ray
     from ray import serve
 
@@ -198,83 +226,152 @@ def main() -> None:
     from serve.settings import ServeSettings
 
     quiet_defaults()
-    root = Path(tempfile.mkdtemp(prefix="serve-overhead-"))
-    tracking_uri = register(root)
-    bare_port, serve_port = free_port(), free_port()
-    # one OpenMP thread, as Ray gives a replica with < 2 CPUs: the same XGBoost in all three
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    bare = subprocess.Popen([sys.executable, __file__, "--bare", str(bare_port), tracking_uri],
-                            cwd=Path(__file__).resolve().parent.parent, env=env)
+    port, cpus, tracking_uri = free_port(), args["cpus"], args["tracking_uri"]
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             logging_level="WARNING")
     try:
-        # a runtime of its own (never another cluster on this machine); logical CPUs: four
-        # replicas at --cpus each, the cores are what they are
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-                 logging_level="WARNING")
-        serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
-        base = f"http://127.0.0.1:{serve_port}"
-        serve.run(plain_app(tracking_uri, args.cpus, 64), name="plain", route_prefix="/plain",
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        base = f"http://127.0.0.1:{port}"
+        serve.run(plain_app(tracking_uri, cpus, 64), name="plain", route_prefix="/plain",
                   blocking=False)
-        common = dict(tracking_uri=tracking_uri, model_name=MODEL, port=serve_port,
-                      cpus_per_replica=args.cpus, max_ongoing_requests=64, poll_interval_s=2.0)
-        deploy(ServeSettings(app_name="traffic", route_prefix="/traffic", **common))
-        deploy(ServeSettings(app_name="traffic-log", route_prefix="/traffic-log",
-                             inference_log_path=str(root / "inference"), **common))
+        common = dict(tracking_uri=tracking_uri, model_name=MODEL, port=port,
+                      cpus_per_replica=cpus, max_ongoing_requests=64, poll_interval_s=2.0)
+        deploy(ServeSettings(app_name="traffic", route_prefix="/traffic",
+                             inference_log_path=str(scratch / "inference"), **common))
+        deploy(ServeSettings(app_name="traffic-nolog", route_prefix="/traffic-nolog",
+                             **common))
         deploy(ServeSettings(app_name="batched", route_prefix="/batched",
-                             batch_max_size=args.batch_size, batch_wait_s=args.batch_wait,
+                             batch_max_size=args["batch_size"], batch_wait_s=args["batch_wait"],
                              admin_token=TOKEN, **common))
-        targets = {
-            "bare": f"http://127.0.0.1:{bare_port}/invocations",
-            "plain": f"{base}/plain/invocations",
-            "traffic": f"{base}/traffic/invocations",
-            "traffic+log": f"{base}/traffic-log/invocations",
-        }
-        batch_targets = {"traffic": targets["traffic"], "batched": f"{base}/batched/invocations"}
-        for url in {**targets, **batch_targets}.values():
+        targets = {"bare": args["bare"], "bare-pandas": args["bare_pandas"],
+                   "plain": f"{base}/plain/invocations",
+                   "traffic": f"{base}/traffic/invocations",
+                   "traffic-nolog": f"{base}/traffic-nolog/invocations"}
+        batch = {"traffic-nolog": targets["traffic-nolog"],
+                 "batched": f"{base}/batched/invocations"}
+        for url in {**targets, **batch}.values():
             wait_ready(url)
+        seconds, threads = args["seconds"], args["threads"]
+        runs: dict[str, dict[str, list]] = {}
 
-        latency: dict[str, list] = {k: [] for k in targets}
-        throughput: dict[str, list] = {k: [] for k in targets}
-        batching: dict[str, list] = {k: [] for k in batch_targets}
-        for block in range(args.blocks):
-            names = list(targets) if block % 2 == 0 else list(reversed(targets))
-            for name in names:
-                latency[name].append(measure(targets[name], 1, args.seconds))
-                throughput[name].append(measure(targets[name], args.threads, args.seconds))
-            for name in (batch_targets if block % 2 == 0 else reversed(batch_targets)):
-                batching[name].append(measure(batch_targets[name], 32, args.seconds))
+        def add(key: str, name: str, url: str, clients: int) -> None:
+            runs.setdefault(key, {}).setdefault(name, []).append(
+                measure(url, clients, seconds))
+
+        for block in range(args["blocks"]):
+            order = list(targets) if block % 2 == 0 else list(reversed(targets))
+            for name in order:
+                add("1", name, targets[name], 1)
+                add(str(threads), name, targets[name], threads)
+                add("32", name, targets[name], 32)
+            for name in (batch if block % 2 == 0 else reversed(batch)):
+                for clients in (32, 128):
+                    add(f"batch{clients}", name, batch[name], clients)
         counters = json.loads(urllib.request.urlopen(urllib.request.Request(
             f"{base}/batched/admin/traffic", headers={"authorization": f"Bearer {TOKEN}"}),
             timeout=10).read())["counters"]["1"]
     finally:
-        bare.terminate()
-        bare.wait(30)
         try:
             serve.shutdown()
         finally:
             ray.shutdown()
+    merged = {key: {name: merge(parts) for name, parts in by.items()}
+              for key, by in runs.items()}
+    print("RESULT " + json.dumps({"setting": setting, "runs": merged,
+                                  "batches": counters["batches"],
+                                  "batched_requests": counters["batched_requests"]}),
+          flush=True)
 
-    lat = {k: merge(v) for k, v in latency.items()}
-    thr = {k: merge(v) for k, v in throughput.items()}
-    bat = {k: merge(v) for k, v in batching.items()}
-    print(f"\none single-row XGBoost request; {args.blocks} rotating blocks of {args.seconds:g}s "
-          f"per target; {args.cpus:g} CPU per replica\n")
-    head = (f"{'target':<13}{'p50 ms':>8}{'p99 ms':>8}{'p50/plain':>10}{'p99/plain':>10}"
-            f"{'rps@' + str(args.threads):>9}{'rps/plain':>10}{'failed':>8}")
-    print(head)
-    for name in targets:
-        a, t = lat[name], thr[name]
-        print(f"{name:<13}{a['p50']:>8.2f}{a['p99']:>8.2f}{a['p50'] / lat['plain']['p50']:>10.3f}"
-              f"{a['p99'] / lat['plain']['p99']:>10.3f}{t['rps']:>9.1f}"
-              f"{t['rps'] / thr['plain']['rps']:>10.3f}{a['failed'] + t['failed']:>8}")
-    print(f"\nbatching at 32 client threads (batch_max_size={args.batch_size}, "
-          f"batch_wait_s={args.batch_wait:g})\n")
-    print(f"{'target':<13}{'rps':>8}{'p50 ms':>8}{'p99 ms':>8}{'rps ratio':>10}{'failed':>8}")
-    for name, b in bat.items():
-        print(f"{name:<13}{b['rps']:>8.1f}{b['p50']:>8.2f}{b['p99']:>8.2f}"
-              f"{b['rps'] / bat['traffic']['rps']:>10.3f}{b['failed']:>8}")
-    size = counters["batched_requests"] / max(counters["batches"], 1)
-    print(f"batched app: {counters['batches']} batches, {size:.1f} requests per batch on "
-          "average")
+
+def _child(setting: str, args: dict) -> dict:
+    cmd = [sys.executable, __file__, "--child", setting, json.dumps(args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, env=env,
+                          stdout=subprocess.PIPE, text=True, timeout=1800)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        return {"setting": setting, "error": f"exit {done.returncode}"}
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def _print(results: list[dict], threads: int) -> None:
+    t = str(threads)
+    print(f"\n{'setting':<20}{'target':<15}{'p50 ms':>8}{'p99 ms':>8}{'p50/bare':>9}"
+          f"{'rps@' + t:>8}{'/bare':>7}{'rps@32':>8}{'/bare':>7}{'failed':>7}")
+    for r in results:
+        if "error" in r:
+            print(f"{r['setting']:<20}failed to run: {r['error']}")
+            continue
+        one, many, wide = r["runs"]["1"], r["runs"][t], r["runs"]["32"]
+        for name in one:
+            failed = one[name]["failed"] + many[name]["failed"] + wide[name]["failed"]
+            print(f"{r['setting']:<20}{name:<15}{one[name]['p50']:>8.2f}{one[name]['p99']:>8.2f}"
+                  f"{one[name]['p50'] / one['bare']['p50']:>9.2f}{many[name]['rps']:>8.0f}"
+                  f"{many[name]['rps'] / many['bare']['rps']:>7.2f}{wide[name]['rps']:>8.0f}"
+                  f"{wide[name]['rps'] / wide['bare']['rps']:>7.2f}{failed:>7}")
+    print("\nbatching (the retrain app, log off): rps, and batched / unbatched")
+    print(f"{'setting':<20}{'clients':>8}{'unbatched':>10}{'batched':>9}{'ratio':>7}"
+          f"{'p99 ms':>8}{'per batch':>10}")
+    for r in results:
+        if "error" in r:
+            continue
+        size = r["batched_requests"] / max(r["batches"], 1)
+        for clients in (32, 128):
+            b = r["runs"][f"batch{clients}"]
+            plain, batched = b["traffic-nolog"]["rps"], b["batched"]["rps"]
+            print(f"{r['setting']:<20}{clients:>8}{plain:>10.0f}{batched:>9.0f}"
+                  f"{batched / plain:>7.2f}{b['batched']['p99']:>8.1f}{size:>10.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS),
+                        default=["default", "haproxy"])
+    parser.add_argument("--seconds", type=float, default=4.0, help="per target and block")
+    parser.add_argument("--blocks", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8, help="client threads, throughput")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-wait", type=float, default=0.005)
+    parser.add_argument("--cpus", type=float, default=0.5, help="CPUs per replica (logical)")
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--bare", nargs=3, metavar=("PORT", "TRACKING_URI", "MODE"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, metavar=("SETTING", "ARGS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare:
+        run_bare(int(args.bare[0]), args.bare[1], args.bare[2])
+        return
+    if args.child:
+        run_child(args.child[0], json.loads(args.child[1]))
+        return
+
+    root = Path(tempfile.mkdtemp(prefix="serve-overhead-"))
+    tracking_uri = register(root)
+    # one OpenMP thread, as Ray gives a replica with < 2 CPUs: the same XGBoost everywhere
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ports = {"lean": free_port(), "pandas": free_port()}
+    bares = [subprocess.Popen([sys.executable, __file__, "--bare", str(port), tracking_uri, mode],
+                              cwd=Path(__file__).resolve().parent.parent, env=env)
+             for mode, port in ports.items()]
+    child_args = {"tracking_uri": tracking_uri, "cpus": args.cpus, "seconds": args.seconds,
+                  "blocks": args.blocks, "threads": args.threads,
+                  "batch_size": args.batch_size, "batch_wait": args.batch_wait,
+                  "bare": f"http://127.0.0.1:{ports['lean']}/invocations",
+                  "bare_pandas": f"http://127.0.0.1:{ports['pandas']}/invocations"}
+    try:
+        wait_ready(child_args["bare"])
+        wait_ready(child_args["bare_pandas"])
+        results = [_child(setting, child_args) for setting in args.settings]
+    finally:
+        for bare in bares:
+            bare.terminate()
+            bare.wait(30)
+    print(f"\none single-row XGBoost request; {args.blocks} rotating blocks of "
+          f"{args.seconds:g}s per target and client count; {args.cpus:g} CPU per replica; "
+          "ratios against the bare lean server measured in the same child")
+    _print(results, args.threads)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
