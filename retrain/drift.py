@@ -35,6 +35,8 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
+from retrain import shift
+
 Kind = Literal["numeric", "categorical"]
 
 OTHER = "__other__"  # the pooled bucket of categories beyond the reference's top K
@@ -43,7 +45,6 @@ UNSEEN = "__unseen__"  # the bucket of new values outside a complete reference v
 #: reads about 20 bars, and the report's JSON stays small when top_k is 200
 _SHOWN_CATEGORIES = 20
 FORMAT = 1  # version of the to_dict layout, for readers of sketches stored long ago
-_EPS = 1e-4  # share given to an empty bin in PSI, so that one empty bin does not make it inf
 _MIN_EXPECTED = 5.0  # chi-square cells expected below this are pooled (the usual rule)
 #: numeric columns are copied and sorted in blocks of about this size: bounded memory on
 #: millions of rows, and on small frames one vectorised step per block, not per column
@@ -784,18 +785,12 @@ def _numeric_raws(sketches: dict[str, NumericSketch],
             ref_cdf = np.stack([s.cdf for s in refs])
             new_bins = _bin_shares(cdf, refs[0].edge_index)
             ref_bins = _bin_shares(ref_cdf, refs[0].edge_index)
-            shares = np.maximum(new_bins, _EPS)
-            ref_shares = np.maximum(ref_bins, _EPS)
+            psi = shift.psi(new_bins, ref_bins)
             ref_bins, new_bins = ref_bins.tolist(), new_bins.tolist()  # one conversion
-            psi = np.sum((shares - ref_shares) * np.log(shares / ref_shares), axis=1)
             # The sup over the grid is <= the sup over all points: the test is conservative.
             gap = np.abs(cdf - ref_cdf)
             d = gap.max(axis=1) if m else np.zeros(len(group))
-            # Asymptotic two-sample KS with Stephens' small-sample correction on the
-            # effective n = n*m / (n+m); special.kolmogorov is kstwobign.sf as a bare ufunc.
-            # (scipy's exact kstwo costs ~4 ms per feature at n = 2500.)
-            root = np.sqrt(ref_valid * valid / (ref_valid + valid))
-            p = np.clip(special.kolmogorov((root + 0.12 + 0.11 / root) * d), 0.0, 1.0)
+            p = shift.ks_p_value(d, ref_valid, valid)
             sd = np.array([s.std or math.nan for s in refs])
             mean_d = total_d / finite
             mean_shift = mean_d / sd

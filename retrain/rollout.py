@@ -32,8 +32,8 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy import special
 
+from retrain import shift
 from serve.traffic import TrafficSplit
 
 if TYPE_CHECKING:
@@ -45,7 +45,6 @@ LEVELS: tuple[float, ...] = tuple(i / 100 for i in range(101))
 _LEVELS = np.asarray(LEVELS)
 #: PSI bins: equal-frequency bins of the champion's predictions (its deciles)
 PSI_BINS = 10
-_EPS = 1e-4  # share given to an empty bin, so that one empty bin does not make PSI inf
 # an observation may start a little before the step did (clocks of two processes)
 _CLOCK_SLACK_S = 1.0
 
@@ -533,9 +532,8 @@ def prediction_shift(champion: PredictionSummary,
                      challenger: PredictionSummary) -> dict[str, float]:
     """PSI on the champion's decile bins and the two-sample KS statistic and p-value.
 
-    PSI as in `retrain.drift`: equal-frequency bins of the reference (here the champion's
-    predictions), empty bins floored at a share of 1e-4. KS uses the asymptotic distribution
-    with Stephens' correction on the effective n = n*m / (n+m), as `retrain.drift` does.
+    PSI and KS as in `retrain.drift` (both from `retrain.shift`): equal-frequency bins of the
+    reference (here the champion's predictions).
     """
     if not champion.count or not challenger.count:
         raise ValueError("both summaries need at least one finite prediction")
@@ -543,15 +541,12 @@ def prediction_shift(champion: PredictionSummary,
     edges = np.unique(cut)
 
     def shares(summary: PredictionSummary) -> np.ndarray:
-        return np.maximum(np.diff(np.concatenate(([0.0], summary.cdf(edges), [1.0]))), _EPS)
+        return np.diff(np.concatenate(([0.0], summary.cdf(edges), [1.0])))
 
-    ref, new = shares(champion), shares(challenger)
-    psi = float(np.sum((new - ref) * np.log(new / ref)))
+    psi = float(shift.psi(shares(challenger), shares(champion)))
     points = np.union1d(champion.quantiles, challenger.quantiles)
     d = float(np.max(np.abs(champion.cdf(points) - challenger.cdf(points))))
-    n, m = champion.count, challenger.count
-    root = math.sqrt(n * m / (n + m))
-    p = float(np.clip(special.kolmogorov((root + 0.12 + 0.11 / root) * d), 0.0, 1.0))
+    p = float(shift.ks_p_value(d, champion.count, challenger.count))
     mean_shift = (challenger.mean or 0.0) - (champion.mean or 0.0)
     return {"psi": psi, "ks_statistic": d, "p_value": p, "mean_shift": mean_shift}
 
