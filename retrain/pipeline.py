@@ -30,7 +30,6 @@ after the search) leaves it resumable from the stage it reached.
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
@@ -53,6 +52,7 @@ from retrain.decide import Check, Decision, Verdict, decide
 from retrain.drift import build_reference
 from retrain.errors import DataError, RegistryError
 from retrain.evaluate import Comparison, Finalist, compare, measure_footprints
+from retrain.files import write_json_atomic
 from retrain.ledger import EventKind, Ledger, LedgerEvent
 from retrain.locks import cycle_lock
 from retrain.quarantine import QuarantineRecord
@@ -150,12 +150,8 @@ def cycles_folder(config: Config) -> Path:
 
 def save_stage(folder: Path, stage: CycleStage) -> CycleStage:
     """Write the record atomically (a crash leaves the old one or the new one, whole)."""
-    folder.mkdir(parents=True, exist_ok=True)
     stage = replace(stage, updated_at=time.time())
-    path = folder / f"{stage.cycle_id}.json"
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(asdict(stage), indent=1))
-    os.replace(partial, path)
+    write_json_atomic(folder / f"{stage.cycle_id}.json", asdict(stage), indent=1)
     return stage
 
 

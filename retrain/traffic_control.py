@@ -38,6 +38,7 @@ import pandas as pd
 
 from retrain.config import Config
 from retrain.errors import ConfigError, RetrainError
+from retrain.files import write_json_atomic
 from retrain.ledger import EventKind, Ledger, LedgerEvent
 from retrain.monitor import live_metric
 from retrain.rollout import (
@@ -153,11 +154,6 @@ def observe(rollout: Rollout, rows: pd.DataFrame, *, since: float,
 # --------------------------------------------------------------------------------------------
 
 
-def _atomic_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 class RolloutDriver:
@@ -198,7 +194,7 @@ class RolloutDriver:
         return rollout if rollout is not None and not rollout.done else None
 
     def _save(self, rollout: Rollout) -> None:
-        _atomic_json(self.state_path, rollout.to_dict())
+        write_json_atomic(self.state_path, rollout.to_dict())
         self.store.write_summary(rollout)
 
     def _applied(self, rollout: Rollout) -> TrafficSplit | None:

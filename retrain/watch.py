@@ -39,6 +39,7 @@ from typing import Any
 
 from retrain.config import Config
 from retrain.errors import RetrainError
+from retrain.files import write_json_atomic
 from retrain.ledger import EventKind, Ledger, LedgerEvent
 from retrain.locks import controller_lock
 from retrain.monitor import MonitorReport
@@ -75,11 +76,6 @@ class Tick:
         return line
 
 
-def _atomic_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)  # atomic: a reader sees the old state or the new one
 
 
 class Controller:
@@ -149,7 +145,7 @@ class Controller:
 
     def _save(self, *, running: dict[str, Any] | None) -> None:
         self._running = running
-        _atomic_json(self.state_path, {"triggers": self.state.to_dict(), "running": running})
+        write_json_atomic(self.state_path, {"triggers": self.state.to_dict(), "running": running})
 
     def driver(self):
         """The rollout driver (rollouts on only); created on first use."""
