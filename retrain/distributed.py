@@ -538,7 +538,7 @@ def _worker(config: dict[str, Any]) -> None:
 
     from retrain.candidates import XGB_METRICS
     from retrain.config import METRIC_DIRECTIONS
-    from retrain.search import BestRound
+    from retrain.trial_report import BestRound
 
     job: _Job = config["job"]
     start = time.perf_counter()
@@ -615,7 +615,7 @@ def _stopping(session) -> bool:
 def _report(item: dict[str, Any], reporter) -> None:
     """One report to Tune through the trial's reporter (`retrain.search.TrialReporter`), with the
     keys of `retrain.search._boost`; the last one carries the model."""
-    from retrain.search import (
+    from retrain.trial_report import (
         AT_KEY,
         BEST_ROUND_KEY,
         FINAL_KEY,
@@ -767,7 +767,7 @@ def _end(driver) -> None:
 def _unplaced(settings: DataParallelSettings, timeout_s: float) -> str:
     import ray
 
-    from retrain.search import UNPLACED
+    from retrain.trial_report import UNPLACED
 
     each = f"CPU {settings.cpus_per_worker:g}" + (
         f", GPU {settings.gpus_per_worker:g}" if settings.gpus_per_worker else "")

@@ -65,6 +65,25 @@ from retrain.candidates import (
 )
 from retrain.config import METRIC_DIRECTIONS, Config
 from retrain.errors import ClusterError, ConfigError, RetrainWarning, SearchError
+from retrain.trial_report import (
+    AT_KEY,
+    BEST_ROUND_KEY,
+    CONFIG_KEY,
+    ERROR_KEY,
+    FINAL_KEY,
+    FIT_KEY,
+    MANIFEST_KEY,
+    METRICS_FILE,
+    MODEL_FILE,
+    RECORDS_DIR,
+    REPORTS_KEY,
+    SCORE_KEY,
+    SKLEARN_FILE,
+    STATUS_KEY,
+    TRAINED_KEY,
+    UNPLACED,
+    BestRound,
+)
 
 if TYPE_CHECKING:
     from retrain.data import Split
@@ -253,32 +272,6 @@ class SearchResult:
         return load_model(self.require_best())
 
 
-MODEL_FILE = "model.ubj"
-SKLEARN_FILE = "model.skops"
-#: a final checkpoint's own copy of its last report (see `_finished_trials`)
-METRICS_FILE = "metrics.json"
-#: in METRICS_FILE: the checkpoint's other files and their sizes, the trial's config, every
-#: report it made
-MANIFEST_KEY, CONFIG_KEY, REPORTS_KEY = "files", "config", "reports"
-SCORE_KEY = "valid_score"
-#: set on a trial's last report (the one with its model), which may come before its cap
-#: when the trial stopped early; that report's score is the kept model's, its best round's
-#: (BEST_ROUND_KEY: the rounds the kept model has; later rounds are cut off)
-FINAL_KEY, BEST_ROUND_KEY = "final", "best_round"
-FIT_KEY = "fit_seconds"
-#: every report: the trial's own training seconds so far, and when it reported (unix time)
-TRAINED_KEY = "trained_seconds"
-AT_KEY = "reported_at"
-#: a folder beside a search's trial folders, in its Tune experiment on storage, that holds
-#: each finished trial's record the moment it finished: ``<trial_id>/`` (the trial's final
-#: model and METRICS_FILE, written by the trial itself) and ``<trial_id>.json`` (a trial that
-#: Tune stopped or that failed, written by the driver as Tune ends it). Tune's own files for
-#: a trial (params.json, result.json, error.txt, the experiment state) are written on the
-#: driver in Ray's session folder and reach storage only at its next sync (every 10 s or
-#: more), so a driver that dies in between would leave finished trials looking unfinished.
-RECORDS_DIR = "retrain-trials"
-#: in a driver-written record: "terminated" (stopped, or ended) or "error"
-STATUS_KEY, ERROR_KEY = "status", "error"
 #: what a driver-written record keeps of each report
 _REPORT_KEYS = ("round", SCORE_KEY, TRAINED_KEY, AT_KEY, FIT_KEY, BEST_ROUND_KEY, FINAL_KEY,
                 "gpu", "trial_id", "time_total_s")
@@ -551,23 +544,6 @@ def _boost(family: Family, config: dict[str, Any], data: TrainData, settings: Tr
     )
 
 
-@dataclass
-class BestRound:
-    """Early stopping at reports: the best validation score so far and its round; `add` says
-    when ``patience`` rounds have passed without a better one (never, with no patience)."""
-
-    greater: bool
-    patience: int | None
-    best_round: int = 0
-    best_value: float = math.nan
-
-    def add(self, done: int, value: float) -> bool:
-        better = (value > self.best_value if self.greater else value < self.best_value)
-        if math.isnan(self.best_value) or better:
-            self.best_round, self.best_value = done, value
-        return self.patience is not None and done - self.best_round >= self.patience
-
-
 def _fit_sklearn(family: Family, params: dict[str, Any], data: TrainData,
                  settings: TrialSettings, nthread: int, reporter: TrialReporter) -> None:
     """Fit a scikit-learn family once, score it on the validation rows, report once."""
@@ -724,11 +700,6 @@ def _placement_watchdog(timeout_s: float):
             self._unplaced(trial)
 
     return Placement()
-
-
-#: in the error of a data-parallel trial whose workers could not be placed
-#: (`retrain.distributed.train_data_parallel`)
-UNPLACED = "Ray Train workers were not placed within"
 
 
 def _unplaceable(waiting, timeout_s: float) -> str:
