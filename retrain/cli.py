@@ -339,7 +339,7 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
         if driver.active() is not None:
             raise ConfigError("a rollout is in progress; roll it back first, or let it finish")
         before = driver.registry.alias_version(CHAMPION)
-        driver.registry.client.get_model_version(config.model_name, args.version)
+        driver.registry.require_version(args.version)
         driver.registry.set_alias(CHAMPION, args.version)
         driver.store.write(None)
         driver.ledger.append(LedgerEvent(

@@ -81,6 +81,26 @@ class MlflowRegistry:
         with _translated(f"setting alias {alias!r} to version {version}"):
             self.client.set_registered_model_alias(self.model_name, alias, version)
 
+    def require_version(self, version: str) -> None:
+        """`ModelNotFoundError` unless the model has this version."""
+        with _translated(f"reading version {version} of model {self.model_name!r}"):
+            self.client.get_model_version(self.model_name, version)
+
+    # -- the registered model's own tags (the traffic split, the rollout summary) ---------------
+    def model_tags(self) -> dict[str, str]:
+        with _translated(f"reading the tags of model {self.model_name!r}"):
+            return dict(self.client.get_registered_model(self.model_name).tags)
+
+    def set_model_tag(self, key: str, value: str) -> None:
+        with _translated(f"writing tag {key!r} of model {self.model_name!r}"):
+            self.client.set_registered_model_tag(self.model_name, key, value)
+
+    def delete_model_tag(self, key: str) -> None:
+        """Remove the tag; nothing happens when the model has none."""
+        with _translated(f"removing tag {key!r} of model {self.model_name!r}"):
+            if key in self.client.get_registered_model(self.model_name).tags:
+                self.client.delete_registered_model_tag(self.model_name, key)
+
     # -- runs ----------------------------------------------------------------------------------
     def experiment_id(self) -> str:
         with _translated(f"opening experiment {self.experiment!r}"):

@@ -61,11 +61,7 @@ class TrafficStore:
         self.registry = registry
 
     def read(self) -> TrafficSplit | None:
-        from retrain.registry import _translated
-
-        with _translated("reading the traffic split"):
-            model = self.registry.client.get_registered_model(self.registry.model_name)
-        raw = model.tags.get(TRAFFIC_TAG)
+        raw = self.registry.model_tags().get(TRAFFIC_TAG)
         if not raw:
             return None
         try:
@@ -76,30 +72,21 @@ class TrafficStore:
 
     def write_summary(self, rollout: Rollout) -> None:
         """Where the rollout stands, for the app's GET /admin/rollout and its promote check."""
-        from retrain.registry import _translated
-
         summary = {"champion": rollout.champion, "challenger": rollout.challenger,
                    "stage": rollout.stage.value, "step": rollout.step,
                    "steps": [s.name for s in rollout.plan.steps],
                    "split": rollout.split.to_dict(), "reason": rollout.reason[:1000],
                    "started_at": rollout.started_at, "step_started_at": rollout.step_started_at}
-        with _translated("writing the rollout summary"):
-            self.registry.client.set_registered_model_tag(
-                self.registry.model_name, ROLLOUT_TAG, json.dumps(summary))
+        self.registry.set_model_tag(ROLLOUT_TAG, json.dumps(summary))
 
     def write(self, split: TrafficSplit | None) -> None:
         """Apply ``split``; None removes the tag (all traffic to the champion alias)."""
-        from retrain.registry import _translated
-
-        client, name = self.registry.client, self.registry.model_name
-        with _translated("writing the traffic split"):
-            if split is None:
-                if TRAFFIC_TAG in client.get_registered_model(name).tags:
-                    client.delete_registered_model_tag(name, TRAFFIC_TAG)
-                return
-            for version in split.deployed:
-                client.get_model_version(name, version)  # ModelNotFoundError if unknown
-            client.set_registered_model_tag(name, TRAFFIC_TAG, json.dumps(split.to_dict()))
+        if split is None:
+            self.registry.delete_model_tag(TRAFFIC_TAG)
+            return
+        for version in split.deployed:
+            self.registry.require_version(version)  # ModelNotFoundError if unknown
+        self.registry.set_model_tag(TRAFFIC_TAG, json.dumps(split.to_dict()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,7 +234,7 @@ class RolloutDriver:
         if champion is None:
             raise ConfigError("there is no champion to roll out against: the first version "
                               "goes straight to the champion alias (`retrain rollout promote`)")
-        self.registry.client.get_model_version(self.registry.model_name, challenger)
+        self.registry.require_version(str(challenger))
         rollout = Rollout.start(RolloutPlan.from_config(self.config), champion=champion,
                                 challenger=str(challenger), now=self.clock())
         self._commit(None, rollout)
