@@ -795,6 +795,29 @@ class Config(_Section):
     def storage_path(self) -> str:
         return self.search.storage_path or str(self.project.workdir / "tune")
 
+    # The project's own files under its workdir, named here only.
+    @property
+    def cycles_dir(self) -> Path:
+        """Each cycle's resumable stage record."""
+        return Path(self.project.workdir) / "cycles"
+
+    @property
+    def quarantine_path(self) -> Path:
+        return Path(self.project.workdir) / "quarantine.jsonl"
+
+    @property
+    def reports_dir(self) -> Path:
+        return Path(self.project.workdir) / "reports"
+
+    @property
+    def watch_dir(self) -> Path:
+        """`retrain watch`'s state."""
+        return Path(self.project.workdir) / "watch"
+
+    @property
+    def rollout_state_path(self) -> Path:
+        return Path(self.project.workdir) / "rollout" / "state.json"
+
 
 def _resolve(base: Path, path: Path) -> Path:
     path = Path(os.path.expandvars(str(path))).expanduser()

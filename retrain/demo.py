@@ -272,7 +272,7 @@ def _run(config: Config, workdir: Path, log_path: Path, started: float, *, first
     say(f"    wall time {time.perf_counter() - started:.0f}s")
     config_path = workdir / "retrain.yaml"
     say("\nWhere to look next:")
-    say(f"  {config.project.workdir / 'reports'}/   # an HTML report per cycle: checks, "
+    say(f"  {config.reports_dir}/   # an HTML report per cycle: checks, "
         "intervals, slices, search curves")
     say(f"  retrain history --config {config_path}   # every decision and alias move, and why")
     say(f"  retrain status --config {config_path}    # the champion and the last decisions")

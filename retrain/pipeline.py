@@ -145,7 +145,7 @@ class CycleStage:
 
 
 def cycles_folder(config: Config) -> Path:
-    return Path(config.project.workdir) / "cycles"
+    return config.cycles_dir
 
 
 def save_stage(folder: Path, stage: CycleStage) -> CycleStage:
@@ -274,7 +274,7 @@ def _admission(config: Config, registry: MlflowRegistry, champion: str | None, c
     judges the partitions it judged the first time again (admission is pure and the data is
     unchanged) and records nothing twice.
     """
-    record = QuarantineRecord(Path(config.project.workdir) / "quarantine.jsonl")
+    record = QuarantineRecord(config.quarantine_path)
     held = record.held(partitions) if resumed is None else frozenset(resumed.excluded)
     # integrity first, with or without a champion: unreadable files, and byte copies of
     # another partition (a copy judged as new data would judge models on rows they saw)
@@ -510,7 +510,7 @@ def _stages(config: Config, registry: MlflowRegistry, stage: CycleStage, folder:
             for v in admission.partitions
         },
     )
-    report_path = Path(config.project.workdir) / "reports" / f"cycle-{cycle_id}.html"
+    report_path = config.reports_dir / f"cycle-{cycle_id}.html"
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(report)
     files = {"report.html": str(report_path)}
@@ -520,7 +520,7 @@ def _stages(config: Config, registry: MlflowRegistry, stage: CycleStage, folder:
             admission, title=f"{config.project.name} admission, cycle {cycle_id}",
             reference={"champion version": str(champion_version), "cycle": cycle_id},
             policy=config.admission.policy(),
-            record=str(Path(config.project.workdir) / "quarantine.jsonl"),
+            record=str(config.quarantine_path),
         ))
         files["admission.html"] = str(admission_path)
     registry.log_cycle(

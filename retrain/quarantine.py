@@ -96,7 +96,7 @@ def readmit(config, value: str, *, reason: str) -> dict:
     if value not in partitions:
         raise DataError(f"no partition {config.data.partition_column}={value} under "
                         f"{config.data.path}; partitions: {sorted(partitions)}")
-    record = QuarantineRecord(Path(config.project.workdir) / "quarantine.jsonl")
+    record = QuarantineRecord(config.quarantine_path)
     entry = record.release(partitions[value], reason=reason)
     Ledger(config.ledger_path).append(LedgerEvent(
         kind=EventKind.ADMISSION, model_name=config.model_name, reasons=(reason,),

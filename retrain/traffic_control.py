@@ -30,7 +30,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -161,7 +160,7 @@ class RolloutDriver:
             config.serving.admin_token_env)
         self.clock = clock
         self.echo = echo or (lambda line: None)
-        self.state_path = Path(config.project.workdir) / "rollout" / "state.json"
+        self.state_path = config.rollout_state_path
         #: the smoke step's pinned requests (their log rows are what the step is judged on)
         self._smoke_ids: set[str] = set()
         self._batch: list[dict[str, Any]] | None = None

@@ -34,7 +34,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from retrain.config import Config
@@ -94,7 +93,7 @@ class Controller:
         self._run = run
         self._clock = clock
         self._echo = echo or (lambda line: None)
-        self.dir = Path(config.project.workdir) / "watch"
+        self.dir = config.watch_dir
         self.state_path = self.dir / "state.json"
         self.ledger = Ledger(config.ledger_path)
         self._lock = None
