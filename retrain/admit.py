@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from retrain.drift import DriftPolicy, DriftReport, NumericSketch, ReferenceSketch, compare
+from retrain.errors import InvalidValueError
 
 Status = Literal["admitted", "warned", "quarantined"]
 
@@ -41,11 +42,11 @@ class AdmissionPolicy:
 
     def __post_init__(self) -> None:
         if self.min_rows < 1:
-            raise ValueError(f"min_rows must be >= 1, but got {self.min_rows=}")
+            raise InvalidValueError(f"min_rows must be >= 1, but got {self.min_rows=}")
         if self.range_margin < 0:
-            raise ValueError(f"range_margin must be >= 0, but got {self.range_margin=}")
+            raise InvalidValueError(f"range_margin must be >= 0, but got {self.range_margin=}")
         if not 0 <= self.max_out_of_range_share < 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"max_out_of_range_share must be in [0, 1), but got {self.max_out_of_range_share=}"
             )
 

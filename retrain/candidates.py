@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from retrain.config import ParamRange, SearchConfig
+from retrain.errors import InvalidValueError
 from serve.features import FeatureSpec
 
 #: our metric name -> (XGBoost eval_metric, convert XGBoost's value into ours)
@@ -323,8 +324,8 @@ def build_sklearn(
         model = (LogisticRegression(**{"C": 1.0 / alpha, "max_iter": 1000, **params})
                  if classification else Ridge(**{"alpha": alpha, **params}))
         return Pipeline([("prepare", prepare), ("model", model)])
-    raise ValueError(f"{family!r} is not a scikit-learn family; known: "
-                     f"{sorted(k for k, v in FLAVORS.items() if v == 'sklearn')}")
+    raise InvalidValueError(f"{family!r} is not a scikit-learn family; known: "
+                            f"{sorted(k for k, v in FLAVORS.items() if v == 'sklearn')}")
 
 
 def check_sklearn_space(family: Family, task: str) -> str | None:

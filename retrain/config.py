@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from retrain.errors import ConfigError
+from retrain.errors import ConfigError, InvalidValueError
 
 #: metric name -> True when larger is better
 METRIC_DIRECTIONS: dict[str, bool] = {
@@ -84,7 +84,7 @@ class DataConfig(_Section):
     def _target_not_a_feature(self) -> DataConfig:
         clash = {self.target, self.partition_column} & set(self.features)
         if clash:
-            raise ValueError(
+            raise InvalidValueError(
                 f"features must not contain the target or the partition column, but got "
                 f"{sorted(clash)}; remove them from data.features"
             )
@@ -101,7 +101,7 @@ class TaskConfig(_Section):
         task = info.data.get("type")  # absent when the type itself is invalid
         allowed = TASK_METRICS.get(task, ())
         if metric is not None and task is not None and metric not in allowed:
-            raise ValueError(
+            raise InvalidValueError(
                 f"metric {metric!r} does not fit task type {task!r}; use one of {list(allowed)}"
             )
         return metric
@@ -128,22 +128,22 @@ class ParamRange(_Section):
     def _consistent(self) -> ParamRange:
         if self.type == "categorical":
             if not self.choices:
-                raise ValueError("a categorical parameter needs a non-empty 'choices' list")
+                raise InvalidValueError("a categorical parameter needs a non-empty 'choices' list")
             return self
         if self.low is None or self.high is None:
-            raise ValueError(f"a {self.type} parameter needs both 'low' and 'high'")
+            raise InvalidValueError(f"a {self.type} parameter needs both 'low' and 'high'")
         if self.low >= self.high:
-            raise ValueError(
+            raise InvalidValueError(
                 f"'low' must be below 'high', but got low={self.low}, high={self.high}"
             )
         if self.log and self.low <= 0:
-            raise ValueError(f"a log-scaled range needs low > 0, but got low={self.low}")
+            raise InvalidValueError(f"a log-scaled range needs low > 0, but got low={self.low}")
         return self
 
 
 def _scalar(value: Any) -> bool | int | float | str:
     if not isinstance(value, (bool, int, float, str)):
-        raise ValueError(
+        raise InvalidValueError(
             "expected a range like {type: float, low: 0.1, high: 1} or a fixed number, "
             f"string or boolean, but got {value!r}"
         )
@@ -281,7 +281,7 @@ class FamiliesConfig(_Section):
         # the first cycle has no champion to warm-start from
         if not (self.xgboost.enabled or self.hist_gradient_boosting.enabled
                 or self.linear.enabled):
-            raise ValueError(
+            raise InvalidValueError(
                 "no family that trains from scratch is enabled; enable xgboost, "
                 "hist_gradient_boosting or linear (xgboost_warm_start needs a champion first)"
             )
@@ -311,7 +311,7 @@ class DataParallelConfig(_Section):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
-        raise ValueError(f"enabled must be auto, true or false, but got {value!r}")
+        raise InvalidValueError(f"enabled must be auto, true or false, but got {value!r}")
 
     @model_validator(mode="after")
     def _reservable(self) -> DataParallelConfig:
@@ -319,12 +319,12 @@ class DataParallelConfig(_Section):
         for name in ("cpus_per_worker", "gpus_per_worker"):
             value = getattr(self, name)
             if value > 1 and not float(value).is_integer():
-                raise ValueError(
+                raise InvalidValueError(
                     f"{name} must be a fraction up to 1 or a whole number, but got {value}; "
                     f"use {int(value)} or {int(value) + 1}"
                 )
         if self.num_workers > 1 and 0 < self.gpus_per_worker < 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"the {self.num_workers} workers of a trial cannot share GPUs (XGBoost's "
                 "collective refuses two processes on one CUDA device), but got "
                 f"gpus_per_worker={self.gpus_per_worker}; use 1 or more, or 0"
@@ -570,7 +570,7 @@ class ScheduleTrigger(_Section):
         from retrain.cron import CronSchedule
 
         if self.interval_s is not None and self.cron is not None:
-            raise ValueError(
+            raise InvalidValueError(
                 f"set either interval_s or cron, not both, but got interval_s={self.interval_s} "
                 f"and cron={self.cron!r}; remove one of them"
             )
@@ -578,7 +578,8 @@ class ScheduleTrigger(_Section):
             try:
                 CronSchedule.parse(self.cron)
             except ValueError as exc:
-                raise ValueError(f"{exc}; e.g. cron: \"0 3 * * 1\" (Mondays 03:00 UTC)") from None
+                raise InvalidValueError(
+                    f"{exc}; e.g. cron: \"0 3 * * 1\" (Mondays 03:00 UTC)") from None
         return self
 
 
@@ -697,10 +698,10 @@ class CanaryConfig(_Section):
     def _rising_to_full(self) -> CanaryConfig:
         percents = [s.percent for s in self.steps]
         if not percents or percents[-1] != 100:
-            raise ValueError(f"steps must end at 100 (full traffic), but got {percents}; "
-                             "add 100 as the last step")
+            raise InvalidValueError(f"steps must end at 100 (full traffic), but got {percents}; "
+                                    "add 100 as the last step")
         if percents != sorted(set(percents)):
-            raise ValueError(f"steps must rise strictly, but got {percents}")
+            raise InvalidValueError(f"steps must rise strictly, but got {percents}")
         return self
 
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 
+from retrain.errors import InvalidValueError
+
 __all__ = ["CronSchedule", "parse_cached"]
 
 
@@ -70,12 +72,12 @@ def _value(text: str, field: _Field, expression: str) -> int:
         return field.low + field.names.index(lowered)
     if not (text.isascii() and text.isdigit()):
         hint = f" or a name ({', '.join(field.names[:7])}, ...)" if field.names else ""
-        raise ValueError(
+        raise InvalidValueError(
             f"cron {expression!r}: {field.name} field: {text!r} is not a number{hint}"
         )
     number = int(text)
     if not field.low <= number <= field.high:
-        raise ValueError(
+        raise InvalidValueError(
             f"cron {expression!r}: {field.name} field: {number} is out of range "
             f"{field.low}-{field.high}"
         )
@@ -86,14 +88,14 @@ def _parse_field(text: str, field: _Field, expression: str) -> frozenset[int]:
     values: set[int] = set()
     for item in text.split(","):
         if not item:
-            raise ValueError(
+            raise InvalidValueError(
                 f"cron {expression!r}: {field.name} field {text!r} has an empty list item"
             )
         base, slash, step_text = item.partition("/")
         step = 1
         if slash:
             if not (step_text.isascii() and step_text.isdigit()) or int(step_text) == 0:
-                raise ValueError(
+                raise InvalidValueError(
                     f"cron {expression!r}: {field.name} field: step {step_text!r} must be a "
                     f"whole number of at least 1"
                 )
@@ -104,7 +106,7 @@ def _parse_field(text: str, field: _Field, expression: str) -> frozenset[int]:
             first, _, last = base.partition("-")
             low, high = _value(first, field, expression), _value(last, field, expression)
             if low > high:
-                raise ValueError(
+                raise InvalidValueError(
                     f"cron {expression!r}: {field.name} field: range {base!r} runs backwards; "
                     f"write it low-high"
                 )
@@ -119,7 +121,7 @@ def _parse_field(text: str, field: _Field, expression: str) -> frozenset[int]:
 def _utc_minute(t: datetime) -> datetime:
     """``t`` in UTC, seconds dropped, as a naive datetime (the search works on plain fields)."""
     if t.tzinfo is None or t.utcoffset() is None:
-        raise ValueError(
+        raise InvalidValueError(
             f"cron times are in UTC: pass a timezone-aware datetime (e.g. "
             f"datetime.now(timezone.utc)), but got the naive {t.isoformat()}"
         )
@@ -155,11 +157,11 @@ class CronSchedule:
     def parse(cls, text: str) -> CronSchedule:
         """Parse five cron fields (or a shorthand); `ValueError` names the bad field."""
         if not isinstance(text, str):
-            raise ValueError(f"a cron expression must be a string, but got {text!r}")
+            raise InvalidValueError(f"a cron expression must be a string, but got {text!r}")
         expression = text.strip()
         fields = _SHORTHANDS.get(expression.lower(), expression).split()
         if len(fields) != 5:
-            raise ValueError(
+            raise InvalidValueError(
                 f"cron {expression!r}: expected 5 fields 'minute hour day-of-month month "
                 f"day-of-week' (e.g. '0 3 * * 1'), but got {len(fields)}"
             )
@@ -182,7 +184,7 @@ class CronSchedule:
         if schedule.weekdays_star and not any(
             schedule.days[0] <= _MAX_DAYS[m - 1] for m in schedule.months
         ):
-            raise ValueError(
+            raise InvalidValueError(
                 f"cron {expression!r}: day-of-month field: no month in "
                 f"{fields[3]!r} has day {schedule.days[0]}, so the schedule never runs"
             )
@@ -232,7 +234,7 @@ class CronSchedule:
                     d, h, mi = (d, h + 1, 0) if h < 23 else (d + 1, 0, 0)
                 continue
             return datetime(y, mo, d, h, mi, tzinfo=timezone.utc)
-        raise ValueError(f"cron {self.expression!r} has no slot after {t.isoformat()}")
+        raise InvalidValueError(f"cron {self.expression!r} has no slot after {t.isoformat()}")
 
     def last_at_or_before(self, t: datetime) -> datetime:
         """The latest slot at or before ``t`` (UTC, aware); ``t``'s own minute counts."""
@@ -264,7 +266,7 @@ class CronSchedule:
                     d, h, mi = (d, h - 1, 59) if h > 0 else (d - 1, 23, 59)
                 continue
             return datetime(y, mo, d, h, mi, tzinfo=timezone.utc)
-        raise ValueError(f"cron {self.expression!r} has no slot before {t.isoformat()}")
+        raise InvalidValueError(f"cron {self.expression!r} has no slot before {t.isoformat()}")
 
 
 @lru_cache(maxsize=64)

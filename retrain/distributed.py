@@ -49,7 +49,14 @@ from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from retrain.errors import ClusterError, ConfigError, DataError, RetrainWarning, SearchError
+from retrain.errors import (
+    ClusterError,
+    ConfigError,
+    DataError,
+    InvalidValueError,
+    RetrainWarning,
+    SearchError,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -203,7 +210,7 @@ def plan_rows(
     """
     total = sum(f.rows for f in files)
     if not 0 < n_train < total:
-        raise ValueError(f"n_train={n_train} must lie strictly between 0 and {total} rows")
+        raise InvalidValueError(f"n_train={n_train} must lie strictly between 0 and {total} rows")
     train: list[RowRange] = []
     valid: list[RowRange] = []
     offset = 0

@@ -36,6 +36,7 @@ import pandas as pd
 from scipy import special
 
 from retrain import shift
+from retrain.errors import InvalidValueError
 
 Kind = Literal["numeric", "categorical"]
 
@@ -256,7 +257,7 @@ def _sketch_from_dict(raw: dict[str, Any]) -> Sketch:
         return NumericSketch.from_dict(raw)
     if kind == "categorical":
         return CategoricalSketch.from_dict(raw)
-    raise ValueError(f"unknown sketch kind {kind!r}; expected 'numeric' or 'categorical'")
+    raise InvalidValueError(f"unknown sketch kind {kind!r}; expected 'numeric' or 'categorical'")
 
 
 @dataclass(frozen=True)
@@ -270,9 +271,9 @@ class ReferenceSketch:
 
     def __post_init__(self) -> None:
         if not self.features:
-            raise ValueError("a reference sketch needs at least one feature")
+            raise InvalidValueError("a reference sketch needs at least one feature")
         if (self.target is None) != (self.target_sketch is None):
-            raise ValueError("target and target_sketch go together")
+            raise InvalidValueError("target and target_sketch go together")
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -290,7 +291,8 @@ class ReferenceSketch:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ReferenceSketch:
         if raw.get("format") != FORMAT:
-            raise ValueError(f"reference sketch format {raw.get('format')!r}; this reads {FORMAT}")
+            raise InvalidValueError(
+                f"reference sketch format {raw.get('format')!r}; this reads {FORMAT}")
         target = raw.get("target_sketch")
         return cls(
             features={name: _sketch_from_dict(s) for name, s in raw["features"].items()},
@@ -317,8 +319,8 @@ def _numeric_values(name: str, column: pd.Series) -> np.ndarray:
     if isinstance(dtype, np.dtype) and dtype.kind in "fiu":
         return column.to_numpy()  # plain numpy: NaN is the missing value already; no copy
     if _is_categorical(dtype):
-        raise ValueError(f"feature {name!r} is numeric in the reference but has dtype "
-                         f"{column.dtype}")
+        raise InvalidValueError(f"feature {name!r} is numeric in the reference but has dtype "
+                                f"{column.dtype}")
     return column.to_numpy(dtype=np.float64, na_value=np.nan)  # no copy for float64
 
 
@@ -482,15 +484,16 @@ def build_reference(
     grid points); ``top_k`` categories are kept per categorical feature.
     """
     if bins < 2 or resolution < bins or resolution % bins:
-        raise ValueError(f"need 2 <= bins <= resolution with resolution a multiple of bins; "
-                         f"got bins={bins}, resolution={resolution}")
+        raise InvalidValueError(f"need 2 <= bins <= resolution with resolution a multiple of bins; "
+                                f"got bins={bins}, resolution={resolution}")
     if top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+        raise InvalidValueError(f"top_k must be >= 1, got {top_k}")
     names = tuple(c for c in frame.columns if c != target) if features is None else features
     present = set(frame.columns)
     absent = [n for n in (*names, *([target] if target else [])) if n not in present]
     if absent:
-        raise ValueError(f"column(s) {absent} not in the frame; it has {list(frame.columns)}")
+        raise InvalidValueError(
+            f"column(s) {absent} not in the frame; it has {list(frame.columns)}")
     options = dict(bins=bins, resolution=resolution, top_k=top_k)
     return ReferenceSketch(
         features=_sketches(frame, names, tuple(categorical), **options),
@@ -590,7 +593,7 @@ class DriftPolicy:
         if self.min_rows < 1:
             problems.append("min_rows must be >= 1")
         if problems:
-            raise ValueError(f"invalid DriftPolicy ({self}): " + "; ".join(problems))
+            raise InvalidValueError(f"invalid DriftPolicy ({self}): " + "; ".join(problems))
 
 
 DEFAULT_POLICY = DriftPolicy()
@@ -963,8 +966,8 @@ def _check_columns(reference: ReferenceSketch, frame: pd.DataFrame) -> None:
     present = set(frame.columns)
     missing = [name for name in reference.features if name not in present]
     if missing:
-        raise ValueError(f"missing feature column(s) {missing}; the reference sketch has "
-                         f"{list(reference.features)}")
+        raise InvalidValueError(f"missing feature column(s) {missing}; the reference sketch has "
+                                f"{list(reference.features)}")
 
 
 def compare(reference: ReferenceSketch, frame: pd.DataFrame, *,
@@ -1010,7 +1013,8 @@ class StreamingDrift:
                  step: int | None = None, policy: DriftPolicy = DEFAULT_POLICY) -> None:
         step = max(window // 5, 1) if step is None else step
         if step < 1 or window < step or window % step:
-            raise ValueError(f"window ({window}) must be a positive multiple of step ({step})")
+            raise InvalidValueError(
+                f"window ({window}) must be a positive multiple of step ({step})")
         self.reference = reference
         self.window = window
         self.step = step

@@ -2,6 +2,8 @@
 
     RetrainError                  root: catch this to catch everything retrain raises
     ├── ConfigError               the project YAML (or a value passed in code) is invalid
+    ├── InvalidValueError         a value given to a function, or read back, is invalid (also a
+    │                             ValueError)
     ├── DataError                 the dataset is missing, empty, or does not fit the config
     ├── SearchError               the search produced no usable candidate
     ├── RegistryError             the model registry (MLflow) failed or is inconsistent
@@ -36,6 +38,14 @@ class ConfigError(RetrainError):
     def __init__(self, message: str, *, problems: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.problems = problems
+
+
+class InvalidValueError(RetrainError, ValueError):
+    """A value given to a function (or read back from a record) is invalid; the message says
+    which and why. Also a `ValueError`, so code that catches ValueError keeps working (as
+    scikit-learn's ``InvalidParameterError``)."""
+
+    exit_code = 2
 
 
 class DataError(RetrainError):

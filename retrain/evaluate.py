@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from retrain.config import METRIC_DIRECTIONS, TASK_METRICS, EvaluationConfig
+from retrain.errors import InvalidValueError
 from retrain.stats import (
     AucParts,
     Buckets,
@@ -48,9 +49,9 @@ def score(
 ) -> float:
     """One metric; ``parts`` spares AUC the sort it already had."""
     if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; known: {sorted(METRICS)}")
+        raise InvalidValueError(f"unknown metric {metric!r}; known: {sorted(METRICS)}")
     if len(y_true) != len(y_pred):
-        raise ValueError(f"{len(y_true)} labels but {len(y_pred)} predictions")
+        raise InvalidValueError(f"{len(y_true)} labels but {len(y_pred)} predictions")
     if metric == "auc" and parts is not None:
         return parts.auc
     return METRICS[metric](np.asarray(y_true), np.asarray(y_pred))
@@ -278,7 +279,7 @@ def compare(
     champion, it is the finalist with the best holdout score.
     """
     if not finalists:
-        raise ValueError("compare() needs at least one finalist")
+        raise InvalidValueError("compare() needs at least one finalist")
     policy = policy or EvaluationConfig()
     y = np.asarray(y_holdout)
     greater = METRIC_DIRECTIONS[metric]

@@ -30,7 +30,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from retrain.errors import RetrainError
+from retrain.errors import InvalidValueError, RetrainError
 from serve.schemas import clean_text
 
 #: bump when the table changes; a ledger written by a newer schema is refused, not misread, and
@@ -69,7 +69,7 @@ def _is_number(value: object) -> bool:
 
 def _optional_name(name: str, value: object) -> None:
     if value is not None and (not isinstance(value, str) or not value):
-        raise ValueError(
+        raise InvalidValueError(
             f"LedgerEvent.{name} must be a non-empty string or None "
             f"(pass str(version) for numeric versions), but got {name}={value!r}"
         )
@@ -96,11 +96,11 @@ def _clean(value: Any) -> Any:
 def _json_copy(name: str, value: object) -> dict:
     """A deep, JSON-normalised copy: fails now rather than at append, and round-trips exactly."""
     if not isinstance(value, dict):
-        raise ValueError(f"LedgerEvent.{name} must be a dict, but got {name}={value!r}")
+        raise InvalidValueError(f"LedgerEvent.{name} must be a dict, but got {name}={value!r}")
     try:
         return _clean(json.loads(json.dumps(value, allow_nan=False)))
     except (TypeError, ValueError) as exc:
-        raise ValueError(
+        raise InvalidValueError(
             f"LedgerEvent.{name} must be JSON-serialisable (str, finite numbers, bool, None, "
             f"lists, dicts with str keys), but got {name}={value!r}: {exc}"
         ) from None
@@ -108,23 +108,23 @@ def _json_copy(name: str, value: object) -> dict:
 
 def _traffic(value: object) -> dict[str, float]:
     if not isinstance(value, dict):
-        raise ValueError(f"LedgerEvent.traffic must be a dict version -> weight, but got "
-                         f"traffic={value!r}")
+        raise InvalidValueError(f"LedgerEvent.traffic must be a dict version -> weight, but got "
+                                f"traffic={value!r}")
     out: dict[str, float] = {}
     for version, weight in value.items():
         if not isinstance(version, str) or not version:
-            raise ValueError(
+            raise InvalidValueError(
                 f"LedgerEvent.traffic keys must be non-empty version strings, but got {version=}"
             )
         if not _is_number(weight) or not math.isfinite(weight) or weight < 0:
-            raise ValueError(
+            raise InvalidValueError(
                 f"LedgerEvent.traffic weights must be finite numbers >= 0, but got "
                 f"{version!r}: {weight=}"
             )
         out[_text(version)] = float(weight)
     total = sum(out.values())
     if out and abs(total - 1.0) > TRAFFIC_TOLERANCE:
-        raise ValueError(
+        raise InvalidValueError(
             f"LedgerEvent.traffic weights must sum to 1 (within {TRAFFIC_TOLERANCE}), "
             f"but got {total=} from traffic={value!r}"
         )
@@ -169,17 +169,17 @@ class LedgerEvent:
         try:
             put("kind", EventKind(kind))
         except ValueError:
-            raise ValueError(
+            raise InvalidValueError(
                 f"LedgerEvent.kind must be one of {[k.value for k in EventKind]}, but got {kind=}"
             ) from None
         model_name = self.model_name
         if not isinstance(model_name, str) or not model_name:
-            raise ValueError(f"LedgerEvent.model_name must be a non-empty string, but got "
-                             f"{model_name=}")
+            raise InvalidValueError(f"LedgerEvent.model_name must be a non-empty string, but got "
+                                    f"{model_name=}")
         put("model_name", _text(model_name))
         at = self.at
         if not _is_number(at) or not math.isfinite(at):
-            raise ValueError(f"LedgerEvent.at must be finite unix seconds, but got {at=}")
+            raise InvalidValueError(f"LedgerEvent.at must be finite unix seconds, but got {at=}")
         put("at", float(at))
         for name in ("version", "previous_version", "alias", "search", "run_id"):
             _optional_name(name, getattr(self, name))
@@ -191,40 +191,43 @@ class LedgerEvent:
             verdict = verdict.value
             put("verdict", verdict)
         if verdict is not None and verdict not in VERDICTS:
-            raise ValueError(f"LedgerEvent.verdict must be one of {list(VERDICTS)} or None, "
-                             f"but got {verdict=}")
+            raise InvalidValueError(f"LedgerEvent.verdict must be one of {list(VERDICTS)} or None, "
+                                    f"but got {verdict=}")
         reasons = self.reasons
         # A bare string is iterable too and would be stored one character per reason.
         if isinstance(reasons, str) or not isinstance(reasons, (tuple, list)):
-            raise ValueError(f"LedgerEvent.reasons must be a tuple of strings, but got {reasons=}")
+            raise InvalidValueError(
+                f"LedgerEvent.reasons must be a tuple of strings, but got {reasons=}")
         if not all(isinstance(reason, str) for reason in reasons):
-            raise ValueError(f"LedgerEvent.reasons must hold strings only, but got {reasons=}")
+            raise InvalidValueError(
+                f"LedgerEvent.reasons must hold strings only, but got {reasons=}")
         put("reasons", tuple(_text(reason) for reason in reasons))
         put("traffic", _traffic(self.traffic))
         put("data_snapshot", _json_copy("data_snapshot", self.data_snapshot))
         put("details", _json_copy("details", self.details))
         seq = self.seq
         if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool) or seq < 1):
-            raise ValueError(f"LedgerEvent.seq is assigned by the ledger (an int >= 1) or None, "
-                             f"but got {seq=}")
+            raise InvalidValueError(
+                f"LedgerEvent.seq is assigned by the ledger (an int >= 1) or None, "
+                f"but got {seq=}")
         self._check_kind()
 
     def _check_kind(self) -> None:
         kind, alias, version, verdict = self.kind, self.alias, self.version, self.verdict
         if kind in _MOVES and (alias is None or version is None):
-            raise ValueError(
+            raise InvalidValueError(
                 f"a {kind.value} event needs the alias that moved and the version it now points "
                 f"at, but got {alias=}, {version=}"
             )
         if kind is EventKind.DECISION and verdict is None:
-            raise ValueError(f"a decision event needs a verdict, one of {list(VERDICTS)}, "
-                             f"but got {verdict=}")
+            raise InvalidValueError(f"a decision event needs a verdict, one of {list(VERDICTS)}, "
+                                    f"but got {verdict=}")
         if kind is not EventKind.DECISION and verdict is not None:
-            raise ValueError(f"only decision events carry a verdict; a {kind.value} event "
-                             f"explains itself in reasons, but got {verdict=}")
+            raise InvalidValueError(f"only decision events carry a verdict; a {kind.value} event "
+                                    f"explains itself in reasons, but got {verdict=}")
         if kind is EventKind.TRAFFIC_STEP and not self.traffic:
-            raise ValueError("a traffic_step event needs traffic (version -> weight summing "
-                             f"to 1), but got traffic={self.traffic}")
+            raise InvalidValueError("a traffic_step event needs traffic (version -> weight summing "
+                                    f"to 1), but got traffic={self.traffic}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: enums as their values, tuples as lists, containers copied."""
@@ -238,11 +241,12 @@ class LedgerEvent:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"LedgerEvent.from_dict got unknown keys {unknown}; "
-                             f"expected some of {sorted(known)}")
+            raise InvalidValueError(f"LedgerEvent.from_dict got unknown keys {unknown}; "
+                                    f"expected some of {sorted(known)}")
         missing = sorted({"kind", "model_name"} - set(data))
         if missing:
-            raise ValueError(f"LedgerEvent.from_dict needs keys {missing}, but got {sorted(data)}")
+            raise InvalidValueError(
+                f"LedgerEvent.from_dict needs keys {missing}, but got {sorted(data)}")
         return cls(**data)
 
 
@@ -397,8 +401,8 @@ class Ledger:
         if not isinstance(event, LedgerEvent):
             raise TypeError(f"Ledger.append takes a LedgerEvent, but got {type(event).__name__}")
         if event.seq is not None:
-            raise ValueError(f"the event is already stored (seq={event.seq}); append each "
-                             "event once, or construct a new one")
+            raise InvalidValueError(f"the event is already stored (seq={event.seq}); append each "
+                                    "event once, or construct a new one")
         row = event.to_dict()
         del row["seq"]
         for name in _JSON_COLUMNS:
@@ -440,13 +444,15 @@ class Ledger:
             if bound is None:
                 continue
             if not _is_number(bound) or math.isnan(bound):
-                raise ValueError(f"Ledger.events {name} must be unix seconds or None, but got "
-                                 f"{bound=}")
+                raise InvalidValueError(
+                    f"Ledger.events {name} must be unix seconds or None, but got "
+                    f"{bound=}")
             where.append(f"at {op} ?")
             params.append(float(bound))
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
                                   or limit < 0):
-            raise ValueError(f"Ledger.events limit must be an int >= 0 or None, but got {limit=}")
+            raise InvalidValueError(
+                f"Ledger.events limit must be an int >= 0 or None, but got {limit=}")
         sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
         if limit is None:
             with self._connect() as conn:
@@ -458,7 +464,7 @@ class Ledger:
     def served_at(self, model_name: str, at: float, *, alias: str = "champion") -> ServedAt | None:
         """The version `alias` pointed at at time `at`, and why; None if it was not set yet."""
         if not _is_number(at) or math.isnan(at):
-            raise ValueError(f"Ledger.served_at needs at as unix seconds, but got {at=}")
+            raise InvalidValueError(f"Ledger.served_at needs at as unix seconds, but got {at=}")
         with self._connect() as conn:
             row = conn.execute(
                 f"{_SELECT} WHERE model_name = ? AND alias = ? AND kind IN ({_MOVE_VALUES}) "
@@ -483,8 +489,9 @@ def _kind(value: EventKind | str) -> EventKind:
     try:
         return EventKind(value)
     except ValueError:
-        raise ValueError(f"kinds must hold values of {[k.value for k in EventKind]}, but got "
-                         f"kind={value!r}") from None
+        raise InvalidValueError(
+            f"kinds must hold values of {[k.value for k in EventKind]}, but got "
+            f"kind={value!r}") from None
 
 
 def _event(row: sqlite3.Row) -> LedgerEvent:

@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from retrain.errors import InvalidValueError
+
 VERSION_HEADER = "x-model-version"
 
 
@@ -88,8 +90,9 @@ class _Client:
     def __init__(self, url: str, timeout_s: float) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"expected an http(s) URL like http://127.0.0.1:8000/invocations, "
-                             f"but got {url!r}")
+            raise InvalidValueError(
+                f"expected an http(s) URL like http://127.0.0.1:8000/invocations, "
+                f"but got {url!r}")
         https = parts.scheme == "https"
         kind = http.client.HTTPSConnection if https else http.client.HTTPConnection
         self._connect = lambda: kind(parts.hostname, parts.port, timeout=timeout_s)
@@ -140,7 +143,7 @@ class LoadGenerator:
         timeout_s: float = 30.0, next_body: Callable[[], Any] | None = None,
     ) -> None:
         if threads < 1:
-            raise ValueError(f"threads must be at least 1, but got {threads=}")
+            raise InvalidValueError(f"threads must be at least 1, but got {threads=}")
         _Client(url, timeout_s)  # a bad URL fails here, not silently in every thread
         self.url, self.body, self.pause_s = url, body, pause_s
         self.max_seconds, self.timeout_s = max_seconds, timeout_s

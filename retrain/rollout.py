@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from retrain import shift
+from retrain.errors import InvalidValueError
 from serve.traffic import TrafficSplit
 
 if TYPE_CHECKING:
@@ -61,25 +62,26 @@ def _number(name: str, value: Any, *, low: float | None = None,
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, but got {name}={value!r}")
+        raise InvalidValueError(f"{name} must be a finite number, but got {name}={value!r}")
     if low is not None and value < low:
-        raise ValueError(f"{name} must be >= {low}, but got {name}={value!r}")
+        raise InvalidValueError(f"{name} must be >= {low}, but got {name}={value!r}")
     return float(value)
 
 
 def _count(name: str, value: Any, *, low: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, but got {name}={value!r}")
+        raise InvalidValueError(f"{name} must be an integer >= {low}, but got {name}={value!r}")
     return value
 
 
 def _known(cls_name: str, raw: Any, fields: Iterable[str]) -> Mapping[str, Any]:
     if not isinstance(raw, Mapping):
-        raise ValueError(f"{cls_name}.from_dict expects a mapping, but got {raw!r}")
+        raise InvalidValueError(f"{cls_name}.from_dict expects a mapping, but got {raw!r}")
     unknown = sorted(set(raw) - set(fields), key=str)
     if unknown:
-        raise ValueError(f"{cls_name}.from_dict got unknown keys {unknown}; expected some of "
-                         f"{sorted(fields)}")
+        raise InvalidValueError(
+            f"{cls_name}.from_dict got unknown keys {unknown}; expected some of "
+            f"{sorted(fields)}")
     return raw
 
 
@@ -118,14 +120,16 @@ class Step:
     def __post_init__(self) -> None:
         object.__setattr__(self, "stage", Stage(self.stage))
         if self.stage not in _STEP_STAGES:
-            raise ValueError(f"a step's stage is one of {[str(s) for s in _STEP_STAGES]}, "
-                             f"but got stage={self.stage}")
+            raise InvalidValueError(f"a step's stage is one of {[str(s) for s in _STEP_STAGES]}, "
+                                    f"but got stage={self.stage}")
         percent = _number("percent", self.percent, low=0)
         if self.stage is Stage.CANARY and not 0 < percent <= 100:
-            raise ValueError(f"a canary step's percent must be in (0, 100], but got {percent}")
+            raise InvalidValueError(
+                f"a canary step's percent must be in (0, 100], but got {percent}")
         if self.stage is not Stage.CANARY and percent != 0:
-            raise ValueError(f"a {self.stage} step serves no live traffic from the challenger: "
-                             f"percent must be 0, but got {percent}")
+            raise InvalidValueError(
+                f"a {self.stage} step serves no live traffic from the challenger: "
+                f"percent must be 0, but got {percent}")
         object.__setattr__(self, "percent", percent)
         object.__setattr__(self, "bake_s", _number("bake_s", self.bake_s, low=0))
         _count("min_requests", self.min_requests, low=1)
@@ -178,19 +182,20 @@ class GateLimits:
 
     def __post_init__(self) -> None:
         if not 0 <= _number("max_error_rate", self.max_error_rate) < 1:
-            raise ValueError(f"max_error_rate must be in [0, 1), but got {self.max_error_rate}")
+            raise InvalidValueError(
+                f"max_error_rate must be in [0, 1), but got {self.max_error_rate}")
         for name in ("max_latency_ratio", "max_latency_ms", "max_prediction_psi"):
             value = _number(name, getattr(self, name), optional=True)
             if value is not None and value <= 0:
-                raise ValueError(f"{name} must be > 0 or None (no check), but got {value}")
+                raise InvalidValueError(f"{name} must be > 0 or None (no check), but got {value}")
         _number("latency_slack_ms", self.latency_slack_ms, low=0)
         _number("live_metric_tolerance", self.live_metric_tolerance, low=0, optional=True)
         if not 0 < _number("shift_alpha", self.shift_alpha) < 1:
-            raise ValueError(f"shift_alpha must be in (0, 1), but got {self.shift_alpha}")
+            raise InvalidValueError(f"shift_alpha must be in (0, 1), but got {self.shift_alpha}")
         _count("min_labelled", self.min_labelled, low=1)
         if not isinstance(self.greater_is_better, bool):
-            raise ValueError(f"greater_is_better must be a bool, but got "
-                             f"{self.greater_is_better!r}")
+            raise InvalidValueError(f"greater_is_better must be a bool, but got "
+                                    f"{self.greater_is_better!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -219,25 +224,25 @@ class RolloutPlan:
         steps = tuple(self.steps)
         object.__setattr__(self, "steps", steps)
         if not all(isinstance(s, Step) for s in steps):
-            raise ValueError(f"steps must be Step values, but got {steps!r}")
+            raise InvalidValueError(f"steps must be Step values, but got {steps!r}")
         canary = [s for s in steps if s.stage is Stage.CANARY]
         if not canary or canary[-1].percent != 100:
-            raise ValueError(
+            raise InvalidValueError(
                 "a rollout plan must end with a canary step at 100 % (full traffic), but got "
                 f"steps {[s.name for s in steps]}; add a last step of 100"
             )
         order = [_STEP_STAGES.index(s.stage) for s in steps]
         pre = [s.stage for s in steps if s.stage is not Stage.CANARY]
         if order != sorted(order) or len(pre) != len(set(pre)):
-            raise ValueError(
+            raise InvalidValueError(
                 "steps must be at most one smoke, then at most one shadow, then the canary "
                 f"steps, but got {[s.name for s in steps]}"
             )
         percents = [s.percent for s in canary]
         if percents != sorted(set(percents)):
-            raise ValueError(f"canary percents must rise strictly, but got {percents}")
+            raise InvalidValueError(f"canary percents must rise strictly, but got {percents}")
         if not isinstance(self.gates, GateLimits):
-            raise ValueError(f"gates must be GateLimits, but got {self.gates!r}")
+            raise InvalidValueError(f"gates must be GateLimits, but got {self.gates!r}")
         TrafficSplit.single("1", sticky_key=self.sticky_key)  # the same check as the router's
         object.__setattr__(self, "drain_s", _number("drain_s", self.drain_s, low=0))
 
@@ -309,10 +314,10 @@ class PredictionSummary:
         quantiles = tuple(float(q) for q in self.quantiles)
         expected = len(LEVELS) if self.count else 0
         if len(quantiles) != expected:
-            raise ValueError(f"quantiles must hold {expected} values (at LEVELS) for "
-                             f"count={self.count}, but got {len(quantiles)}")
+            raise InvalidValueError(f"quantiles must hold {expected} values (at LEVELS) for "
+                                    f"count={self.count}, but got {len(quantiles)}")
         if not all(math.isfinite(q) for q in quantiles) or list(quantiles) != sorted(quantiles):
-            raise ValueError("quantiles must be finite and non-decreasing")
+            raise InvalidValueError("quantiles must be finite and non-decreasing")
         object.__setattr__(self, "quantiles", quantiles)
         _number("mean", self.mean, optional=self.count == 0)
 
@@ -375,12 +380,13 @@ class VersionStats:
         _count("requests", self.requests)
         _count("errors", self.errors)
         if self.errors > self.requests:
-            raise ValueError(f"errors ({self.errors}) cannot exceed requests ({self.requests})")
+            raise InvalidValueError(
+                f"errors ({self.errors}) cannot exceed requests ({self.requests})")
         _number("latency_p99_ms", self.latency_p99_ms, low=0, optional=True)
         _number("live_metric", self.live_metric, optional=True)
         _count("labelled", self.labelled)
         if self.healthy is not None and not isinstance(self.healthy, bool):
-            raise ValueError(f"healthy must be a bool or None, but got {self.healthy!r}")
+            raise InvalidValueError(f"healthy must be a bool or None, but got {self.healthy!r}")
 
     @property
     def error_rate(self) -> float:
@@ -536,7 +542,7 @@ def prediction_shift(champion: PredictionSummary,
     reference (here the champion's predictions).
     """
     if not champion.count or not challenger.count:
-        raise ValueError("both summaries need at least one finite prediction")
+        raise InvalidValueError("both summaries need at least one finite prediction")
     cut = np.asarray(champion.quantiles)[np.arange(1, PSI_BINS) * (len(LEVELS) - 1) // PSI_BINS]
     edges = np.unique(cut)
 
@@ -681,8 +687,8 @@ class Rollout:
               now: float) -> Rollout:
         """A rollout at its first step. The champion must be serving: it is the fallback."""
         if champion == challenger:
-            raise ValueError(f"champion and challenger are the same version {champion!r}; a "
-                             "rollout needs a different challenger")
+            raise InvalidValueError(f"champion and challenger are the same version {champion!r}; a "
+                                    "rollout needs a different challenger")
         TrafficSplit({champion: 0.5, challenger: 0.5})  # both valid version strings
         now = _number("now", now)
         first = plan.steps[0]
@@ -723,8 +729,8 @@ class Rollout:
     def next_split(self) -> TrafficSplit:
         """The split that passing the current step would apply."""
         if self.done:
-            raise ValueError(f"the rollout of version {self.challenger} is {self.stage}; "
-                             "there is no next step")
+            raise InvalidValueError(f"the rollout of version {self.challenger} is {self.stage}; "
+                                    "there is no next step")
         if self.step + 1 == len(self.plan.steps):
             return self._terminal_split(Stage.COMPLETED)
         return self.plan.steps[self.step + 1].split(self.champion, self.challenger,
@@ -744,12 +750,12 @@ class Rollout:
         """
         step = self.current_step
         if step is None:
-            raise ValueError(f"the rollout of version {self.challenger} is {self.stage}; "
-                             "start a new rollout to change traffic again")
+            raise InvalidValueError(f"the rollout of version {self.challenger} is {self.stage}; "
+                                    "start a new rollout to change traffic again")
         now = _number("now", now)
         since = observation.since
         if since is not None and since < self.step_started_at - _CLOCK_SLACK_S:
-            raise ValueError(
+            raise InvalidValueError(
                 f"the observation starts at {since}, before the current step ({step.name}) "
                 f"started at {self.step_started_at}; collect counts from the step's start"
             )
@@ -776,10 +782,11 @@ class Rollout:
     def roll_back(self, reason: str, now: float) -> Rollout:
         """Roll back on request (an operator, a deadline): all traffic to the champion."""
         if self.done:
-            raise ValueError(f"the rollout of version {self.challenger} is already "
-                             f"{self.stage}")
+            raise InvalidValueError(f"the rollout of version {self.challenger} is already "
+                                    f"{self.stage}")
         if not isinstance(reason, str) or not reason.strip():
-            raise ValueError("a rollback needs a reason, e.g. 'operator: error budget spent'")
+            raise InvalidValueError(
+                "a rollback needs a reason, e.g. 'operator: error budget spent'")
         return self._move(Stage.ROLLED_BACK, self.step, self._terminal_split(Stage.ROLLED_BACK),
                           reason, (), _number("now", now))
 

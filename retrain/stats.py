@@ -24,6 +24,8 @@ from typing import Literal
 import numpy as np
 from scipy.special import ndtri
 
+from retrain.errors import InvalidValueError
+
 Method = Literal["delong", "bootstrap"]
 
 
@@ -154,7 +156,7 @@ def row_terms(metric: str, y: np.ndarray, p: np.ndarray) -> np.ndarray:
         return np.abs(y - p)
     if metric == "rmse":
         return (y - p) ** 2
-    raise ValueError(f"no paired bootstrap for metric {metric!r}")
+    raise InvalidValueError(f"no paired bootstrap for metric {metric!r}")
 
 
 def finish(metric: str, mean):
@@ -233,9 +235,9 @@ def paired_difference(
     ``parts`` (AUC) and ``design`` (bootstrap) let a caller comparing several models compute
     each model's sort and the random design once."""
     if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), but got {confidence=}")
+        raise InvalidValueError(f"confidence must be in (0, 1), but got {confidence=}")
     if len(y) != len(challenger) or len(y) != len(champion):
-        raise ValueError(
+        raise InvalidValueError(
             f"labels and predictions differ in length: {len(y)=}, {len(challenger)=}, "
             f"{len(champion)=}"
         )
