@@ -26,6 +26,31 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TIMEOUT_S = 5
 
 
+def _failed_search_while_held(cpus: float, search):
+    """Run ``search`` while an actor holds ``cpus`` CPUs (other work on the cluster); it must
+    raise `ClusterError`. Returns the raised error's info, the seconds it took, and the CPUs
+    free before the actor took its share (an earlier test's Serve app may hold some): what
+    must be free again after the failed search."""
+    import ray
+
+    @ray.remote(num_cpus=cpus)
+    class Holder:
+        def ready(self) -> bool:
+            return True
+
+    free = ray.available_resources().get("CPU")
+    holder = Holder.remote()
+    try:
+        ray.get(holder.ready.remote(), timeout=120)
+        start = time.monotonic()
+        with pytest.raises(ClusterError) as raised:
+            search()
+        took = time.monotonic() - start
+    finally:
+        ray.kill(holder)
+    return raised, took, free
+
+
 def test_a_search_that_cannot_place_a_trial_says_so_within_its_timeout(ray_cluster, tmp_path):
     import ray
 
@@ -36,23 +61,8 @@ def test_a_search_that_cannot_place_a_trial_says_so_within_its_timeout(ray_clust
     split = load_split(config.data, config.task.type)
     data = TrainData(split.x_train, split.y_train, split.x_valid, split.y_valid)
 
-    @ray.remote(num_cpus=1)
-    class Holder:
-        def ready(self) -> bool:
-            return True
-
-    # what is free before (an earlier test's Serve app may hold a share): what must be free
-    # again after the failed search
-    free = ray.available_resources().get("CPU")
-    holder = Holder.remote()
-    try:
-        ray.get(holder.ready.remote(), timeout=120)
-        start = time.monotonic()
-        with pytest.raises(ClusterError) as raised:
-            run_search(config, data, name="unplaceable")
-        took = time.monotonic() - start
-    finally:
-        ray.kill(holder)
+    raised, took, free = _failed_search_while_held(
+        1, lambda: run_search(config, data, name="unplaceable"))
     # the failed search left no trial waiting to take the CPUs once they are free
     wait_until(lambda: ray.available_resources().get("CPU") == free, timeout=60)
     message = str(raised.value)
@@ -77,23 +87,8 @@ def test_a_data_parallel_trial_whose_workers_cannot_be_placed_says_so(ray_cluste
     split = load_split(config.data, config.task.type, holdout_share=1.0)
     data = TrainData(split.x_train, split.y_train, split.x_valid, split.y_valid)
 
-    @ray.remote(num_cpus=1.5)
-    class Holder:
-        def ready(self) -> bool:
-            return True
-
-    # what is free before (an earlier test's Serve app may hold a share): what must be free
-    # again after the failed search
-    free = ray.available_resources().get("CPU")
-    holder = Holder.remote()
-    try:
-        ray.get(holder.ready.remote(), timeout=120)
-        start = time.monotonic()
-        with pytest.raises(ClusterError) as raised:
-            run_search(config, data, name="unplaced-workers", split=split)
-        took = time.monotonic() - start
-    finally:
-        ray.kill(holder)
+    raised, took, free = _failed_search_while_held(
+        1.5, lambda: run_search(config, data, name="unplaced-workers", split=split))
     # no placement group of the trial's workers is left pending, to take the CPUs once free
     wait_until(lambda: not _held_groups(), timeout=30)
     wait_until(lambda: ray.available_resources().get("CPU") == free, timeout=60)

@@ -212,6 +212,36 @@ def _trial_folders(experiment: Path) -> dict[str, dict]:
             for folder in experiment.glob("_trial_*")}
 
 
+def _kill_driver_when(tmp_path: Path, config: Path, ray_cluster: dict, ready, *, what: str,
+                      interval: float, timeout_s: float = 300) -> Path:
+    """Run a cycle in a driver subprocess on the session's cluster and kill it (SIGKILL, by its
+    pid) as soon as ``ready(experiment folder)`` holds; the experiment folder is returned.
+    Fails when the driver ends first, or (``what``) when nothing is ready within the time."""
+    cycles, tune_root = tmp_path / "work" / "cycles", tmp_path / "work" / "tune"
+    log = (tmp_path / "driver.log").open("w")
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(config), ray_cluster["address"]],
+                              env=ray_cluster["env"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert driver.poll() is None, \
+                f"the driver ended before it was killed:\n{(tmp_path / 'driver.log').read_text()}"
+            assert time.monotonic() < deadline, f"{what} within {timeout_s:g} s"
+            stages = read_stages(cycles)
+            if stages:
+                experiment = tune_root / f"synthetic-{stages[0].cycle_id}"
+                if ready(experiment):
+                    break
+            time.sleep(interval)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        log.close()
+    return experiment
+
+
 def _rounds(log: bytes) -> list[int]:
     return [json.loads(line)["round"] for line in log.decode().splitlines() if line.strip()]
 
@@ -230,28 +260,10 @@ def test_a_search_whose_driver_died_resumes_without_running_finished_trials_agai
     path = tmp_path / "retrain.yaml"
     path.write_text(yaml.safe_dump(raw))
     cycles, tune_root = tmp_path / "work" / "cycles", tmp_path / "work" / "tune"
-
-    log = (tmp_path / "driver.log").open("w")
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(path), ray_cluster["address"]],
-                              env=ray_cluster["env"], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert driver.poll() is None, \
-                f"the driver ended before it was killed:\n{(tmp_path / 'driver.log').read_text()}"
-            assert time.monotonic() < deadline, "no two trials finished within 300 s"
-            stages = read_stages(cycles)
-            if stages:
-                experiment = tune_root / f"synthetic-{stages[0].cycle_id}"
-                if sum(f["final"] for f in _trial_folders(experiment).values()) >= 2:
-                    break
-            time.sleep(0.1)
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-        log.close()
+    experiment = _kill_driver_when(
+        tmp_path, path, ray_cluster,
+        lambda e: sum(f["final"] for f in _trial_folders(e).values()) >= 2,
+        what="no two trials finished", interval=0.1)
     # what the dead driver left (a trial may have finished between the check and the kill)
     before = _trial_folders(experiment)
     finished = {name for name, f in before.items() if f["final"]}
@@ -350,28 +362,8 @@ def test_trials_asha_stopped_just_before_the_driver_died_are_not_run_again(
     path = tmp_path / "retrain.yaml"
     path.write_text(yaml.safe_dump(raw))
     cycles, tune_root = tmp_path / "work" / "cycles", tmp_path / "work" / "tune"
-
-    log = (tmp_path / "driver.log").open("w")
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(path), ray_cluster["address"]],
-                              env=ray_cluster["env"], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert driver.poll() is None, \
-                f"the driver ended before it was killed:\n{(tmp_path / 'driver.log').read_text()}"
-            assert time.monotonic() < deadline, "ASHA stopped no trial within 300 s"
-            stages = read_stages(cycles)
-            if stages:
-                experiment = tune_root / f"synthetic-{stages[0].cycle_id}"
-                if _recorded(experiment)[1]:
-                    break
-            time.sleep(0.05)
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-        log.close()
+    experiment = _kill_driver_when(tmp_path, path, ray_cluster, lambda e: _recorded(e)[1],
+                                   what="ASHA stopped no trial", interval=0.05)
     # what the dead driver left: the records are final now (a trial may have ended between
     # the check and the kill, and counts then too)
     finals, stopped = _recorded(experiment)
