@@ -588,9 +588,7 @@ def _worker(config: dict[str, Any]) -> None:
                 item = {"round": done, "score": value,
                         "gpu": device == "cuda", "trained": began - start - reporting[0]}
                 if stop:
-                    best, score = tracker.best_round, tracker.best_value
-                    if job.patience is None:  # boosting to the cap: every round kept
-                        best, score = done, value
+                    best, score = tracker.kept(done, value)
                     kept = model[: base_rounds + best] if best < done else model
                     item.update(best_round=best, score=score, final=True,
                                 model=bytes(kept.save_raw("ubj")))

@@ -352,12 +352,11 @@ class TrialReporter:
 
 
 def storage_fs(path: str):
-    """(pyarrow filesystem, path on it) of a local folder or any URI pyarrow reads."""
-    import pyarrow.fs as pafs
+    """(pyarrow filesystem, path on it) of a local folder or any URI pyarrow reads: the
+    inference log's own resolver, so both read storage the same way."""
+    from serve.inference_log import resolve
 
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), str(Path(path).resolve())
+    return resolve(path)
 
 
 def _write_whole(fs, path: str, data: bytes) -> None:
@@ -379,6 +378,13 @@ def save_final(records: str, trial_id: str, folder: Path) -> None:
     files = sorted(folder.iterdir(), key=lambda f: f.name == METRICS_FILE)
     for file in files:
         _write_whole(fs, f"{target}/{file.name}", file.read_bytes())
+
+
+def _error_text(trial) -> str:
+    """The error a failed Tune trial left in its error file ("" when it left none)."""
+    if trial.error_file and Path(trial.error_file).exists():
+        return Path(trial.error_file).read_text(errors="replace")
+    return ""
 
 
 def _records_callback(records: str):
@@ -408,10 +414,7 @@ def _records_callback(records: str):
             self._save(trial, "terminated", None)
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
-            text = ""
-            if trial.error_file and Path(trial.error_file).exists():
-                text = Path(trial.error_file).read_text(errors="replace")
-            self._save(trial, "error", _last_line(text))
+            self._save(trial, "error", _last_line(_error_text(trial)))
 
     return Records()
 
@@ -518,16 +521,10 @@ def _boost(family: Family, config: dict[str, Any], data: TrainData, settings: Tr
                        TRAINED_KEY: began - start - reporting[0], AT_KEY: time.time()}
             if stop:
                 # the model as it was at its best report: later rounds only overfit
-                best = tracker.best_round
-                if settings.patience is None:
-                    best = done  # the model keeps every round; its score is the last one
-                    tracker.best_value = value
-                metrics.update({SCORE_KEY: tracker.best_value, BEST_ROUND_KEY: best,
+                best, score = tracker.kept(done, value)
+                metrics.update({SCORE_KEY: score, BEST_ROUND_KEY: best,
                                 FINAL_KEY: 1, FIT_KEY: began - start - reporting[0]})
-                # cut to the best round only where early stopping is on: a trial asked to
-                # boost to its rounds (early_stopping_rounds empty) keeps every one
-                cut = settings.patience is not None and best < done
-                kept = model[: base_rounds + best] if cut else model
+                kept = model[: base_rounds + best] if best < done else model
                 reporter.final(metrics, lambda tmp: kept.save_model(os.path.join(tmp, MODEL_FILE)))
             else:
                 reporter.report(metrics)
@@ -685,10 +682,7 @@ def _placement_watchdog(timeout_s: float):
         def _unplaced(self, trial) -> None:
             # a data-parallel trial whose Train workers could not be placed: the next trial
             # (or a retry) would wait as long again
-            text = ""
-            if trial.error_file and Path(trial.error_file).exists():
-                text = Path(trial.error_file).read_text(errors="replace")
-            found = [line for line in text.splitlines() if UNPLACED in line]
+            found = [line for line in _error_text(trial).splitlines() if UNPLACED in line]
             if found:
                 self.problem = found[-1].split("ClusterError: ", 1)[-1].strip()
                 raise ClusterError(self.problem)

@@ -55,3 +55,11 @@ class BestRound:
         if math.isnan(self.best_value) or better:
             self.best_round, self.best_value = done, value
         return self.patience is not None and done - self.best_round >= self.patience
+
+    def kept(self, done: int, value: float) -> tuple[int, float]:
+        """The rounds the final model keeps and its score, at round ``done`` scoring
+        ``value``: the best round's under early stopping; every round, and the last score,
+        for a trial asked to boost to its rounds (no patience)."""
+        if self.patience is None:
+            return done, value
+        return self.best_round, self.best_value

@@ -350,3 +350,10 @@ def test_early_stopping_keeps_the_best_round_and_stops_after_patience(greater, s
     assert stopped == stop_at
     assert tracker.best_round == best * 10 and tracker.best_value == scores[best - 1]
     assert not BestRound(greater=True, patience=None).add(10, 0.5)
+    # the final model keeps the best round under early stopping, every round without it
+    last = len(scores) * 10
+    assert tracker.kept(last, scores[-1]) == (best * 10, scores[best - 1])
+    boosting = BestRound(greater=greater, patience=None)
+    for i, value in enumerate(scores, start=1):
+        boosting.add(i * 10, value)
+    assert boosting.kept(last, scores[-1]) == (last, scores[-1])
