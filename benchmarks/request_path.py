@@ -15,12 +15,19 @@ trees). Blocks of the two paths alternate, so a busy machine moves both alike; t
 shows per-request p50 and p99 and the ratio of p50s, for single-row bodies in each format
 and for batches (which size the lean path's row limit, `serve.scoring.LEAN_MAX_ROWS`).
 
+A second table prices the version's pool hop (`serve.versions.VersionRunner.predict`: submit
+to the version's own thread pool, await the future on the event loop, the bounds and the
+timeout) against scoring inline on the event loop, for one single-row request at a time and
+for 8 at once (requests per second). The hop is what keeps a slow version from holding up
+the replica's loop and the other versions; the table says what that isolation costs.
+
 Usage: python benchmarks/request_path.py [--requests 2000] [--blocks 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import time
 
@@ -29,6 +36,7 @@ from inference_log_overhead import make_model  # benchmarks/ is on the path of a
 
 from serve.schemas import parse_invocation, parse_rows
 from serve.scoring import Scorer, shape_frame
+from serve.versions import Limits, VersionCounters, VersionRunner
 
 
 def bodies(rng: np.random.Generator, n: int, rows: int, layout: str) -> list[bytes]:
@@ -91,6 +99,62 @@ def main() -> None:
         p = {k: np.percentile(np.array(v) * 1000, [50, 99]) for k, v in times.items()}
         print(f"{label:<26}{p['pandas'][0]:>12.3f}{p['pandas'][1]:>9.3f}{p['lean'][0]:>11.3f}"
               f"{p['lean'][1]:>9.3f}{p['pandas'][0] / p['lean'][0]:>12.1f}x")
+    hop_table(model, scorer, rng, args)
+
+
+def hop_table(model, scorer: Scorer, rng: np.random.Generator, args) -> None:
+    """Inline scoring on the event loop vs the version's pool hop (see the module docstring)."""
+    runner = VersionRunner(model, Limits(), VersionCounters())
+    block = [parse_rows(json.loads(raw)) for raw in bodies(rng, args.requests, 1,
+                                                            "dataframe_records")]
+
+    async def inline(rows):
+        return scorer.score(rows)
+
+    async def hop(rows):
+        outcome = await runner.predict(rows)
+        assert outcome.ok, outcome
+        return outcome.predictions
+
+    async def one_at_a_time(path) -> list[float]:
+        times = []
+        for rows in block:
+            start = time.perf_counter()
+            await path(rows)
+            times.append(time.perf_counter() - start)
+        return times
+
+    async def eight_at_once(path) -> float:
+        queue = list(block)
+        start = time.perf_counter()
+
+        async def client():
+            while queue:
+                await path(queue.pop())
+        await asyncio.gather(*(client() for _ in range(8)))
+        return len(block) / (time.perf_counter() - start)
+
+    async def measure():
+        for rows in block[:3]:
+            assert (await inline(rows)).tobytes() == (await hop(rows)).tobytes()
+        latency: dict[str, list[float]] = {"inline": [], "hop": []}
+        rps: dict[str, list[float]] = {"inline": [], "hop": []}
+        for b in range(args.blocks):
+            order = [("inline", inline), ("hop", hop)]
+            for name, path in order if b % 2 == 0 else order[::-1]:
+                latency[name] += await one_at_a_time(path)
+                rps[name].append(await eight_at_once(path))
+        return latency, rps
+
+    latency, rps = asyncio.run(measure())
+    runner.retire()
+    p = {k: np.percentile(np.array(v) * 1000, [50, 99]) for k, v in latency.items()}
+    r = {k: float(np.median(v)) for k, v in rps.items()}
+    print(f"\n{'1 row, records':<26}{'inline p50':>12}{'p99':>9}{'hop p50':>11}{'p99':>9}"
+          f"{'hop - inline':>14}{'inline rps@8':>14}{'hop rps@8':>11}{'hop/inline':>12}")
+    print(f"{'':<26}{p['inline'][0]:>12.3f}{p['inline'][1]:>9.3f}{p['hop'][0]:>11.3f}"
+          f"{p['hop'][1]:>9.3f}{p['hop'][0] - p['inline'][0]:>12.3f}ms"
+          f"{r['inline']:>14.0f}{r['hop']:>11.0f}{r['hop'] / r['inline']:>11.2f}x")
 
 
 if __name__ == "__main__":
