@@ -7,14 +7,14 @@ runs train the same configurations for the same number of rounds:
 
 - ``--device cpu``: every trial holds 1 CPU (one XGBoost thread), ``--concurrent`` at once;
 - ``--device cuda``: every trial also holds ``1 / --concurrent`` of the GPU (0.5: two trials
-  share one GPU), so XGBoost trains with device="cuda" (`retrain.search._trial`).
+  share one GPU), so XGBoost trains with device="cuda" (`retrain.search.trial._trial`).
 
 It writes a JSON result (``--out``): the search's wall seconds (`run_search` end to end:
 Tune's set-up, the data into the object store, every trial, collecting results; starting
 Ray is not in it), each trial's params, score, rounds and training seconds (the trial's own:
 building its matrices and boosting, without Ray's start of the trial actor and reporting; the
 first trial on each trial actor also builds the matrices the actor keeps for the next, see
-`retrain.search._matrices`), its reports, and the machine. Given ``--baseline cpu.json`` (a
+`retrain.search.trial._matrices`), its reports, and the machine. Given ``--baseline cpu.json`` (a
 run of this script on the CPU machine) it prints the comparison as ratios: speed-up of the
 wall and of each trial's training (trials are paired by their params: the same seed gives
 the same configurations), and the best score's difference. Target from issue #6: the search

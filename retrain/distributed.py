@@ -619,7 +619,7 @@ def _stopping(session) -> bool:
 
 def _report(item: dict[str, Any], reporter) -> None:
     """One report to Tune through the trial's reporter (`retrain.search.TrialReporter`), with the
-    keys of `retrain.search._boost`; the last one carries the model."""
+    keys of `retrain.search.trial._boost`; the last one carries the model."""
     from retrain.trial_report import (
         AT_KEY,
         BEST_ROUND_KEY,
@@ -663,7 +663,7 @@ def train_data_parallel(
     ``params`` are `retrain.candidates.xgb_params` (``nthread`` and ``device`` are set per
     worker from ``settings`` and its GPUs); ``base_model`` is a booster (UBJ bytes) to boost
     on. Reports to Tune every ``report_every`` rounds and at round ``rounds`` as
-    `retrain.search._boost` does; returns when the run ends, or at once when Tune stops the
+    `retrain.search.trial._boost` does; returns when the run ends, or at once when Tune stops the
     trial (its Train run is ended then too). Raises `SearchError` when the workers fail.
     Reports go through ``reporter`` (the trial's `retrain.search.TrialReporter`: ``report``
     and ``final``); without one nothing is reported and the final model is only returned.

@@ -60,14 +60,8 @@ from retrain.refit import refit_finalists, refit_problem
 from retrain.registry import CHALLENGER, CHAMPION, MlflowRegistry
 from retrain.report import render_report
 from retrain.runtime import ensure_ray, quiet_defaults
-from retrain.search import (
-    SearchResult,
-    TrainData,
-    WarmStart,
-    driver_loads_training_rows,
-    load_model,
-    run_search,
-)
+from retrain.search import SearchResult, TrainData, WarmStart, load_model, run_search
+from retrain.search.plan import driver_loads_training_rows
 from serve.loader import LoadedModel
 from serve.schemas import InvalidInput
 from serve.scoring import Scorer, request_body

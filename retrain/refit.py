@@ -30,13 +30,14 @@ import numpy as np
 import pandas as pd
 
 from retrain.candidates import (
+    FLAVORS,
     WINDOW,
     build_sklearn,
     partition_ages,
     window_weights,
     xgb_params,
 )
-from retrain.search import FLAVORS, TrialResult, WarmStart, new_rows
+from retrain.search import TrialResult, WarmStart, new_rows
 
 if TYPE_CHECKING:
     from retrain.config import Config
@@ -114,7 +115,7 @@ def _refit_one(shared, *, family: str, params: dict[str, Any], rounds: int, task
                metric: str, seed: int, nthread: int, base_model: bytes | None,
                rows: np.ndarray | None, narrow_to=None, weights: np.ndarray | None = None):
     """One refit (a Ray task): (model, rows trained on, rounds, seconds)."""
-    from retrain.search import _narrowed
+    from retrain.search.trial import _narrowed
 
     start = time.perf_counter()
     x, y = shared

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 MODEL_FILE = "model.ubj"
 SKLEARN_FILE = "model.skops"
-#: a final checkpoint's own copy of its last report (see `retrain.search._finished_trials`)
+#: a final checkpoint's own copy of its last report (see `retrain.search.resume._finished_trials`)
 METRICS_FILE = "metrics.json"
 #: in METRICS_FILE: the checkpoint's other files and their sizes, the trial's config, every
 #: report it made

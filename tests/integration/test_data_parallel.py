@@ -29,15 +29,8 @@ from retrain.candidates import xgb_params
 from retrain.config import config_from_dict
 from retrain.data import load_split
 from retrain.distributed import DataParallelSettings, parquet_rows, train_data_parallel
-from retrain.search import (
-    AT_KEY,
-    FIT_KEY,
-    METRICS_FILE,
-    MODEL_FILE,
-    SCORE_KEY,
-    TRAINED_KEY,
-    TrialReporter,
-)
+from retrain.search.trial import TrialReporter
+from retrain.trial_report import AT_KEY, FIT_KEY, METRICS_FILE, MODEL_FILE, SCORE_KEY, TRAINED_KEY
 from tests.synthetic import config_dict, write_partitions
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

@@ -35,7 +35,8 @@ from retrain.pipeline import (
     save_stage,
     unfinished_cycle,
 )
-from retrain.search import METRICS_FILE, RECORDS_DIR, _last_run
+from retrain.search.resume import _last_run
+from retrain.trial_report import METRICS_FILE, RECORDS_DIR
 from tests.synthetic import config_dict, write_partitions
 
 # --- pure -------------------------------------------------------------------------------------
@@ -107,7 +108,8 @@ def test_finished_trials_are_told_to_tpe_with_the_distributions_it_would_have_us
 
     from retrain.candidates import FamilySpace, families, family_distributions
     from retrain.config import config_from_dict
-    from retrain.search import TrialResult, _told_storage
+    from retrain.search import TrialResult
+    from retrain.search.resume import _told_storage
 
     config = config_from_dict(config_dict("data", "work"))
     active = families(config.search)
@@ -143,7 +145,8 @@ def test_a_search_reads_back_the_records_its_trials_left_as_they_finished(tmp_pa
     """`RECORDS_DIR` without Tune's experiment state (a driver that died before Tune first
     saved it): a whole final is completed, a driver record is stopped or failed, and a
     final cut short or a file still being written is not a finished trial."""
-    from retrain.search import _earlier_experiments, _finished_trials, save_final
+    from retrain.search import save_final
+    from retrain.search.resume import _earlier_experiments, _finished_trials
 
     experiment = tmp_path / "tune" / "search"
     records = experiment / RECORDS_DIR

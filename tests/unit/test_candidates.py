@@ -25,7 +25,8 @@ from retrain.candidates import (
 from retrain.config import config_from_dict
 from retrain.data import Partition
 from retrain.errors import ConfigError
-from retrain.search import WarmStart, _scheduler, new_rows, plan_families
+from retrain.search import WarmStart, new_rows, plan_families
+from retrain.search.plan import _scheduler
 from serve.features import FeatureSpec
 from serve.loader import LoadedModel, load_sklearn, predict_with
 from tests.synthetic import config_dict, frame
@@ -142,7 +143,8 @@ def test_trials_take_turns_over_families_with_separately_named_parameters():
 def test_a_resumed_study_hands_out_the_families_its_finished_trials_lacked():
     """Told trials of an earlier run (any mix of families) count: the next trials go to the
     families with fewest trials, so a resume never drops a family."""
-    from retrain.search import TrialResult, _told_storage
+    from retrain.search import TrialResult
+    from retrain.search.resume import _told_storage
 
     config = _config(linear={"enabled": True})
     space = FamilySpace(families(config.search))
@@ -315,7 +317,7 @@ def test_each_family_starts_from_its_default_clipped_into_its_space():
 def test_enqueued_defaults_are_the_first_trial_of_each_family():
     import optuna
 
-    from retrain.search import _told_storage
+    from retrain.search.resume import _told_storage
 
     config = _config(xgboost_warm_start={"enabled": True}, linear={"enabled": True})
     space = FamilySpace(families(config.search))
@@ -340,7 +342,7 @@ def test_enqueued_defaults_are_the_first_trial_of_each_family():
 ])
 def test_early_stopping_keeps_the_best_round_and_stops_after_patience(greater, scores,
                                                                       stop_at, best):
-    from retrain.search import BestRound
+    from retrain.trial_report import BestRound
 
     tracker = BestRound(greater=greater, patience=20)
     stopped = None

@@ -248,7 +248,7 @@ def _shipping(dataset, sklearn: bool):
 
 
 def test_data_parallel_trials_get_no_rows_through_the_object_store(dataset):
-    from retrain.search import shipped_to_trials
+    from retrain.search.plan import shipped_to_trials
 
     data, champion, active, plan = _shipping(dataset, sklearn=False)
     shipped, warm = shipped_to_trials(data, champion, active, plan)
@@ -262,7 +262,7 @@ def test_data_parallel_trials_get_no_rows_through_the_object_store(dataset):
 
 
 def test_trials_that_train_in_one_process_get_every_row(dataset):
-    from retrain.search import shipped_to_trials
+    from retrain.search.plan import shipped_to_trials
 
     data, champion, active, plan = _shipping(dataset, sklearn=True)
     # a scikit-learn family fits in its trial's process: it needs the rows
@@ -285,7 +285,7 @@ def _connect():
 
 
 def _loads(tmp_path, rows: int, **section):
-    from retrain.search import driver_loads_training_rows
+    from retrain.search.plan import driver_loads_training_rows
 
     raw = config_dict(tmp_path / "data", tmp_path / "work",
                       search={"data_parallel": section})
@@ -304,7 +304,7 @@ def test_the_driver_loads_training_rows_unless_trials_go_data_parallel(tmp_path)
 
 
 def test_a_scikit_learn_family_needs_the_rows_on_the_driver(tmp_path):
-    from retrain.search import driver_loads_training_rows
+    from retrain.search.plan import driver_loads_training_rows
 
     raw = config_dict(tmp_path / "data", tmp_path / "work", search={
         "data_parallel": {"enabled": True},
@@ -319,7 +319,7 @@ def test_a_split_without_training_rows_trains_data_parallel_whatever_the_cluster
     data-parallel; the search must not decide otherwise when the cluster looks smaller
     later (an autoscaler removed an idle node)."""
     from retrain.candidates import families
-    from retrain.search import _data_parallel_plan
+    from retrain.search.plan import _data_parallel_plan
 
     config, full = dataset
     config = config.model_copy(update={"search": config.search.model_copy(update={
