@@ -130,12 +130,12 @@ def test_a_failed_write_leaves_no_file_and_keeps_the_rows_for_a_retry(tmp_path, 
         real(table.slice(0, 1), where, **kwargs)  # something reached the disk ...
         raise OSError("disk full")  # ... then the store failed
 
-    monkeypatch.setattr(il.pq, "write_table", half_then_fail)
+    monkeypatch.setattr(pq, "write_table", half_then_fail)
     log.flush()
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # no final, no temp
     stats = log.stats()
     assert "disk full" in stats.last_error and stats.rows_buffered == 4 and stats.rows_dropped == 0
-    monkeypatch.setattr(il.pq, "write_table", real)
+    monkeypatch.setattr(pq, "write_table", real)
     log.flush()
     assert len(read_predictions(tmp_path)) == 4
     assert [p.name for p in tmp_path.rglob("*") if p.name.startswith(".")] == []
@@ -193,7 +193,7 @@ def test_a_stalled_store_never_blocks_the_request_path(tmp_path, monkeypatch):
         release.wait(10)
         real(*args, **kwargs)
 
-    monkeypatch.setattr(il.pq, "write_table", stalled)
+    monkeypatch.setattr(pq, "write_table", stalled)
     log = InferenceLog(tmp_path, flush_rows=10, flush_interval_s=0.01, max_buffer_rows=100)
     try:
         log_rows(log, 10)

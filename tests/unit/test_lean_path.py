@@ -267,7 +267,7 @@ def test_records_whose_ints_pandas_may_retype_take_the_pandas_path(column):
 def test_the_inference_log_keeps_what_it_kept(body):
     """The log gets the parsed rows (no frame); its writer builds the frame the pandas path
     built, so the stored table is the one it stored before, value for value."""
-    from serve.inference_log import _prediction_table, _PredictionEntry
+    from serve.inference_log.writer import _prediction_table, _PredictionEntry
 
     def table(frame):
         entry = _PredictionEntry(ts_ms=0, request_id="r", model_version="1", spec=SPEC,
