@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -327,47 +328,16 @@ def _run_cycle(config: Config, *, echo=None, resume: bool = False) -> CycleResul
     quiet_defaults()
     folder = cycles_folder(config)
     resumed = unfinished_cycle(folder) if resume else None
-    task, policy = config.task, config.evaluation
     registry = MlflowRegistry.from_config(config)
     # listed (and content-hashed) once, for admission and the split alike
     partitions = list_partitions(config.data)
-    if resumed is None:
-        if resume:
-            say("nothing to resume: the newest cycle finished (or none ran); a new cycle")
-        cycle_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
-        champion_version = registry.alias_version(CHAMPION)
-    else:
-        cycle_id, champion_version = resumed.cycle_id, resumed.champion_version
-        _check_resumable(resumed, partitions, registry.alias_version(CHAMPION))
-        say(f"resuming cycle {cycle_id} after stage {resumed.stage!r} (attempt "
-            f"{resumed.attempts + 1})" + (f"; it stopped with {resumed.error}"
-                                          if resumed.error else ""))
+    cycle_id, champion_version = _identity(registry, partitions, resumed, resume, say)
     admission, excluded = _admission(config, registry, champion_version, cycle_id, partitions,
                                      resumed)
     if admission is not None:
         say(admission.summary())
-    # trials that all train data-parallel read their own rows: the driver then loads only
-    # the holdout, so training data may outgrow the driver's node
-    loads_rows = driver_loads_training_rows(
-        config, training_row_count(config.data, partitions, excluded),
-        connect=lambda: ensure_ray(config.ray))
-    # read once: its spec is the base the vocabularies grow from (known categories keep
-    # their codes, so the champion's trees stay valid for a warm start), and it competes
-    champion = None if champion_version is None else registry.load(champion_version)
-    split = load_split(config.data, task.type,
-                       extra_columns=tuple(s.column for s in policy.slices), exclude=excluded,
-                       partitions=partitions, training_rows=loads_rows,
-                       base_spec=None if champion is None else champion.spec,
-                       holdout_share=_holdout_share(config, partitions, excluded))
-    lineage = {**split.lineage(), "data.driver_rows": "all" if loads_rows else "holdout"}
-    if excluded:
-        lineage["data.excluded_partitions"] = ",".join(sorted(excluded))
-    say(
-        f"data: train {lineage['data.train_partitions']} ({lineage['data.train_rows']} rows"
-        + ("" if loads_rows else ", read by the data-parallel workers only")
-        + f"), holdout {lineage['data.holdout_partitions']} ({lineage['data.holdout_rows']} rows)"
-        + (f", left out (quarantined) {lineage['data.excluded_partitions']}" if excluded else "")
-    )
+    split, lineage, champion = _read_data(config, registry, partitions, excluded,
+                                          champion_version, say)
     if champion is None and split.holds_training_rows and resumed is None:
         # the first model is where a leak or a row index gets in: say so before training
         from retrain.suspects import suspects_in
@@ -390,100 +360,236 @@ def _run_cycle(config: Config, *, echo=None, resume: bool = False) -> CycleResul
         else:
             stage = save_stage(folder, replace(resumed, attempts=resumed.attempts + 1,
                                                error=None))
+        cycle = _Cycle(config, registry, folder, split, lineage, admission, excluded, run_id,
+                       say, start, champion)
         try:
-            return _stages(config, registry, stage, folder, split, lineage, admission, excluded,
-                           run_id, say, start, champion)
+            return _stages(cycle, stage)
         except BaseException as exc:
             save_stage(folder, replace(read_stage(folder, cycle_id),
                                        error=f"{type(exc).__name__}: {exc}"[:2000]))
             raise
 
 
+def _identity(registry: MlflowRegistry, partitions: list, resumed: CycleStage | None,
+              resume: bool, say) -> tuple[str, str | None]:
+    """A new cycle's id and champion, or the resumed cycle's (checked to still hold)."""
+    if resumed is None:
+        if resume:
+            say("nothing to resume: the newest cycle finished (or none ran); a new cycle")
+        cycle_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        return cycle_id, registry.alias_version(CHAMPION)
+    _check_resumable(resumed, partitions, registry.alias_version(CHAMPION))
+    say(f"resuming cycle {resumed.cycle_id} after stage {resumed.stage!r} (attempt "
+        f"{resumed.attempts + 1})" + (f"; it stopped with {resumed.error}"
+                                      if resumed.error else ""))
+    return resumed.cycle_id, resumed.champion_version
+
+
+def _read_data(config: Config, registry: MlflowRegistry, partitions: list,
+               excluded: frozenset[str], champion_version: str | None, say
+               ) -> tuple[Split, dict[str, str], LoadedModel | None]:
+    """The split, its lineage and the champion, each read once."""
+    # trials that all train data-parallel read their own rows: the driver then loads only
+    # the holdout, so training data may outgrow the driver's node
+    loads_rows = driver_loads_training_rows(
+        config, training_row_count(config.data, partitions, excluded),
+        connect=lambda: ensure_ray(config.ray))
+    # read once: its spec is the base the vocabularies grow from (known categories keep
+    # their codes, so the champion's trees stay valid for a warm start), and it competes
+    champion = None if champion_version is None else registry.load(champion_version)
+    split = load_split(config.data, config.task.type,
+                       extra_columns=tuple(s.column for s in config.evaluation.slices),
+                       exclude=excluded, partitions=partitions, training_rows=loads_rows,
+                       base_spec=None if champion is None else champion.spec,
+                       holdout_share=_holdout_share(config, partitions, excluded))
+    lineage = {**split.lineage(), "data.driver_rows": "all" if loads_rows else "holdout"}
+    if excluded:
+        lineage["data.excluded_partitions"] = ",".join(sorted(excluded))
+    say(
+        f"data: train {lineage['data.train_partitions']} ({lineage['data.train_rows']} rows"
+        + ("" if loads_rows else ", read by the data-parallel workers only")
+        + f"), holdout {lineage['data.holdout_partitions']} ({lineage['data.holdout_rows']} rows)"
+        + (f", left out (quarantined) {lineage['data.excluded_partitions']}" if excluded else "")
+    )
+    return split, lineage, champion
+
+
 def read_stage(folder: Path, cycle_id: str) -> CycleStage:
     return next(s for s in read_stages(folder) if s.cycle_id == cycle_id)
 
 
-def _stages(config: Config, registry: MlflowRegistry, stage: CycleStage, folder: Path,
-            split: Split, lineage: dict[str, str], admission: AdmissionReport | None,
-            excluded: frozenset[str], run_id: str, say, start: float,
-            champion_model: LoadedModel | None) -> CycleResult:
+@dataclass(frozen=True)
+class _Cycle:
+    """What every stage of one cycle reads: fixed once the cycle's MLflow run is open."""
+
+    config: Config
+    registry: MlflowRegistry
+    folder: Path
+    split: Split
+    lineage: dict[str, str]
+    admission: AdmissionReport | None
+    excluded: frozenset[str]
+    run_id: str
+    say: Callable[[str], None]
+    start: float
+    #: the champion read once (None for the first model): competitor and warm-start base
+    champion_model: LoadedModel | None
+
+
+@dataclass(frozen=True)
+class _Judged:
+    """The finalists scored beside the champion on the holdout."""
+
+    search: SearchResult
+    warm: WarmStart | None
+    boosters: dict[str, Any]
+    comparison: Comparison
+    lineage: dict[str, str]
+
+
+def _stages(cycle: _Cycle, stage: CycleStage) -> CycleResult:
     """The cycle from its search on, skipping the steps with lasting effects that ``stage``
     says are done, and recording each one it does."""
-    task, policy = config.task, config.evaluation
-    cycle_id, champion_version = stage.cycle_id, stage.champion_version
+    config = cycle.config
     resumed_from = stage.stage if stage.attempts > 1 else None
+    stage, search, warm = _search_stage(cycle, stage)
+    judged = _judge(cycle, stage, search, warm)
+    # with a rollout, the champion alias moves only when the last canary step passes
+    alias = CHALLENGER if rolls_out(config, stage.champion_version) else CHAMPION
+    stage, decision = _decide_stage(cycle, stage, judged)
+    stage, model_version = _register_stage(cycle, stage, judged, decision, alias)
+    snapshot = _snapshot(cycle.split, judged.lineage)
+    if not stage.reached("recorded"):
+        _record(config, decision, judged.comparison, snapshot, search, cycle.run_id,
+                stage.champion_version, model_version, alias=alias)
+        stage = save_stage(cycle.folder, replace(stage, stage="recorded"))
+    report_path, files = _write_reports(cycle, stage, decision, judged)
+    _log_cycle(cycle, stage, decision, judged, snapshot, files,
+               model_version=model_version, resumed_from=resumed_from)
+    save_stage(cycle.folder, replace(stage, stage="done"))
+    champion_version = stage.champion_version
+    return CycleResult(
+        cycle_id=stage.cycle_id,
+        run_id=cycle.run_id,
+        decision=decision,
+        comparison=judged.comparison,
+        search=search,
+        model_version=model_version,
+        champion_version=champion_version if rolls_out(config, champion_version)
+        else model_version or champion_version,
+        lineage=judged.lineage,
+        wall_seconds=time.perf_counter() - cycle.start,
+        report_path=str(report_path),
+        admission=cycle.admission,
+        excluded=tuple(sorted(cycle.excluded)),
+        resumed_from=resumed_from,
+    )
+
+
+def _search_stage(cycle: _Cycle, stage: CycleStage
+                  ) -> tuple[CycleStage, SearchResult, WarmStart | None]:
+    """The search over every family; a resumed cycle's search reads back the trials that
+    finished and runs only the rest."""
+    config, split, registry = cycle.config, cycle.split, cycle.registry
+    champion_version = stage.champion_version
     ages = partition_ages(split.pieces(), split.train_rows + split.valid_rows)
     data = TrainData(split.x_train, split.y_train, split.x_valid, split.y_valid,
                      ages=None if ages is None else ages[: split.train_rows])
     # warm-start trials continue the champion's booster on the rows it never trained on;
     # WarmStart says why not if they cannot (other features, a scikit-learn champion, no
     # new rows), and the search reports it
-    warm = (WarmStart.of(champion_model, split, version=champion_version,
+    warm = (WarmStart.of(cycle.champion_model, split, version=champion_version,
                          seen=registry.version_partitions(champion_version, trained_only=True),
                          rows=config.search.families.xgboost_warm_start.rows)
             if champion_version is not None
             and config.search.families.xgboost_warm_start.enabled else None)
-    # a resumed cycle's search reads back the trials that finished; only the rest run
     search = run_search(
-        config, data, name=f"{config.project.name}-{cycle_id}", progress=say is not _silent,
-        warm_start=warm, split=split, read_only=stage.reached("searched"),
+        config, data, name=f"{config.project.name}-{stage.cycle_id}",
+        progress=cycle.say is not _silent, warm_start=warm, split=split,
+        read_only=stage.reached("searched"),
     )
     if not stage.reached("searched"):
-        registry.log_trials(run_id, search)  # failed trials too, before giving up on them
-        stage = save_stage(folder, replace(stage, stage="searched"))
-    boosters, models, finalists, refit = _finalists(config, search, split, warm, say)
-    lineage = {**lineage, "search.refit": refit}
+        registry.log_trials(cycle.run_id, search)  # failed trials too, before giving up
+        stage = save_stage(cycle.folder, replace(stage, stage="searched"))
+    return stage, search, warm
+
+
+def _judge(cycle: _Cycle, stage: CycleStage, search: SearchResult,
+           warm: WarmStart | None) -> _Judged:
+    """The finalists (refit where configured) and the champion, scored on the same holdout
+    with their footprints measured in the same run."""
+    config, split = cycle.config, cycle.split
+    boosters, models, finalists, refit = _finalists(config, search, split, warm, cycle.say)
     champion = None
-    if champion_model is not None:
-        models[f"v{champion_version}"], champion = _champion_finalist(
-            champion_model, champion_version, split
+    if cycle.champion_model is not None:
+        models[f"v{stage.champion_version}"], champion = _champion_finalist(
+            cycle.champion_model, stage.champion_version, split
         )
     footprints = _footprints(split, models)
     finalists = [replace(f, footprint=footprints[f.name]) for f in finalists]
     if champion is not None:
         champion = replace(champion, footprint=footprints[champion.name])
     comparison = compare(
-        task.type, task.primary_metric, split.y_holdout, finalists, champion,
-        policy=policy, slice_frame=split.holdout_raw,
+        config.task.type, config.task.primary_metric, split.y_holdout, finalists, champion,
+        policy=config.evaluation, slice_frame=split.holdout_raw,
     )
-    # with a rollout, the champion alias moves only when the last canary step passes
-    alias = CHALLENGER if rolls_out(config, champion_version) else CHAMPION
+    return _Judged(search, warm, boosters, comparison,
+                   {**cycle.lineage, "search.refit": refit})
+
+
+def _decide_stage(cycle: _Cycle, stage: CycleStage, judged: _Judged
+                  ) -> tuple[CycleStage, Decision]:
+    """The decision, made once (a resumed cycle keeps it), and the challenger's model logged
+    with it: refit on the holdout rows too when it is promoted and refit is ``all``."""
     decision = stage.kept_decision()
-    if decision is None:
-        decision = decide(comparison, policy)
-        challenger = comparison.challenger.trial_id
-        chosen = boosters[challenger]
-        if decision.verdict is Verdict.PROMOTE and config.search.refit == "all" \
-                and split.holds_training_rows:
-            # served: the judged configuration trained on the holdout rows too
-            trial = next(t for t in search.trials if t.trial_id == challenger)
-            final = refit_finalists(config, [trial], split, warm, holdout=True)[challenger]
-            chosen = replace(chosen, booster=final.model)
-            say(f"  promoted model refit on all {final.rows} rows, the holdout's included")
-        model_uri = registry.log_model(
-            run_id, chosen.booster, chosen.spec, task=task.type, metric=task.primary_metric,
-        )
-        # what later admissions compare new partitions with, should this model be promoted
-        registry.log_reference(run_id, _reference(config, split))
-        stage = save_stage(folder, replace(stage, stage="decided", decision=decision.to_dict(),
-                                           challenger=challenger, model_uri=model_uri))
+    if decision is not None:
+        return stage, decision
+    config, split, task = cycle.config, cycle.split, cycle.config.task
+    decision = decide(judged.comparison, config.evaluation)
+    challenger = judged.comparison.challenger.trial_id
+    chosen = judged.boosters[challenger]
+    if decision.verdict is Verdict.PROMOTE and config.search.refit == "all" \
+            and split.holds_training_rows:
+        # served: the judged configuration trained on the holdout rows too
+        trial = next(t for t in judged.search.trials if t.trial_id == challenger)
+        final = refit_finalists(config, [trial], split, judged.warm, holdout=True)[challenger]
+        chosen = replace(chosen, booster=final.model)
+        cycle.say(f"  promoted model refit on all {final.rows} rows, the holdout's included")
+    model_uri = cycle.registry.log_model(
+        cycle.run_id, chosen.booster, chosen.spec, task=task.type, metric=task.primary_metric,
+    )
+    # what later admissions compare new partitions with, should this model be promoted
+    cycle.registry.log_reference(cycle.run_id, _reference(config, split))
+    stage = save_stage(cycle.folder, replace(stage, stage="decided", decision=decision.to_dict(),
+                                             challenger=challenger, model_uri=model_uri))
+    return stage, decision
+
+
+def _register_stage(cycle: _Cycle, stage: CycleStage, judged: _Judged, decision: Decision,
+                    alias: str) -> tuple[CycleStage, str | None]:
+    """A promoted challenger registered once and ``alias`` moved to it."""
     model_version = stage.model_version
-    if decision.verdict is Verdict.PROMOTE and not stage.reached("registered"):
-        if model_version is None:
-            # idempotent: a driver that died after MLflow created the version (before the
-            # stage below recorded it) gets that version back, not a second one
-            model_version = registry.register(
-                stage.model_uri,
-                tags={**lineage, "retrain.run_id": run_id, "retrain.cycle_id": cycle_id,
-                      "retrain.search": search.experiment_path,
-                      "data.trained_partitions": _trained_partitions(config, split)},
-            )
-            # recorded before the alias moves: a crash in between resumes to the alias move
-            # (idempotent), never to a second registration
-            stage = save_stage(folder, replace(stage, model_version=model_version))
-        registry.set_alias(alias, model_version)
-        stage = save_stage(folder, replace(stage, stage="registered"))
-    snapshot = {
+    if decision.verdict is not Verdict.PROMOTE or stage.reached("registered"):
+        return stage, model_version
+    if model_version is None:
+        # idempotent: a driver that died after MLflow created the version (before the
+        # stage below recorded it) gets that version back, not a second one
+        model_version = cycle.registry.register(
+            stage.model_uri,
+            tags={**judged.lineage, "retrain.run_id": cycle.run_id,
+                  "retrain.cycle_id": stage.cycle_id,
+                  "retrain.search": judged.search.experiment_path,
+                  "data.trained_partitions": _trained_partitions(cycle.config, cycle.split)},
+        )
+        # recorded before the alias moves: a crash in between resumes to the alias move
+        # (idempotent), never to a second registration
+        stage = save_stage(cycle.folder, replace(stage, model_version=model_version))
+    cycle.registry.set_alias(alias, model_version)
+    return save_stage(cycle.folder, replace(stage, stage="registered")), model_version
+
+
+def _snapshot(split: Split, lineage: dict[str, str]) -> dict[str, Any]:
+    return {
         "partitions": [
             {"value": p.value, "rows": p.rows, "sha256": p.digest,
              "role": "holdout" if p in split.holdout_partitions else "train"}
@@ -491,14 +597,17 @@ def _stages(config: Config, registry: MlflowRegistry, stage: CycleStage, folder:
         ],
         "digest": lineage["data.digest"],
     }
-    if not stage.reached("recorded"):
-        _record(config, decision, comparison, snapshot, search, run_id, champion_version,
-                model_version, alias=alias)
-        stage = save_stage(folder, replace(stage, stage="recorded"))
+
+
+def _write_reports(cycle: _Cycle, stage: CycleStage, decision: Decision, judged: _Judged
+                   ) -> tuple[Path, dict[str, str]]:
+    """The cycle's HTML report, and the admission's where admission judged partitions."""
+    config, admission, cycle_id = cycle.config, cycle.admission, stage.cycle_id
     report = render_report(
         title=f"{config.project.name} cycle {cycle_id}",
-        decision=decision, comparison=comparison, search=search, lineage=lineage,
-        tolerances={s.column: s.tolerance for s in policy.slices},
+        decision=decision, comparison=judged.comparison, search=judged.search,
+        lineage=judged.lineage,
+        tolerances={s.column: s.tolerance for s in config.evaluation.slices},
         admission=None if admission is None else {
             v.partition: f"{v.status}: " + "; ".join(v.problems or v.warnings or ("ok",))
             for v in admission.partitions
@@ -512,14 +621,23 @@ def _stages(config: Config, registry: MlflowRegistry, stage: CycleStage, folder:
         admission_path = report_path.with_name(f"admission-{cycle_id}.html")
         admission_path.write_text(render_admission_report(
             admission, title=f"{config.project.name} admission, cycle {cycle_id}",
-            reference={"champion version": str(champion_version), "cycle": cycle_id},
+            reference={"champion version": str(stage.champion_version), "cycle": cycle_id},
             policy=config.admission.policy(),
             record=str(config.quarantine_path),
         ))
         files["admission.html"] = str(admission_path)
-    registry.log_cycle(
-        run_id,
-        params=_cycle_params(config, comparison),
+    return report_path, files
+
+
+def _log_cycle(cycle: _Cycle, stage: CycleStage, decision: Decision, judged: _Judged,
+               snapshot: dict[str, Any], files: dict[str, str], *,
+               model_version: str | None, resumed_from: str | None) -> None:
+    """The cycle's parameters, metrics, verdict tags and artifacts on its MLflow run."""
+    comparison, search, champion_version = judged.comparison, judged.search, \
+        stage.champion_version
+    cycle.registry.log_cycle(
+        cycle.run_id,
+        params=_cycle_params(cycle.config, comparison),
         metrics=_cycle_metrics(comparison, search),
         tags={
             "retrain.verdict": decision.verdict.value,
@@ -536,29 +654,12 @@ def _stages(config: Config, registry: MlflowRegistry, stage: CycleStage, folder:
             "decision.json": {
                 "decision": decision.to_dict(),
                 "comparison": comparison.to_dict(),
-                "lineage": lineage,
+                "lineage": judged.lineage,
                 "data_snapshot": snapshot,
             },
-            **({"admission.json": admission.to_dict()} if admission else {}),
+            **({"admission.json": cycle.admission.to_dict()} if cycle.admission else {}),
         },
         files=files,
-    )
-    save_stage(folder, replace(stage, stage="done"))
-    return CycleResult(
-        cycle_id=cycle_id,
-        run_id=run_id,
-        decision=decision,
-        comparison=comparison,
-        search=search,
-        model_version=model_version,
-        champion_version=champion_version if rolls_out(config, champion_version)
-        else model_version or champion_version,
-        lineage=lineage,
-        wall_seconds=time.perf_counter() - start,
-        report_path=str(report_path),
-        admission=admission,
-        excluded=tuple(sorted(excluded)),
-        resumed_from=resumed_from,
     )
 
 
