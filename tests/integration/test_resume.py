@@ -28,13 +28,8 @@ from mlflow import MlflowClient
 
 from retrain.cli import main
 from retrain.errors import DataError, RegistryError
-from retrain.pipeline import (
-    CycleStage,
-    _check_resumable,
-    read_stages,
-    save_stage,
-    unfinished_cycle,
-)
+from retrain.pipeline import CycleStage, read_stages, save_stage, unfinished_cycle
+from retrain.pipeline.state import _check_resumable
 from retrain.search.resume import _last_run
 from retrain.trial_report import METRICS_FILE, RECORDS_DIR
 from tests.synthetic import config_dict, write_partitions

@@ -92,7 +92,7 @@ def test_the_guardrail_times_the_replicas_path_on_a_request_body(monkeypatch):
 
     import xgboost as xgb
 
-    from retrain import pipeline
+    from retrain.pipeline.finalists import _footprints
     from serve.features import FeatureSpec
     from serve.loader import LoadedModel
     from serve.scoring import Scorer
@@ -115,7 +115,7 @@ def test_the_guardrail_times_the_replicas_path_on_a_request_body(monkeypatch):
 
     monkeypatch.setattr(Scorer, "score_body", spy)
     split = type("Split", (), {"holdout_raw": holdout})()
-    fps = pipeline._footprints(split, {"v1": model})
+    fps = _footprints(split, {"v1": model})
     assert fps["v1"].single_row_ms > 0 and fps["v1"].batch_ms_per_1k > 0
     sizes = {len(json.loads(b)["dataframe_split"]["data"]) for b in bodies}
     assert sizes == {1, 1000} and all(lean)
