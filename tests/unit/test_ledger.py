@@ -7,14 +7,7 @@ import pytest
 
 from retrain.decide import Verdict
 from retrain.errors import RetrainError
-from retrain.ledger import (
-    VERDICTS,
-    EventKind,
-    Ledger,
-    LedgerEvent,
-    ServedAt,
-    format_events,
-)
+from retrain.ledger import VERDICTS, EventKind, Ledger, LedgerEvent, ServedAt, format_events
 
 MODEL = "churn"
 
@@ -357,7 +350,7 @@ def test_format_events_prints_one_aligned_line_per_event(tmp_path: Path):
 
 
 def test_a_version_1_ledger_is_migrated_in_place_keeping_every_row(tmp_path):
-    from retrain import ledger as module
+    from retrain.ledger import store as module
 
     path = tmp_path / "old.db"
     v1_kinds = "'decision', 'alias_move', 'traffic_step', 'rollback'"
