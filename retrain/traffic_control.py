@@ -203,18 +203,16 @@ class RolloutDriver:
 
     def _commit(self, before: Rollout | None, after: Rollout) -> Rollout:
         """Save, then change the registry, then record: a crash in between is reconciled."""
-        from retrain.registry import CHAMPION
+        from retrain.operations import move_champion
 
         self._save(after)
         if after.stage is Stage.COMPLETED and (before is None or not before.done):
             # the alias first: replicas then route everything to it, and the tag goes
-            self.registry.set_alias(CHAMPION, after.challenger)
-            self.ledger.append(LedgerEvent(
-                kind=EventKind.ALIAS_MOVE, model_name=self.config.model_name,
-                alias=CHAMPION, version=after.challenger, previous_version=after.champion,
-                reasons=(f"rollout completed: {after.reason}",),
-                details={"rollout_started_at": after.started_at},
-            ))
+            move_champion(self.registry, self.ledger, self.config.model_name,
+                          after.challenger, kind=EventKind.ALIAS_MOVE,
+                          previous=after.champion,
+                          reasons=(f"rollout completed: {after.reason}",),
+                          details={"rollout_started_at": after.started_at})
         self.store.write(self._applied(after))
         if before is not None:
             self._record(before, after)
@@ -280,19 +278,17 @@ class RolloutDriver:
 
     def reconcile(self) -> str:
         """Make the registry agree with the saved rollout state; say what was done."""
+        from retrain.operations import set_traffic
+
         rollout = self.load()
         tag = self.store.read()
         if rollout is None or rollout.done:
             if tag is None:
                 return "in agreement: no rollout, no split"
-            self.store.write(None)
-            self.ledger.append(LedgerEvent(
-                kind=EventKind.TRAFFIC_STEP, model_name=self.config.model_name,
-                traffic={v: w for v, w in tag.weights.items() if w > 0},
-                reasons=("reconciled: a split was left without an active rollout; all "
-                         "traffic back to the champion alias",),
-                details={"reconciled": True, "removed": tag.to_dict()},
-            ))
+            set_traffic(self.store, self.ledger, self.config.model_name, None,
+                        reasons=("reconciled: a split was left without an active rollout; "
+                                 "all traffic back to the champion alias",),
+                        details={"reconciled": True, "removed": tag.to_dict()})
             return f"removed a stale split {tag.to_dict()}"
         wanted = self._applied(rollout)
         if tag == wanted:

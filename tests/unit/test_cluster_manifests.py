@@ -149,7 +149,8 @@ def test_mounted_volumes_name_the_configmap_and_claim_the_manifests_need():
 
 
 def test_rayjob_entrypoint_is_retrain_run_with_the_mounted_config():
-    from retrain.cli import _cmd_run, build_parser
+    from retrain.cli import build_parser
+    from retrain.cli.project import _cmd_run
 
     argv = shlex.split(_kind("RayJob")["spec"]["entrypoint"])
     scripts = {e.name: e.value for e in importlib.metadata.entry_points(group="console_scripts")}

@@ -1,0 +1,60 @@
+"""The moves an operator or the rollout driver makes on what is served, each one written to
+the registry and recorded in the ledger together, in one place.
+
+- `move_champion`: the champion alias to a version (`retrain rollout promote`, a completed
+  rollout); the ledger records an alias move, or a rollback when it goes to an older version.
+- `set_traffic`: the registry's traffic split, or none (all traffic to the champion alias);
+  the ledger records a traffic step.
+
+The registry change comes first and the ledger second: a crash in between leaves a move the
+ledger lacks, which `RolloutDriver.record_outside_moves` (alias) and
+`RolloutDriver.reconcile` (split) find and record, never a recorded move that was not made.
+The Serve app's admin endpoints change the registry from the serving side, which imports
+nothing of retrain; the controller records those moves when it next sees them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from retrain.ledger import EventKind, Ledger, LedgerEvent
+from retrain.registry import CHAMPION
+from serve.traffic import TrafficSplit
+
+
+def move_champion(registry, ledger: Ledger, model_name: str, version: str, *,
+                  reasons: tuple[str, ...], kind: EventKind | None = None,
+                  previous: str | None = None,
+                  details: Mapping[str, Any] | None = None) -> str | None:
+    """Point the champion alias at ``version`` (which must be registered) and record it.
+
+    ``kind`` defaults to an alias move forward and a rollback to an older version;
+    ``previous`` defaults to the alias' version before the move. Returns that version."""
+    before = registry.alias_version(CHAMPION)
+    registry.require_version(version)
+    registry.set_alias(CHAMPION, version)
+    previous = before if previous is None else previous
+    if kind is None:
+        kind = (EventKind.ALIAS_MOVE if previous is None or int(version) > int(previous)
+                else EventKind.ROLLBACK)
+    ledger.append(LedgerEvent(kind=kind, model_name=model_name, alias=CHAMPION,
+                              version=version, previous_version=previous, reasons=reasons,
+                              details=dict(details or {})))
+    return before
+
+
+def set_traffic(store, ledger: Ledger, model_name: str, split: TrafficSplit | None, *,
+                reasons: tuple[str, ...], details: Mapping[str, Any] | None = None) -> None:
+    """Write ``split`` as the registry's traffic split (None removes it) and record it.
+
+    A removed split is recorded with the weights it had, so the ledger says what stopped;
+    removing none records nothing."""
+    recorded = split if split is not None else store.read()
+    store.write(split)
+    if recorded is None:
+        return
+    traffic = {} if recorded is None else {v: w for v, w in recorded.weights.items() if w > 0}
+    ledger.append(LedgerEvent(kind=EventKind.TRAFFIC_STEP, model_name=model_name,
+                              traffic=traffic, reasons=reasons,
+                              details=dict(details or {})))
