@@ -1,6 +1,6 @@
-"""What the inference log costs an answer: ``_score`` plus the log append vs ``_score`` alone.
+"""What the inference log costs an answer: ``score_request`` with and without the log append.
 
-One process, no Ray: the replica's own request path (``serve.model._score``: parse the body,
+One process, no Ray: the replica's own request path (``serve.answer.score_request``: parse the body,
 shape the features, predict) on many single-row requests, with and without
 ``InferenceLog.log_predictions`` after each. The log is real: a background thread writes
 Parquet to a temporary folder while the requests run (so its work competes for the GIL and
@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
+from serve.answer import score_request
 from serve.features import FeatureSpec
 from serve.inference_log import InferenceLog, read_predictions
 from serve.loader import LoadedModel
-from serve.model import _score
 from serve.scoring import Scorer
 
 
@@ -62,7 +62,7 @@ def run_block(
     times, appends = np.empty(len(block)), np.zeros(len(block))
     for i, body in enumerate(block):
         start = time.perf_counter()
-        rows, scores = _score(model, body, 10_000, scorer)
+        rows, scores = score_request(model, body, 10_000, scorer)
         if log is not None:
             scored = time.perf_counter()
             log.log_predictions(request_id=f"r{i}", model_version=model.version,
@@ -110,13 +110,13 @@ def main() -> None:
     print(f"{len(a)} single-row requests per path, {args.blocks} alternating blocks; "
           f"flush_rows={args.flush_rows}, flush_interval_s={args.flush_interval}")
     print(f"{'path':<26}{'median us':>11}{'mean us':>10}{'p99 us':>10}")
-    for name, t in (("_score", a), ("_score + log append", b)):
+    for name, t in (("score_request", a), ("score_request + log", b)):
         print(f"{name:<26}{np.median(t):>11.1f}{t.mean():>10.1f}{np.percentile(t, 99):>10.1f}")
     print(f"{'  of which the append':<26}{np.median(c):>11.1f}{c.mean():>10.1f}"
           f"{np.percentile(c, 99):>10.1f}")
     print(f"{'ratio (logged / bare)':<26}{np.median(b) / np.median(a):>11.3f}"
           f"{b.mean() / a.mean():>10.3f}{np.percentile(b, 99) / np.percentile(a, 99):>10.3f}")
-    print(f"{'append / _score':<26}{np.median(c) / np.median(a):>11.3f}"
+    print(f"{'append / score_request':<26}{np.median(c) / np.median(a):>11.3f}"
           f"{c.mean() / a.mean():>10.3f}")
     print(f"log: {stats.predictions_written} rows in {stats.files_written} files "
           f"({written} read back), dropped {stats.rows_dropped}, final flush {close_s:.3f}s, "

@@ -22,32 +22,33 @@ endpoints and pinning a request to a version (header ``x-retrain-version``) need
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations
 # (`request: Request`) at run time inside the replica, where string annotations of a class
 # that Serve shipped by value do not resolve, and the endpoint would answer 422.
-import asyncio
-import importlib
 import json
 import logging
-import random
-import re
 import threading
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from ray import serve
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect
 
-from serve.inference_log import InferenceLog, parse_feedback, request_retrain
+from serve import admin
+from serve.answer import answer, choose_runner, failed_answer, import_loader, log_outcome, open_log
+from serve.http import (
+    _Admitted,
+    _authorize,
+    _BadBody,
+    _body,
+    _CheckRequestId,
+    _error,
+    _parsed,
+    _request_id,
+)
+from serve.inference_log import parse_feedback, request_retrain
 from serve.loader import (
-    ROLLOUT_TAG,
-    LoadedModel,
     ModelUnavailable,
-    delete_alias,
     registry_state,
     set_alias,
     unknown_versions,
@@ -55,19 +56,12 @@ from serve.loader import (
 )
 from serve.oip import infer_response, model_metadata, parse_infer
 from serve.openapi_bodies import BODIES
-from serve.schemas import InvalidInput, Rows, check_text, parse_rows, refuse_surrogates
-from serve.scoring import Scorer
+from serve.schemas import Rows, parse_rows
 from serve.settings import ServeSettings
-from serve.traffic import PIN_HEADER, TrafficSplit, is_version
+from serve.traffic import PIN_HEADER, TrafficSplit
 from serve.versions import Limits, Outcome, Routing, VersionRunner, VersionSet
 
 logger = logging.getLogger("retrain.serve")
-
-#: a request with this header and the admin token is answered by that version (smoke tests)
-# Bodies up to this size are parsed on the event loop: a thread hop costs more than parsing
-# them. Bigger ones go to a worker thread so that they do not hold up other requests.
-_INLINE_BYTES = 64 * 1024
-_ADMIN_BODY_BYTES = 64 * 1024
 
 # No public /docs, /redoc or /openapi.json: they would list the admin endpoints to anyone.
 # GET /openapi.json below serves the document (request bodies described) to the token holder.
@@ -76,34 +70,6 @@ api = FastAPI(
     description="Predictions from the model versions the registry names, split as it says.",
     openapi_url=None, docs_url=None, redoc_url=None,
 )
-#: what an x-request-id may be: printable ASCII, as every log and header can carry it
-_REQUEST_ID = re.compile(rb"[\x20-\x7e]{1,256}")
-#: the longest reason a POST /admin/retrain may give (it is copied into the ledger)
-_REASON_CHARS = 1000
-
-
-class _CheckRequestId:
-    """Refuses (400) a request whose x-request-id is not printable ASCII of at most 256
-    characters, before any endpoint runs: the id is echoed in headers and bodies and written
-    to the inference log, where other bytes would fail. A plain ASGI middleware: the
-    BaseHTTPMiddleware kind costs measurable throughput."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http":
-            for key, value in scope["headers"]:
-                if key == b"x-request-id" and not _REQUEST_ID.fullmatch(value):
-                    response = JSONResponse({"error": (
-                        "the x-request-id header must be 1 to 256 printable ASCII characters; "
-                        "send another id or none (one is made for you)"), "request_id": None},
-                        status_code=400)
-                    await response(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
-
-
 api.add_middleware(_CheckRequestId)
 
 
@@ -119,225 +85,12 @@ async def _input_error(request: Request, exc: Exception) -> JSONResponse:
                          "request_id": None}, status_code=400)
 
 
-class _BadBody(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _error(status: int, message: str, request_id: str,
-           version: str | None = None) -> JSONResponse:
-    headers: dict[str, str] = {}
-    body: dict[str, Any] = {"error": message, "request_id": request_id}
-    if version is not None:
-        headers["x-model-version"] = version
-        body["model_version"] = version
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-def _score(model: LoadedModel, body: Any, max_rows: int,
-           scorer: Scorer | None = None) -> tuple[Rows, np.ndarray]:
-    """The request's rows as parsed (what the log keeps) and their predictions, in the
-    caller's thread, by the replica's path (benchmarks/inference_log_overhead.py measures
-    it); pass the version's ``scorer`` to skip building one."""
-    rows = parse_rows(body, max_rows=max_rows)
-    return rows, (scorer or Scorer(model)).score(rows)
-
-
-class _TooBig(Exception):
-    pass
-
-
-async def _body(request: Request, limit: int, request_id: str,
-                timeout_s: float) -> bytes | JSONResponse:
-    """The raw body, read as it streams in: a 413 answer as soon as it passes ``limit``
-    bytes (with or without a content-length: a chunked body is never read whole first), a
-    408 when it has not arrived whole within ``timeout_s`` seconds (a slow or stalled upload
-    holds a replica slot only that long)."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not (declared.isascii() and declared.isdigit()):
-            return _error(400, "the content-length header must be a number of bytes",
-                          request_id)
-        if len(declared) > 18 or int(declared) > limit:
-            return _error(413, f"request body over the limit of {limit} bytes", request_id)
-    chunks: list[bytes] = []
-
-    async def read() -> None:
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _TooBig
-            chunks.append(chunk)
-
-    try:
-        await asyncio.wait_for(read(), timeout_s)
-    except _TooBig:
-        return _error(413, f"request body over the limit of {limit} bytes", request_id)
-    except TimeoutError:
-        return _error(408, f"the request body did not arrive within {timeout_s:g} s; send it "
-                      "whole, faster, or in smaller requests", request_id)
-    except ClientDisconnect:
-        return _error(400, "the client closed the connection before the body ended",
-                      request_id)
-    return b"".join(chunks)
-
-
-def _json(raw: bytes) -> Any:
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _BadBody(400, f"request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise _BadBody(400, "request body is nested too deeply") from None
-    except ValueError as exc:  # Python's limit on integer digits (4300), before any use
-        raise _BadBody(400, f"request body holds a number that cannot be read ({exc}); send "
-                       "numbers of at most a few hundred digits") from None
-    try:
-        refuse_surrogates(raw, body)
-    except InvalidInput as exc:
-        raise _BadBody(400, str(exc)) from None
-    return body
-
-
-async def _parsed(raw: bytes, parse: Callable[[Any], Any]) -> Any:
-    """``parse(json)`` of the body: inline when small, in a worker thread when big."""
-    def run() -> Any:
-        body = _json(raw)
-        try:
-            return parse(body)
-        except InvalidInput as exc:
-            raise _BadBody(getattr(exc, "status", 400), str(exc)) from None
-
-    return run() if len(raw) <= _INLINE_BYTES else await run_in_threadpool(run)
-
-
-def _rollout_summary(state) -> dict[str, Any] | None:
-    """The driver's summary from the registry tag; None when there is none (or unreadable)."""
-    raw = state.tags.get(ROLLOUT_TAG)
-    try:
-        return json.loads(raw) if raw else None
-    except ValueError:
-        return None
-
-
-def _token_ok(settings: ServeSettings, header: str | None) -> bool:
-    if not settings.admin_token_hash:
-        return False
-    scheme, _, given = (header or "").partition(" ")
-    # the settings hold only a salted hash; the comparison is constant-time
-    return scheme.lower() == "bearer" and settings.token_matches(given.strip())
-
-
-def _authorize(settings: ServeSettings, header: str | None, request_id: str) -> JSONResponse | None:
-    """None when the bearer token matches; otherwise the 403 or 401 answer to send."""
-    if not settings.admin_token_hash:
-        return _error(
-            403,
-            f"this endpoint is off: no admin token is configured. Set the environment variable "
-            f"{settings.admin_token_env} where serving starts (e.g. `retrain serve`) and restart",
-            request_id,
-        )
-    if not _token_ok(settings, header):
-        response = _error(
-            401, "missing or wrong token; send the header 'Authorization: Bearer <token>'",
-            request_id,
-        )
-        response.headers["www-authenticate"] = "Bearer"
-        return response
-    return None
-
-
-@dataclass(frozen=True)
-class _Admitted:
-    """A request that passed the shared preamble: its id and its parsed body (None when the
-    endpoint takes none)."""
-
-    request_id: str
-    body: Any = None
-
-
-def _split_body(body: Any) -> TrafficSplit:
-    try:
-        return TrafficSplit.from_dict(body)
-    except (ValueError, TypeError) as exc:
-        raise _BadBody(400, str(exc)) from None
-
-
-def _promote_body(body: Any) -> str:
-    """The version of ``{"version": "4"}`` (an integer is accepted too), in its canonical
-    spelling: ASCII digits, no leading zero. Anything else is refused before the registry
-    is touched ("\u096a" and "01" are digits to str.isdigit, but no registry version)."""
-    version = body.get("version") if isinstance(body, dict) else None
-    if isinstance(version, int) and not isinstance(version, bool) and 0 < version < 10**18:
-        version = str(version)
-    if not isinstance(body, dict) or set(body) != {"version"} or not is_version(version):
-        raise _BadBody(400, 'the body must be {"version": "<registered version>"}: a version '
-                       'number in ASCII digits without leading zeros, such as "4"')
-    return version
-
-
-def _retrain_body(body: Any) -> str:
-    """The reason of ``{"reason": "..."}``; a blank body arrives here as ``{}``. The reason
-    is copied into the ledger: valid UTF-8, printable, at most `_REASON_CHARS` characters."""
-    reason = body.get("reason", "") if isinstance(body, dict) else None
-    if not isinstance(body, dict) or set(body) - {"reason"} or not isinstance(reason, str):
-        raise _BadBody(400, 'expected no body or a JSON object like {"reason": "..."}')
-    try:
-        return check_text("'reason'", reason, max_chars=_REASON_CHARS)
-    except InvalidInput as exc:
-        raise _BadBody(400, str(exc)) from None
-
-
-def _restore_alias(s: ServeSettings, previous: str | None) -> str:
-    """Put the alias back where it was; says what happened, for the 503's message."""
-    try:
-        if previous is None:
-            delete_alias(s.tracking_uri, s.model_name, s.alias)
-        else:
-            set_alias(s.tracking_uri, s.model_name, s.alias, previous)
-    except Exception as exc:  # the registry is down: say exactly what state it is left in
-        return (f"the alias {s.alias!r} could not be put back ({type(exc).__name__}: {exc}) "
-                "and now names the requested version; retry the promotion")
-    return f"the alias {s.alias!r} was put back to {previous}: nothing changed"
-
-
-def _open_log(settings: ServeSettings) -> tuple[InferenceLog | None, str | None]:
-    """The replica's inference log (None when off) and why it could not open, if it could not."""
-    if not settings.inference_log_path or not settings.log_predictions:
-        return None, None
-    try:
-        log = InferenceLog(
-            settings.inference_log_path,
-            flush_rows=settings.flush_rows,
-            flush_interval_s=settings.flush_interval_s,
-            max_buffer_rows=settings.max_buffer_rows,
-        )
-    except Exception as exc:  # a bad URI or missing credentials: answer anyway, report in /health
-        logger.warning("inference log is off: %s", exc)
-        return None, f"{type(exc).__name__}: {exc}"
-    return log, None
-
-
-def _import(path: str) -> Callable[..., LoadedModel]:
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def _request_id(request: Request) -> str:
-    """Serve's proxy gives every request an ``x-request-id`` header (the caller's own, or a
-    new one) and echoes it on the answer, so the app never sets that header itself: a second
-    copy would read as "id, id". The fallback is for calls that bypass the HTTP proxy."""
-    return request.headers.get("x-request-id") or uuid.uuid4().hex
-
-
 @serve.deployment(max_ongoing_requests=256, health_check_period_s=5)
 @serve.ingress(api)
 class ModelServer:
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = s = ServeSettings(**settings)
-        load = _import(s.model_loader)
+        load = import_loader(s.model_loader)
         self._versions = VersionSet(
             lambda version: load(s.tracking_uri, s.model_name, version),
             alias=s.alias,
@@ -348,7 +101,7 @@ class ModelServer:
         )
         self._stop = threading.Event()
         self._openapi: dict[str, Any] | None = None
-        self._log, self._log_error = _open_log(s)
+        self._log, self._log_error = open_log(s)
         self._refresh()
         self._poller = threading.Thread(target=self._poll, name="registry-poller", daemon=True)
         self._poller.start()
@@ -379,76 +132,22 @@ class ModelServer:
             log.close(timeout=10.0)
 
     # -- routing and predicting -------------------------------------------------------------
-    def _route(self, request: Request, routing: Routing,
-               request_id: str) -> tuple[VersionRunner, bool] | JSONResponse:
-        """The runner that answers, and whether the request was pinned to it."""
-        pin = request.headers.get(PIN_HEADER)
-        if pin is not None:
-            if not _token_ok(self.settings, request.headers.get("authorization")):
-                return _error(
-                    403, f"the {PIN_HEADER} header pins a request to a model version, which "
-                    "needs the admin token: send 'Authorization: Bearer <token>' too, or drop "
-                    "the header", request_id)
-            runner = routing.runners.get(pin.strip())
-            if runner is None:
-                return _error(409, f"version {pin.strip()!r} is not loaded by this replica; "
-                              f"loaded: {routing.loaded}", request_id)
-            return runner, True
-        split = routing.split
-        key = request.headers.get(split.sticky_key) if split.sticky_key else None
-        return routing.runners[split.choose(key, random.random())], False
-
     async def _predict(self, routing: Routing, runner: VersionRunner, pinned: bool,
                        rows: Rows, request_id: str) -> Outcome:
         outcome = await runner.predict(rows)
         runner.counters.record(outcome, pinned=pinned)
         if outcome.invalid is not None:
             return outcome  # the caller's fault: a 4xx, not the version's error, not logged
-        self._log_outcome(request_id, runner.model, rows, outcome, shadow=False)
+        log_outcome(self._log, request_id, runner.model, rows, outcome, shadow=False)
         shadow = routing.split.shadow
         target = routing.runners.get(shadow) if shadow and not pinned else None
         if target is not None and target is not runner:
             model = target.model
             # after the answer is computed, in the shadow's own pool: it costs the live
             # answer only this submit, and is dropped (counted) when the shadow lags
-            target.mirror(rows, lambda done: self._log_outcome(request_id, model, rows, done,
-                                                               shadow=True))
+            target.mirror(rows, lambda done: log_outcome(self._log, request_id, model, rows,
+                                                          done, shadow=True))
         return outcome
-
-    def _log_outcome(self, request_id: str, model: LoadedModel, rows: Rows,
-                     outcome: Outcome, *, shadow: bool) -> None:
-        log = self._log
-        if log is None:
-            return
-        try:  # a buffer append: microseconds, and it never waits for the disk
-            if outcome.ok:
-                log.log_predictions(
-                    request_id=request_id, model_version=model.version, spec=model.spec,
-                    frame=rows, predictions=outcome.predictions, latency_ms=outcome.latency_ms,
-                    shadow=shadow,
-                )
-            elif outcome.error is not None:
-                log.log_failure(
-                    request_id=request_id, model_version=model.version, spec=model.spec,
-                    error=outcome.error, latency_ms=outcome.latency_ms, shadow=shadow,
-                )
-        except Exception:  # logging must never cost an answer
-            logger.exception("could not log request %s", request_id)
-
-    @staticmethod
-    def _failed(outcome: Outcome, request_id: str) -> JSONResponse:
-        version = outcome.version
-        if outcome.invalid is not None:
-            return _error(400, outcome.invalid, request_id, version)
-        response = _error(outcome.status, f"model version {version} failed on this request: "
-                          f"{outcome.error}", request_id, version)
-        if outcome.status == 503:
-            response.headers["retry-after"] = "1"
-        return response
-
-    @staticmethod
-    def _answer(body: dict[str, Any], version: str) -> JSONResponse:
-        return JSONResponse(body, headers={"x-model-version": version})
 
     # -- HTTP: predictions ---------------------------------------------------------------------
     @api.post("/invocations", openapi_extra={"requestBody": BODIES["invocations"]})
@@ -467,14 +166,14 @@ class ModelServer:
                 body, max_rows=s.max_rows, max_columns=s.max_columns, max_cells=s.max_cells))
         except _BadBody as exc:
             return _error(exc.status, str(exc), request_id)
-        chosen = self._route(request, routing, request_id)
+        chosen = choose_runner(self.settings, request, routing, request_id)
         if isinstance(chosen, JSONResponse):
             return chosen
         runner, pinned = chosen
         outcome = await self._predict(routing, runner, pinned, rows, request_id)
         if not outcome.ok:
-            return self._failed(outcome, request_id)
-        return self._answer({"predictions": outcome.predictions.tolist(),
+            return failed_answer(outcome, request_id)
+        return answer({"predictions": outcome.predictions.tolist(),
                              "model_version": outcome.version, "request_id": request_id},
                             outcome.version)
 
@@ -491,7 +190,7 @@ class ModelServer:
         routing = self._versions.routing
         if routing is None:
             return _error(503, "no model version is registered under the alias yet", request_id)
-        chosen = self._route(request, routing, request_id)
+        chosen = choose_runner(self.settings, request, routing, request_id)
         if isinstance(chosen, JSONResponse):
             return chosen
         runner, pinned = chosen
@@ -504,10 +203,10 @@ class ModelServer:
             return _error(exc.status, str(exc), request_id)
         outcome = await self._predict(routing, runner, pinned, parsed.parsed, request_id)
         if not outcome.ok:
-            return self._failed(outcome, request_id)
+            return failed_answer(outcome, request_id)
         # "id" echoes the body's own id (the protocol's rule); the log, and so feedback, key
         # on x-request-id, as for /invocations
-        return self._answer(infer_response(name, outcome.version, parsed.id or request_id,
+        return answer(infer_response(name, outcome.version, parsed.id or request_id,
                                            outcome.predictions), outcome.version)
 
     def _unknown_model(self, name: str, request_id: str) -> JSONResponse:
@@ -654,7 +353,7 @@ class ModelServer:
         """Ask ``retrain watch`` for a cycle now; optional body ``{"reason": "..."}``."""
         path = self.settings.inference_log_path
         call = await self._admit(
-            request, body_limit=_ADMIN_BODY_BYTES, parse=_retrain_body, blank_ok=True,
+            request, body_limit=admin.BODY_BYTES, parse=admin.retrain_body, blank_ok=True,
             unavailable=None if path else
             "retrain requests cannot be stored: no inference log path is configured",
         )
@@ -688,7 +387,7 @@ class ModelServer:
     async def put_traffic(self, request: Request) -> JSONResponse:
         """Write a new split (body: a `TrafficSplit` dict) to the registry; replicas apply it
         once every version it names is loaded."""
-        call = await self._admit(request, body_limit=_ADMIN_BODY_BYTES, parse=_split_body)
+        call = await self._admit(request, body_limit=admin.BODY_BYTES, parse=admin.split_body)
         if isinstance(call, JSONResponse):
             return call
         request_id, split, s = call.request_id, call.body, self.settings
@@ -745,7 +444,7 @@ class ModelServer:
         except Exception as exc:  # the registry is unreachable
             return _error(503, f"cannot read the registry: {type(exc).__name__}: {exc}",
                           request_id)
-        return JSONResponse({"rollout": _rollout_summary(state), "champion":
+        return JSONResponse({"rollout": admin.rollout_summary(state), "champion":
                              state.aliases.get(s.alias), **self._traffic(),
                              "request_id": request_id})
 
@@ -753,13 +452,13 @@ class ModelServer:
     async def promote(self, request: Request) -> JSONResponse:
         """Move the alias to a version (body: {"version": "4"}): all traffic to it, no gates.
         Refused (409) while a rollout is in progress: roll it back or let it finish."""
-        call = await self._admit(request, body_limit=_ADMIN_BODY_BYTES, parse=_promote_body)
+        call = await self._admit(request, body_limit=admin.BODY_BYTES, parse=admin.promote_body)
         if isinstance(call, JSONResponse):
             return call
         request_id, version, s = call.request_id, call.body, self.settings
         try:
             state = await run_in_threadpool(registry_state, s.tracking_uri, s.model_name)
-            active = _rollout_summary(state)
+            active = admin.rollout_summary(state)
             if active and active.get("stage") not in ("completed", "rolled_back"):
                 return _error(409, f"a rollout of version {active.get('challenger')} is in "
                               f"progress ({active.get('stage')}); roll it back first",
@@ -783,7 +482,7 @@ class ModelServer:
         except Exception as exc:
             # All or nothing: the alias moved but the split could not be removed, so put
             # the alias back (a split naming other versions would keep them serving).
-            undone = await run_in_threadpool(_restore_alias, s, previous)
+            undone = await run_in_threadpool(admin.restore_alias, s, previous)
             return _error(503, f"cannot remove the traffic split ({type(exc).__name__}: "
                           f"{exc}); {undone}", request_id)
         return JSONResponse({"champion": version, "previous": previous,
