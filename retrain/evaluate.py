@@ -283,18 +283,7 @@ def compare(
     policy = policy or EvaluationConfig()
     y = np.asarray(y_holdout)
     greater = METRIC_DIRECTIONS[metric]
-    def one_model(predictions: np.ndarray) -> tuple[AucParts | None, dict[str, float]]:
-        parts = _parts(task, y, predictions)
-        return parts, score_all(task, y, predictions, parts=parts)
-
-    # numpy releases the GIL in sorts and array passes: spread the models over the cores,
-    # as the predictions that produced them were
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        drawn = pool.submit(Buckets.draw, len(y), samples=policy.bootstrap_samples,
-                            seed=policy.seed) if champion else None
-        done = list(pool.map(one_model, [f.predictions for f in finalists]
-                             + ([champion.predictions] if champion else [])))
-        design = drawn.result() if drawn else None
+    done, design = _score_models(task, y, finalists, champion, policy)
     champion_parts, champion_metrics = done.pop() if champion else (None, {})
     parts = [p for p, _ in done]
     scored = [
@@ -319,27 +308,49 @@ def compare(
     ]
     best = max(range(len(scored)), key=lambda i: _ordered(differences[i].low))
     chosen = finalists[best]
-    others = [name for name in TASK_METRICS[task] if name != metric]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        secondary = dict(zip(others, pool.map(
-            lambda name: paired_difference(
-                name, y, chosen.predictions, champion.predictions,
-                greater_is_better=METRIC_DIRECTIONS[name], confidence=policy.confidence,
-                samples=policy.bootstrap_samples, seed=policy.seed,
-                parts=(parts[best], champion_parts), design=design),
-            others), strict=True))
+    secondary = _secondary(task, metric, y, chosen.predictions, champion.predictions,
+                           (parts[best], champion_parts), design, policy)
     return Comparison(
-        metric=metric,
-        holdout_rows=len(y),
-        challenger=scored[best],
-        champion=champion_scored,
-        difference=differences[best],
-        secondary=secondary,
+        metric=metric, holdout_rows=len(y), challenger=scored[best], champion=champion_scored,
+        difference=differences[best], secondary=secondary,
         slices=_slices(metric, greater, y, (chosen.predictions, champion.predictions),
                        (parts[best], champion_parts), slice_frame, policy),
-        finalists=tuple(scored),
-        confidence=confidence,
+        finalists=tuple(scored), confidence=confidence,
     )
+
+
+def _score_models(task: str, y: np.ndarray, finalists: Sequence[Finalist],
+                  champion: Finalist | None, policy: EvaluationConfig):
+    """Every model's metrics (the champion's last) and, with a champion, the bootstrap
+    design the paired intervals share."""
+    def one_model(predictions: np.ndarray) -> tuple[AucParts | None, dict[str, float]]:
+        parts = _parts(task, y, predictions)
+        return parts, score_all(task, y, predictions, parts=parts)
+
+    # numpy releases the GIL in sorts and array passes: spread the models over the cores,
+    # as the predictions that produced them were
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        drawn = pool.submit(Buckets.draw, len(y), samples=policy.bootstrap_samples,
+                            seed=policy.seed) if champion else None
+        done = list(pool.map(one_model, [f.predictions for f in finalists]
+                             + ([champion.predictions] if champion else [])))
+        return done, drawn.result() if drawn else None
+
+
+def _secondary(task: str, metric: str, y: np.ndarray, chosen: np.ndarray,
+               champion: np.ndarray, parts, design, policy: EvaluationConfig
+               ) -> dict[str, Difference]:
+    """The challenger against the champion on the task's other metrics (at the plain
+    confidence: they inform, the primary metric decides)."""
+    others = [name for name in TASK_METRICS[task] if name != metric]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return dict(zip(others, pool.map(
+            lambda name: paired_difference(
+                name, y, chosen, champion,
+                greater_is_better=METRIC_DIRECTIONS[name], confidence=policy.confidence,
+                samples=policy.bootstrap_samples, seed=policy.seed,
+                parts=parts, design=design),
+            others), strict=True))
 
 
 def _ordered(value: float) -> float:

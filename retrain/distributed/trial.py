@@ -118,9 +118,37 @@ def train_data_parallel(
         runtime_env={"env_vars": {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}},
     ).remote()
     job = _Job(params=dict(params), metric=metric, rounds=rounds, report_every=report_every,
-               rows=rows, nthread=settings.nthread, base_model=base_model,
-               patience=patience)
+               rows=rows, nthread=settings.nthread, base_model=base_model, patience=patience)
     done = driver.fit.remote(job, settings, name, storage_path)
+    last, final, stopped = _follow(driver, done, session, reporter, rounds, settings,
+                                   placement_timeout_s)
+    if stopped:
+        return DataParallelRun(rounds=last, stopped=True, shard_rows=(),
+                               valid_rows=rows.valid_rows)
+    try:
+        ray.get(done)
+    except Exception as exc:
+        raise SearchError(
+            f"data-parallel training on {settings.num_workers} Ray Train workers failed: "
+            f"{_failure(exc)}"
+        ) from exc
+    if final is None:
+        raise SearchError(f"data-parallel training ended at round {last} of {rounds} "
+                          "without its final report")
+    shards = ray.get(driver.shards.remote())
+    return DataParallelRun(
+        rounds=last, stopped=False, shard_rows=tuple(shards[r] for r in sorted(shards)),
+        valid_rows=rows.valid_rows, fit_seconds=final["trained"], model=final["model"],
+    )
+
+
+def _follow(driver, done, session, reporter, rounds: int, settings: DataParallelSettings,
+            placement_timeout_s: float | None) -> tuple[int, dict[str, Any] | None, bool]:
+    """Forward the driver actor's reports to Tune until the run ends or Tune stops the
+    trial: (the last round reported, the final report, whether Tune stopped it). A trial
+    that leaves early ends its Train run here."""
+    import ray
+
     last, final, ended, stopped = 0, None, False, False
     began, placed = time.monotonic(), False
     try:
@@ -155,24 +183,7 @@ def train_data_parallel(
         # Tune stopped the trial (seen here, or raised by tune.report): end its Train run now
         if not ended:
             _end(driver)
-    if stopped:
-        return DataParallelRun(rounds=last, stopped=True, shard_rows=(),
-                               valid_rows=rows.valid_rows)
-    try:
-        ray.get(done)
-    except Exception as exc:
-        raise SearchError(
-            f"data-parallel training on {settings.num_workers} Ray Train workers failed: "
-            f"{_failure(exc)}"
-        ) from exc
-    if final is None:
-        raise SearchError(f"data-parallel training ended at round {last} of {rounds} "
-                          "without its final report")
-    shards = ray.get(driver.shards.remote())
-    return DataParallelRun(
-        rounds=last, stopped=False, shard_rows=tuple(shards[r] for r in sorted(shards)),
-        valid_rows=rows.valid_rows, fit_seconds=final["trained"], model=final["model"],
-    )
+    return last, final, stopped
 
 
 def _end(driver) -> None:

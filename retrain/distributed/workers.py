@@ -113,19 +113,9 @@ def _worker(config: dict[str, Any]) -> None:
     group = ray.util.get_current_placement_group()
     ray.get(job.driver.placed.remote(None if group is None else group.id.hex()))
     rank = ray.train.get_context().get_world_rank()
-    valid = _shard_table(ray.train.get_dataset_shard(VALID))
-    # a worker handed no training rows still joins the collective with an empty matrix
-    table = _shard_table(ray.train.get_dataset_shard(TRAIN))
-    table = valid.slice(0, 0) if table is None else table
-    ray.get(job.driver.shard.remote(rank, table.num_rows))
-    x, y = frame_rows(table, job.rows)
-    valid_x, valid_y = frame_rows(valid, job.rows)
-    del table, valid
+    dtrain, dvalid = _worker_matrices(job, rank)
     device = "cuda" if ray.get_gpu_ids() else "cpu"
     params = {**job.params, "nthread": job.nthread, "device": device}
-    dtrain = xgb.DMatrix(x, y, enable_categorical=True, nthread=job.nthread)
-    dvalid = xgb.DMatrix(valid_x, valid_y, enable_categorical=True, nthread=job.nthread)
-    del x, y, valid_x, valid_y
     convert = XGB_METRICS[job.metric][1]
     total, every = job.rounds, job.report_every
     reporting = [0.0]
@@ -158,3 +148,21 @@ def _worker(config: dict[str, Any]) -> None:
 
     xgb.train(params, dtrain, num_boost_round=total, callbacks=[Report()],
               verbose_eval=False, xgb_model=base)
+
+
+def _worker_matrices(job: _Job, rank: int):
+    """This worker's training matrix (its shard) and validation matrix (every row)."""
+    import ray
+    import ray.train
+    import xgboost as xgb
+
+    valid = _shard_table(ray.train.get_dataset_shard(VALID))
+    # a worker handed no training rows still joins the collective with an empty matrix
+    table = _shard_table(ray.train.get_dataset_shard(TRAIN))
+    table = valid.slice(0, 0) if table is None else table
+    ray.get(job.driver.shard.remote(rank, table.num_rows))
+    x, y = frame_rows(table, job.rows)
+    valid_x, valid_y = frame_rows(valid, job.rows)
+    del table, valid
+    return (xgb.DMatrix(x, y, enable_categorical=True, nthread=job.nthread),
+            xgb.DMatrix(valid_x, valid_y, enable_categorical=True, nthread=job.nthread))

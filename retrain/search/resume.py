@@ -1,5 +1,18 @@
 """Reading back an earlier run of the same experiment: finished trials from their records, told to
 Optuna so the search goes on where it stopped.
+
+When ``<storage_path>/<name>`` already holds a Tune experiment (a driver died
+mid-search, or a cycle resumes after its search), the trials it finished are read back
+from their folders and only the rest of the budget runs, as a new experiment
+``<name>.resume<k>``. Finished means: a final checkpoint with its result
+(`METRICS_FILE`), which a trial writes itself, so a trial that finished a moment before
+the driver died counts even when Tune's saved experiment state (written every few
+seconds) still calls it running; or stopped early (ASHA) or failed, as that state
+records. Trials that were running are not continued: their samples are handed out
+again. TPE starts the new experiment knowing every finished trial's parameters and
+score. (We read folders instead of ``Tuner.restore`` because a restored experiment
+knows only what its last saved state knew, and would train again a trial that had
+finished after it.)
 """
 
 from __future__ import annotations
@@ -82,24 +95,11 @@ def _finished_trials(path: str, rounds: dict[str, int]) -> list[TrialResult]:
         return [(c, r) for c, r in found
                 if CONFIG_KEY in r and _whole(fs, c, r.get(MANIFEST_KEY))]
 
-    records = f"{base}/{RECORDS_DIR}"
-    mine = [i for i in fs.get_file_info(pafs.FileSelector(records, allow_not_found=True,
-                                                          recursive=True))
-            if i.type == pafs.FileType.File]
+    selector = pafs.FileSelector(f"{base}/{RECORDS_DIR}", allow_not_found=True, recursive=True)
+    mine = [i for i in fs.get_file_info(selector) if i.type == pafs.FileType.File]
     for folder, record in whole_finals([i.path for i in mine]):
         final(folder, record)
-    for info in mine:
-        if info.path.rsplit("/", 2)[-2] != RECORDS_DIR or not info.path.endswith(".json"):
-            continue  # a final folder's file, or a file still being written
-        record = (_json_lines(_read(fs, info.path)) or [{}])[0]
-        if CONFIG_KEY not in record or STATUS_KEY not in record:
-            continue
-        reports = record.get(REPORTS_KEY) or []
-        error = (record.get(ERROR_KEY) or "the trial failed (no error saved)") \
-            if record[STATUS_KEY] == "error" else None
-        trial_id = str(record.get("trial_id"))
-        ended[trial_id] = _result_of(record[CONFIG_KEY], reports[-1] if reports else {},
-                                     reports, None, error, rounds, trial_id=trial_id)
+    ended.update(_ended_in_records(fs, [i.path for i in mine], rounds))
 
     for folder in sorted(i.path for i in fs.get_file_info(pafs.FileSelector(base))
                          if i.type == pafs.FileType.Directory):
@@ -124,6 +124,24 @@ def _finished_trials(path: str, rounds: dict[str, int]) -> list[TrialResult]:
         # else it was running: its sample runs again
     return [*(finals[t] for t in sorted(finals)),
             *(ended[t] for t in sorted(ended) if t not in finals)]
+
+
+def _ended_in_records(fs, paths: list[str], rounds: dict[str, int]) -> dict[str, TrialResult]:
+    """The trials whose end (stopped or failed) the driver recorded in `RECORDS_DIR`."""
+    ended: dict[str, TrialResult] = {}
+    for path in paths:
+        if path.rsplit("/", 2)[-2] != RECORDS_DIR or not path.endswith(".json"):
+            continue  # a final folder's file, or a file still being written
+        record = (_json_lines(_read(fs, path)) or [{}])[0]
+        if CONFIG_KEY not in record or STATUS_KEY not in record:
+            continue
+        reports = record.get(REPORTS_KEY) or []
+        error = (record.get(ERROR_KEY) or "the trial failed (no error saved)") \
+            if record[STATUS_KEY] == "error" else None
+        trial_id = str(record.get("trial_id"))
+        ended[trial_id] = _result_of(record[CONFIG_KEY], reports[-1] if reports else {},
+                                     reports, None, error, rounds, trial_id=trial_id)
+    return ended
 
 
 def _whole(fs, folder: str, sizes: dict[str, int] | None) -> bool:

@@ -23,7 +23,14 @@ from retrain.search.plan import (
 )
 from retrain.search.progress import _placement_watchdog, _progress_callback, _say
 from retrain.search.records import _records_callback
-from retrain.search.results import SearchResult, TrainData, TrialResult, TrialSettings, WarmStart
+from retrain.search.results import (
+    DataParallelPlan,
+    SearchResult,
+    TrainData,
+    TrialResult,
+    TrialSettings,
+    WarmStart,
+)
 from retrain.search.resume import (
     _earlier_experiments,
     _finished_trials,
@@ -55,21 +62,9 @@ def run_search(
     it is None or says why the champion cannot be continued, that family sits this search
     out and `SearchResult.skipped` says why.
 
-    Resuming: when ``<storage_path>/<name>`` already holds a Tune experiment (a driver died
-    mid-search, or a cycle resumes after its search), the trials it finished are read back
-    from their folders and only the rest of the budget runs, as a new experiment
-    ``<name>.resume<k>``. Finished means: a final checkpoint with its result
-    (`METRICS_FILE`), which a trial writes itself, so a trial that finished a moment before
-    the driver died counts even when Tune's saved experiment state (written every few
-    seconds) still calls it running; or stopped early (ASHA) or failed, as that state
-    records. Trials that were running are not continued: their samples are handed out
-    again. TPE starts the new experiment knowing every finished trial's parameters and
-    score. (We read folders instead of ``Tuner.restore`` because a restored experiment
-    knows only what its last saved state knew, and would train again a trial that had
-    finished after it.)
+    Resuming: a search whose experiment already exists under ``search.storage_path`` runs
+    only the rest of its budget (see `retrain.search.resume`).
     """
-    from ray import tune
-
     s, task = config.search, config.task
     metric, greater = task.primary_metric, task.greater_is_better
     mode = "max" if greater else "min"
@@ -78,38 +73,15 @@ def run_search(
         for family, why in skipped.items():
             _say(f"  {family} skipped: {why}")
     totals = _cluster_totals()
-    plan = _data_parallel_plan(config, split, active, warm_start, totals)
-    if split is not None and not split.holds_training_rows:
-        needy = [f.name for f in active if f.flavor != "xgboost"]
-        if plan is None or needy:
-            raise SearchError(
-                "run_search was given a split loaded without its training rows "
-                "(load_split(training_rows=False)), but "
-                + ("search.data_parallel.enabled is false" if plan is None else
-                   f"the families {needy} fit in one process and need them")
-                + ": only data-parallel XGBoost trials read their own; load the split with "
-                "training_rows=True"
-            )
-    if plan is not None and any(f.name == WINDOW for f in active):
-        # its weights need the rows in one process; data-parallel workers read their own
-        active = tuple(f for f in active if f.name != WINDOW)
-        skipped[WINDOW] = "XGBoost trials train data-parallel; window trials need the rows " \
-                          "in one process"
-    if plan is not None and progress:
-        _say(f"  XGBoost trials train data-parallel: {plan.why}")
-    storage = config.storage_path
-    if "://" not in storage:
-        # absolute: trials run in folders of their own
-        storage = str(Path(storage).resolve())
-        Path(storage).mkdir(parents=True, exist_ok=True)
+    active, plan = _lay_out(config, split, active, skipped, warm_start, totals, progress)
+    storage = _storage(config)
     earlier = _earlier_experiments(storage, name)
     run_name = name if not earlier else f"{name}.resume{len(earlier)}"
     records = f"{storage.rstrip('/')}/{run_name}/{RECORDS_DIR}"
-    settings = TrialSettings(task.type, metric, s.report_every, s.seed,
-                             {f.name: f for f in active}, data_key=uuid.uuid4().hex,
-                             data_parallel=plan, patience=s.early_stopping_rounds,
-                             records=records,
-                             placement_timeout_s=config.resources.placement_timeout_s)
+    settings = TrialSettings(
+        task.type, metric, s.report_every, s.seed, {f.name: f for f in active},
+        data_key=uuid.uuid4().hex, data_parallel=plan, patience=s.early_stopping_rounds,
+        records=records, placement_timeout_s=config.resources.placement_timeout_s)
     # every active family gets at least one trial; with nothing to search, one each is all
     samples = max(s.num_samples, len(active)) if any(f.searched for f in active) \
         else len(active)
@@ -127,53 +99,11 @@ def run_search(
         _say(f"  resuming search {name}: {len(carried)} of {samples} trials had finished "
              "and are not run again")
     if len(carried) < samples and not read_only:
-        # Ctrl-C must stop the cycle, not end the search early and let the cycle promote from
-        # the trials that finished: without Tune's own SIGINT handler the interrupt reaches
-        # the cycle, which records where it stopped (resumable) and promotes nothing
-        os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
-        champion = warm_start if any(f.warm_start for f in active) else None
-        resources = trial_resources(config, totals)
-        watchdog = _placement_watchdog(config.resources.placement_timeout_s)
-        shipped, champion = shipped_to_trials(data, champion, active, plan)
-        trainable = tune.with_resources(
-            tune.with_parameters(_trial, data=shipped, settings=settings, champion=champion),
-            _family_resources(resources, active, plan is not None),
-        )
-        tuner = _tuner(trainable, config, run_name, storage, active, samples - len(carried),
-                       mode, progress, told=carried, offset=len(earlier),
-                       concurrent=1 if s.deterministic else _concurrent(config, plan, totals),
-                       records=records, watchdog=watchdog)
-        try:
-            grid = tuner.fit()
-        except Exception as exc:
-            if watchdog.problem is not None:
-                raise ClusterError(watchdog.problem) from None
-            if isinstance(exc, ClusterError):
-                raise
-            cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, ClusterError):
-                raise ClusterError(str(cause)) from None
-            raise
-        trials += tuple(_trial_result(r, rounds) for r in grid)
+        trials += _fit(config, data, warm_start, active, plan, settings, totals, run_name,
+                       storage, samples - len(carried), mode, progress, carried, len(earlier),
+                       records, rounds)
     wall = time.perf_counter() - start
-    completed = [t for t in trials if t.status == "completed" and t.score is not None]
-    pick = max if greater else min
-    best = pick(completed, key=lambda t: t.score) if completed else None
-    return SearchResult(
-        metric=metric,
-        greater_is_better=greater,
-        trials=trials,
-        best=best,
-        experiment_path=root,
-        wall_seconds=wall,
-        seed=s.seed,
-        space={(k if f.name == XGBOOST else f"{f.name}.{k}"): repr(v)
-               for f in active for k, v in f.space.items()},
-        families=tuple(f.name for f in active),
-        skipped=skipped,
-        carried=len(carried),
-        data_parallel=None if plan is None else plan.why,
-    )
+    return _result(config, trials, active, skipped, plan, root, wall, len(carried))
 
 
 def _tuner(trainable, config: Config, name: str, storage: str, active: tuple[Family, ...],
@@ -218,4 +148,104 @@ def _tuner(trainable, config: Config, name: str, storage: str, active: tuple[Fam
             ],
             verbose=0,
         ),
+    )
+
+
+
+def _lay_out(config: Config, split: Split | None, active: tuple[Family, ...],
+             skipped: dict[str, str], warm_start: WarmStart | None,
+             totals: dict[str, float], progress: bool
+             ) -> tuple[tuple[Family, ...], DataParallelPlan | None]:
+    """Whether XGBoost trials train data-parallel, decided once, and the families that can
+    take part given that (``skipped`` gains the others, with why)."""
+    plan = _data_parallel_plan(config, split, active, warm_start, totals)
+    if split is not None and not split.holds_training_rows:
+        needy = [f.name for f in active if f.flavor != "xgboost"]
+        if plan is None or needy:
+            raise SearchError(
+                "run_search was given a split loaded without its training rows "
+                "(load_split(training_rows=False)), but "
+                + ("search.data_parallel.enabled is false" if plan is None else
+                   f"the families {needy} fit in one process and need them")
+                + ": only data-parallel XGBoost trials read their own; load the split with "
+                "training_rows=True"
+            )
+    if plan is not None and any(f.name == WINDOW for f in active):
+        # its weights need the rows in one process; data-parallel workers read their own
+        active = tuple(f for f in active if f.name != WINDOW)
+        skipped[WINDOW] = "XGBoost trials train data-parallel; window trials need the rows " \
+                          "in one process"
+    if plan is not None and progress:
+        _say(f"  XGBoost trials train data-parallel: {plan.why}")
+    return active, plan
+
+
+def _storage(config: Config) -> str:
+    storage = config.storage_path
+    if "://" not in storage:
+        # absolute: trials run in folders of their own
+        storage = str(Path(storage).resolve())
+        Path(storage).mkdir(parents=True, exist_ok=True)
+    return storage
+
+
+def _fit(config: Config, data: TrainData, warm_start: WarmStart | None,
+         active: tuple[Family, ...], plan: DataParallelPlan | None, settings: TrialSettings,
+         totals: dict[str, float], run_name: str, storage: str, samples: int, mode: str,
+         progress: bool, carried: tuple[TrialResult, ...], offset: int, records: str,
+         rounds: dict[str, int]) -> tuple[TrialResult, ...]:
+    """One Tune experiment of ``samples`` trials; the trials it ran."""
+    from ray import tune
+
+    # Ctrl-C must stop the cycle, not end the search early and let the cycle promote from
+    # the trials that finished: without Tune's own SIGINT handler the interrupt reaches
+    # the cycle, which records where it stopped (resumable) and promotes nothing
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    champion = warm_start if any(f.warm_start for f in active) else None
+    resources = trial_resources(config, totals)
+    watchdog = _placement_watchdog(config.resources.placement_timeout_s)
+    shipped, champion = shipped_to_trials(data, champion, active, plan)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, data=shipped, settings=settings, champion=champion),
+        _family_resources(resources, active, plan is not None),
+    )
+    concurrent = 1 if config.search.deterministic else _concurrent(config, plan, totals)
+    tuner = _tuner(trainable, config, run_name, storage, active, samples, mode, progress,
+                   told=carried, offset=offset, concurrent=concurrent, records=records,
+                   watchdog=watchdog)
+    try:
+        grid = tuner.fit()
+    except Exception as exc:
+        if watchdog.problem is not None:
+            raise ClusterError(watchdog.problem) from None
+        if isinstance(exc, ClusterError):
+            raise
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, ClusterError):
+            raise ClusterError(str(cause)) from None
+        raise
+    return tuple(_trial_result(r, rounds) for r in grid)
+
+
+def _result(config: Config, trials: tuple[TrialResult, ...], active: tuple[Family, ...],
+            skipped: dict[str, str], plan: DataParallelPlan | None, root: str, wall: float,
+            carried: int) -> SearchResult:
+    metric, greater = config.task.primary_metric, config.task.greater_is_better
+    completed = [t for t in trials if t.status == "completed" and t.score is not None]
+    pick = max if greater else min
+    best = pick(completed, key=lambda t: t.score) if completed else None
+    return SearchResult(
+        metric=metric,
+        greater_is_better=greater,
+        trials=trials,
+        best=best,
+        experiment_path=root,
+        wall_seconds=wall,
+        seed=config.search.seed,
+        space={(k if f.name == XGBOOST else f"{f.name}.{k}"): repr(v)
+               for f in active for k, v in f.space.items()},
+        families=tuple(f.name for f in active),
+        skipped=skipped,
+        carried=carried,
+        data_parallel=None if plan is None else plan.why,
     )

@@ -157,20 +157,8 @@ def _boost(family: Family, config: dict[str, Any], data: TrainData, settings: Tr
     params = xgb_params(
         settings.task, settings.metric, config, nthread=nthread, device=device, seed=settings.seed
     )
-    plan = settings.data_parallel
-    if plan is not None:
-        from retrain.distributed import train_data_parallel
-
-        rows = plan.warm_rows if champion is not None and plan.warm_rows is not None \
-            else plan.rows
-        if champion is not None and champion.spec is not None:
-            # the champion's trees take only the categories they know (see `_matrices`)
-            rows = replace(rows, spec=champion.spec)
-        train_data_parallel(params, rows, metric=settings.metric, rounds=family.rounds,
-                            report_every=settings.report_every, settings=plan.settings,
-                            base_model=None if champion is None else champion.model,
-                            reporter=reporter, patience=settings.patience,
-                            placement_timeout_s=settings.placement_timeout_s)
+    if settings.data_parallel is not None:
+        _boost_data_parallel(family, params, settings, champion, reporter)
         return
     dtrain, dvalid = _matrices(data, settings.data_key,
                                None if champion is None else champion.rows, nthread,
@@ -215,14 +203,26 @@ def _boost(family: Family, config: dict[str, Any], data: TrainData, settings: Tr
             reporting[0] += time.perf_counter() - began
             return stop
 
-    xgb.train(
-        params,
-        dtrain,
-        num_boost_round=total,
-        callbacks=[Report()],
-        verbose_eval=False,
-        xgb_model=base,
-    )
+    xgb.train(params, dtrain, num_boost_round=total, callbacks=[Report()], verbose_eval=False,
+              xgb_model=base)
+
+
+def _boost_data_parallel(family: Family, params: dict[str, Any], settings: TrialSettings,
+                         champion: WarmStart | None, reporter: TrialReporter) -> None:
+    """The same boosting on Ray Train workers that read their own rows (`retrain.distributed`)."""
+    from retrain.distributed import train_data_parallel
+
+    plan = settings.data_parallel
+    rows = plan.warm_rows if champion is not None and plan.warm_rows is not None \
+        else plan.rows
+    if champion is not None and champion.spec is not None:
+        # the champion's trees take only the categories they know (see `_matrices`)
+        rows = replace(rows, spec=champion.spec)
+    train_data_parallel(params, rows, metric=settings.metric, rounds=family.rounds,
+                        report_every=settings.report_every, settings=plan.settings,
+                        base_model=None if champion is None else champion.model,
+                        reporter=reporter, patience=settings.patience,
+                        placement_timeout_s=settings.placement_timeout_s)
 
 
 def _fit_sklearn(family: Family, params: dict[str, Any], data: TrainData,

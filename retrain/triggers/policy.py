@@ -151,16 +151,7 @@ def evaluate(config: TriggersConfig, state: TriggerState, inputs: TriggerInputs)
                         performance_streak=performance_streak, schedule_slot=slot,
                         schedule_spec=_schedule_spec(config))
 
-    if fired is not None:
-        reason = f"{fired} fired: {next(c.detail for c in checks if c.fired)}"
-        outranked = [str(c.kind) for c in checks if c.held_by is Hold.OUTRANKED]
-        if outranked:
-            reason += f" (also ready: {', '.join(outranked)})"
-    elif suppressed_by is not None:
-        reason = gate_text
-    else:
-        reason = "no trigger: " + "; ".join(f"{c.kind} {c.detail}" for c in checks)
-
+    reason = _reason(fired, suppressed_by, gate_text, checks)
     demand_ids = tuple(d.id for d in inputs.demands) if fired is TriggerKind.ON_DEMAND else ()
     return Evaluation(
         at=now, fired=fired, reason=reason, checks=tuple(checks), suppressed_by=suppressed_by,
@@ -168,3 +159,15 @@ def evaluate(config: TriggersConfig, state: TriggerState, inputs: TriggerInputs)
         policy=config.model_dump(mode="json"), state=new_state,
         next_schedule=schedule.next_at,
     )
+
+
+def _reason(fired: TriggerKind | None, suppressed_by: Hold | None, gate_text: str,
+            checks: list[TriggerCheck]) -> str:
+    """One line a person reads: what fired, what held a ready trigger, or why none fired."""
+    if fired is not None:
+        reason = f"{fired} fired: {next(c.detail for c in checks if c.fired)}"
+        outranked = [str(c.kind) for c in checks if c.held_by is Hold.OUTRANKED]
+        return reason + (f" (also ready: {', '.join(outranked)})" if outranked else "")
+    if suppressed_by is not None:
+        return gate_text
+    return "no trigger: " + "; ".join(f"{c.kind} {c.detail}" for c in checks)
