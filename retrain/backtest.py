@@ -131,7 +131,7 @@ def fixed_params(space: dict[str, Any]) -> dict[str, Any]:
         elif entry.type == "categorical":
             out[name] = entry.choices[0]
         else:
-            low, high = float(entry.low), float(entry.high)
+            low, high = entry.bounds
             middle = math.sqrt(low * high) if entry.log else (low + high) / 2
             out[name] = round(middle) if entry.type == "int" else middle
     return out

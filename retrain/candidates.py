@@ -95,8 +95,9 @@ def _suggest(trial: Any, name: str, entry: ParamRange) -> Any:
     if entry.type == "categorical":
         return trial.suggest_categorical(name, list(entry.choices))
     if entry.type == "int":
-        return trial.suggest_int(name, int(entry.low), int(entry.high), log=entry.log)
-    return trial.suggest_float(name, float(entry.low), float(entry.high), log=entry.log)
+        low, high = entry.bounds
+        return trial.suggest_int(name, int(low), int(high), log=entry.log)
+    return trial.suggest_float(name, *entry.bounds, log=entry.log)
 
 
 def family_distributions(family: Family) -> dict[str, Any]:
@@ -115,11 +116,10 @@ def family_distributions(family: Family) -> dict[str, Any]:
         if entry.type == "categorical":
             out[f"{family.name}/{name}"] = CategoricalDistribution(list(entry.choices))
         elif entry.type == "int":
-            out[f"{family.name}/{name}"] = IntDistribution(int(entry.low), int(entry.high),
-                                                           log=entry.log)
+            low, high = entry.bounds
+            out[f"{family.name}/{name}"] = IntDistribution(int(low), int(high), log=entry.log)
         else:
-            out[f"{family.name}/{name}"] = FloatDistribution(float(entry.low),
-                                                             float(entry.high), log=entry.log)
+            out[f"{family.name}/{name}"] = FloatDistribution(*entry.bounds, log=entry.log)
     return out
 
 
@@ -159,7 +159,7 @@ def default_params(family: Family) -> dict[str, Any]:
             value = wanted.get(name)
             out[key] = value if value in entry.choices else entry.choices[0]
             continue
-        low, high = float(entry.low), float(entry.high)
+        low, high = entry.bounds
         if name in wanted:
             value = min(max(float(wanted[name]), low), high)
         else:

@@ -301,7 +301,7 @@ def load_split(
 
 
 def _columns_of(config: DataConfig, extra_columns: tuple[str, ...]
-                ) -> tuple[list[str], list[str]]:
+                ) -> tuple[tuple[str, ...], list[str]]:
     """The feature columns, and the other columns to keep beside the holdout (slices);
     `DataError` naming what is missing."""
     schema_names = open_dataset(config).schema.names
@@ -356,14 +356,15 @@ def training_sample(config: DataConfig, task: str, split: Split, rows: int,
     dataset = _dataset(list(split.train_partitions), columns)
     # row group by row group (`Dataset.take` reads many at once: at 9M rows it held twice
     # the memory the sample needs), each read as the whole dataset reads it (its schema)
-    pieces, offset = [], 0
+    pieces: list[pa.Table] = []
+    offset = 0
     for fragment in dataset.get_fragments():
         for group in fragment.split_by_row_group():
             size = group.row_groups[0].num_rows
             lo, hi = np.searchsorted(picked, [offset, offset + size])
             if hi > lo:
-                rows = group.to_table(schema=dataset.schema, columns=columns)
-                pieces.append(rows.take(pa.array(picked[lo:hi] - offset)))
+                table = group.to_table(schema=dataset.schema, columns=columns)
+                pieces.append(table.take(pa.array(picked[lo:hi] - offset)))
             offset += size
     frame = pa.concat_tables(pieces).to_pandas()
     return split.spec.frame(frame), target_values(config, task, frame[config.target])

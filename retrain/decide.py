@@ -212,14 +212,15 @@ def _guardrail_checks(c: Comparison, policy: EvaluationConfig) -> list[Check]:
 def decide(comparison: Comparison, policy: EvaluationConfig) -> Decision:
     c = comparison
     score = c.challenger.metrics[c.metric]
-    base = {"metric": c.metric, "challenger_score": score,
-            "champion_score": c.champion.metrics[c.metric] if c.champion else None}
+    champion_score = c.champion.metrics[c.metric] if c.champion else None
     if math.isnan(score):
         check = Check("value", False, f"challenger {c.metric} is undefined on this holdout "
                       "(one class only?)", short=f"{c.metric} undefined")
-        return Decision(Verdict.REJECT, (check.detail,), checks=(check,), **base)
+        return Decision(Verdict.REJECT, (check.detail,), metric=c.metric, challenger_score=score,
+                        champion_score=champion_score, checks=(check,))
     alerts = []
-    if c.champion is not None and _below(c, policy, c.champion.metrics[c.metric]):
+    if c.champion is not None and policy.min_score is not None \
+            and _below(c, policy, c.champion.metrics[c.metric]):
         alerts.append(f"the serving champion v{c.champion.version} scores "
                       f"{_f(c.champion.metrics[c.metric])} on the new holdout, below min_score "
                       f"{_f(policy.min_score)}")
@@ -239,4 +240,5 @@ def decide(comparison: Comparison, policy: EvaluationConfig) -> Decision:
     reasons = [x.detail for x in shown]
     if c.champion is None and verdict is Verdict.PROMOTE:
         reasons.append("no champion yet: the first model passing the thresholds is promoted")
-    return Decision(verdict, tuple(reasons), checks=tuple(checks), alerts=tuple(alerts), **base)
+    return Decision(verdict, tuple(reasons), metric=c.metric, challenger_score=score,
+                    champion_score=champion_score, checks=tuple(checks), alerts=tuple(alerts))

@@ -224,9 +224,8 @@ def _run(config: Config, workdir: Path, log_path: Path, started: float, *, first
             tick = time.perf_counter()
             n_rows = write_month(frame, data_root, month)
             rows.arrive(frame[frame["month"] == month])  # the month's flights call in now
-            line = _month(config, url, month, n_rows, champion, tick)
+            line, champion = _month(config, url, month, n_rows, champion, tick)
             lines.append(line)
-            champion = line.served[1:]
             say(line.row())
     stats = load.stats
     latencies = sorted(stats.latencies) or [float("nan")]
@@ -269,9 +268,10 @@ def _first_champion(config: Config, frame: pd.DataFrame, first_months: int, say)
     return url, first.model_version, sample, body
 
 
-def _month(config: Config, url: str, month: int, n_rows: int, champion: str,
-           tick: float) -> MonthLine:
-    """One arrived month's cycle, waited for until the app serves what it promoted."""
+def _month(config: Config, url: str, month: int, n_rows: int, champion: str | None,
+           tick: float) -> tuple[MonthLine, str | None]:
+    """One arrived month's cycle, waited for until the app serves what it promoted; the
+    month's line and the champion after it."""
     from retrain.pipeline import run_cycle
     from retrain.serving import wait_for_version
 
@@ -280,7 +280,7 @@ def _month(config: Config, url: str, month: int, n_rows: int, champion: str,
         wait_for_version(url, result.model_version, timeout=60)
     champ = result.comparison.champion
     d = result.comparison.difference
-    return MonthLine(
+    line = MonthLine(
         month=month, rows=n_rows, champion=f"v{champion}",
         champion_auc=champ.metrics["auc"] if champ else None,
         challenger_auc=result.comparison.challenger.metrics["auc"],
@@ -291,6 +291,7 @@ def _month(config: Config, url: str, month: int, n_rows: int, champion: str,
         why=why(result.decision),
         chose=chosen(result),
     )
+    return line, result.champion_version
 
 
 def _where_next(config: Config, workdir: Path, log_path: Path, url: str,

@@ -238,8 +238,9 @@ def _slices(
         return ()
 
     def group_score(i: int, rows: np.ndarray) -> float:
-        if metric == "auc" and parts[i] is not None:
-            return auc_in_group(y, models[i], parts[i].order, rows)
+        part = parts[i]
+        if metric == "auc" and part is not None:
+            return auc_in_group(y, models[i], part.order, rows)
         return score(metric, y[rows], models[i][rows])
 
     wanted = []  # (column, group name, size, row mask)

@@ -95,7 +95,8 @@ class _Client:
                 f"but got {url!r}")
         https = parts.scheme == "https"
         kind = http.client.HTTPSConnection if https else http.client.HTTPConnection
-        self._connect = lambda: kind(parts.hostname, parts.port, timeout=timeout_s)
+        host = parts.hostname
+        self._connect = lambda: kind(host, parts.port, timeout=timeout_s)
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._conn: http.client.HTTPConnection | None = None
 

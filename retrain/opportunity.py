@@ -16,14 +16,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
     from retrain.config import Config
-    from serve.loader import LoadedModel
+    from serve.features import FeatureSpec
+
+
+class Champion(Protocol):
+    """What the estimate reads of a model: a `serve.loader.LoadedModel`, or the backtest's."""
+
+    @property
+    def flavor(self) -> str: ...
+
+    @property
+    def spec(self) -> FeatureSpec: ...
+
+    @property
+    def booster(self) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -48,7 +61,7 @@ class Opportunity:
                 f"[{self.low:+.4f}, {self.high:+.4f}]")
 
 
-def estimate_opportunity(config: Config, champion: LoadedModel, frame: pd.DataFrame,
+def estimate_opportunity(config: Config, champion: Champion, frame: pd.DataFrame,
                          y: np.ndarray) -> Opportunity | None:
     """The opportunity on ``frame`` (raw feature columns, time-ordered, labels ``y``), or
     None when it cannot be judged (see the module doc)."""

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from retrain.decide import Decision
 from retrain.evaluate import Comparison
 from retrain.search import SearchResult
+from retrain.search.results import by_score
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}
@@ -87,9 +88,11 @@ def _search_plot(search: SearchResult) -> str:
     plt = _plt()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
     pick = max if search.greater_is_better else min
-    best, curve = None, []
+    best: float | None = None
+    curve: list[float] = []
     for trial in scored:
-        best = trial.score if best is None else pick(best, trial.score)
+        score = by_score(trial)
+        best = score if best is None else pick(best, score)
         curve.append(best)
     left.plot(range(1, len(scored) + 1), [t.score for t in scored], "o", color="#8c959f",
               label="trial (final or last report)")
@@ -146,7 +149,7 @@ def render_report(
         role = ("champion" if m is c.champion
                 else "challenger" if m.name == c.challenger.name else "finalist")
         fp = m.footprint
-        trial = by_id.get(m.trial_id)
+        trial = by_id.get(m.trial_id or "")
         comparison_rows.append([
             e(m.name), role, e(trial.family if trial else "-"),
             e(_choice(trial)), "-" if m.trained_rows is None else f"{m.trained_rows:,}",

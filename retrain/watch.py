@@ -32,9 +32,10 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retrain.config import Config
 from retrain.errors import RetrainError
@@ -50,6 +51,10 @@ from retrain.triggers import (
     TriggerState,
     evaluate,
 )
+
+if TYPE_CHECKING:
+    from retrain.registry import MlflowRegistry
+    from retrain.traffic_control import RolloutDriver
 
 
 @dataclass(frozen=True)
@@ -96,22 +101,22 @@ class Controller:
         self.dir = config.watch_dir
         self.state_path = self.dir / "state.json"
         self.ledger = Ledger(config.ledger_path)
-        self._lock = None
+        self._lock: AbstractContextManager | None = None
         self.state = TriggerState()
         self._running: dict[str, Any] | None = None
-        self._registry = None
-        self._driver = None
+        self._registry: MlflowRegistry | None = None
+        self._driver: RolloutDriver | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     def __enter__(self) -> Controller:
-        self._lock = controller_lock(self.config.project.workdir)
-        self._lock.__enter__()
+        lock = self._lock = controller_lock(self.config.project.workdir)
+        lock.__enter__()
         try:
             self._load()
             if self.config.rollout.enabled:
                 self._echo(f"rollout: {self.driver().reconcile()}")
         except BaseException:
-            self._lock.__exit__(None, None, None)
+            lock.__exit__(None, None, None)
             raise
         return self
 

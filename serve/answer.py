@@ -62,7 +62,7 @@ def log_outcome(log: InferenceLog | None, request_id: str, model: LoadedModel, r
     if log is None:
         return
     try:  # a buffer append: microseconds, and it never waits for the disk
-        if outcome.ok:
+        if outcome.predictions is not None:
             log.log_predictions(
                 request_id=request_id, model_version=model.version, spec=model.spec,
                 frame=rows, predictions=outcome.predictions, latency_ms=outcome.latency_ms,

@@ -20,7 +20,8 @@ from serve.settings import ServeSettings
 
 
 def build_app(settings: ServeSettings) -> Application:
-    return ModelServer.options(
+    deployment: Any = ModelServer  # a Serve deployment: its decorator is not typed
+    return deployment.options(
         num_replicas=settings.num_replicas,
         max_ongoing_requests=settings.max_ongoing_requests,
         ray_actor_options={"num_cpus": settings.cpus_per_replica},

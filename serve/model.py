@@ -171,7 +171,7 @@ class ModelServer:
             return chosen
         runner, pinned = chosen
         outcome = await self._predict(routing, runner, pinned, rows, request_id)
-        if not outcome.ok:
+        if outcome.predictions is None:
             return failed_answer(outcome, request_id)
         return answer({"predictions": outcome.predictions.tolist(),
                              "model_version": outcome.version, "request_id": request_id},
@@ -202,7 +202,7 @@ class ModelServer:
         except _BadBody as exc:
             return _error(exc.status, str(exc), request_id)
         outcome = await self._predict(routing, runner, pinned, parsed.parsed, request_id)
-        if not outcome.ok:
+        if outcome.predictions is None:
             return failed_answer(outcome, request_id)
         # "id" echoes the body's own id (the protocol's rule); the log, and so feedback, key
         # on x-request-id, as for /invocations
@@ -341,7 +341,8 @@ class ModelServer:
                                  parse=lambda body: parse_feedback(body, max_items=max_items))
         if isinstance(call, JSONResponse):
             return call
-        if not log.log_feedback(call.body):  # log is set: `unavailable` answered otherwise
+        assert log is not None  # `unavailable` answered otherwise
+        if not log.log_feedback(call.body):
             return _error(
                 503, "the inference log's buffer is full (its store is slow or unreachable); "
                 "retry later", call.request_id,
@@ -362,6 +363,7 @@ class ModelServer:
         request_id = call.request_id
         client = request.client.host if request.client else "unknown"
         try:
+            assert path is not None  # `unavailable` answered otherwise
             made = await run_in_threadpool(request_retrain, path, call.body, f"http {client}")
         except ValueError as exc:  # reason too long
             return _error(400, str(exc), request_id)

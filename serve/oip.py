@@ -83,6 +83,7 @@ def parse_infer(body: Any, names: Sequence[str], *, max_rows: int,
         if cells > max_cells:
             raise InvalidInput(f"the inputs hold more than {max_cells} values, the limit; "
                                "split the request")
+    rows: Rows
     if len(tensors) == 1 and _is_matrix(tensors[0], names):
         rows = _from_matrix(tensors[0], names)
     else:

@@ -163,6 +163,8 @@ class Rows:
     def _build(self) -> pd.DataFrame:
         raise NotImplementedError
 
+    _frame: pd.DataFrame  # built on first use
+
     def frame(self) -> pd.DataFrame:
         try:
             return self._frame
@@ -327,4 +329,5 @@ def _check_scalars(where: str, values: list) -> None:
 
 
 def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), repr(value)[:40])
+    kinds: dict[type, str] = {dict: "an object", list: "a list", str: "a string"}
+    return kinds.get(type(value), repr(value)[:40])

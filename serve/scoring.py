@@ -121,9 +121,10 @@ class LeanEncoder:
         types = getattr(booster, "feature_types", None)
         if names is None or list(names) != list(spec.names) or types is None:
             return None  # the block's column order could not be checked
-        stored = _stored_categories(booster)
-        if stored is _UNREADABLE:
-            return None
+        read = _stored_categories(booster)
+        if not (read is None or isinstance(read, dict)):
+            return None  # _UNREADABLE
+        stored: dict[str, list[str] | None] | None = read
         codes: list[dict[str, float] | None] = []
         for name, kind, typ in zip(spec.names, spec.kinds, types, strict=True):
             if kind == "numeric":

@@ -102,7 +102,7 @@ class ServeSettings:
 
     def token_matches(self, given: str) -> bool:
         """Whether ``given`` is the admin token (False when there is none)."""
-        return bool(self.admin_token_hash) and token_matches(self.admin_token_hash, given)
+        return self.admin_token_hash is not None and token_matches(self.admin_token_hash, given)
 
 
 def token_hash(token: str, salt: bytes | None = None) -> str:

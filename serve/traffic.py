@@ -29,7 +29,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
 
 #: how far weights may sum away from 1 (floating point splits such as 1/3 each); the ledger's
 TOLERANCE = 1e-6
@@ -47,7 +47,7 @@ _SCALE = 2.0**64
 PIN_HEADER = "x-retrain-version"
 
 
-def is_version(text: Any) -> bool:
+def is_version(text: Any) -> TypeGuard[str]:
     """Whether ``text`` is a registry version in its one canonical spelling ("3", not "03")."""
     return isinstance(text, str) and _VERSION.fullmatch(text) is not None
 
@@ -93,6 +93,8 @@ class TrafficSplit:
     weights: Mapping[str, float]
     shadow: str | None = None
     sticky_key: str | None = None
+    if TYPE_CHECKING:  # set in __post_init__, not a field: to_dict, == and hash leave it out
+        _live: ClassVar[tuple[tuple[str, float], ...]]
 
     def __post_init__(self) -> None:
         weights = self.weights

@@ -79,7 +79,7 @@ class TaskConfig(_Section):
     @classmethod
     def _metric_fits_task(cls, metric: str | None, info: ValidationInfo) -> str | None:
         task = info.data.get("type")  # absent when the type itself is invalid
-        allowed = TASK_METRICS.get(task, ())
+        allowed = TASK_METRICS.get(task, ()) if isinstance(task, str) else ()
         if metric is not None and task is not None and metric not in allowed:
             raise InvalidValueError(
                 f"metric {metric!r} does not fit task type {task!r}; use one of {list(allowed)}"

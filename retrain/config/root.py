@@ -104,7 +104,8 @@ def _resolve(base: Path, path: Path) -> Path:
 
 
 def _format_problem(
-    error: dict[str, Any], known: collections.abc.Callable[[tuple[str, ...]], set[str]]
+    error: collections.abc.Mapping[str, Any],
+    known: collections.abc.Callable[[tuple[str, ...]], set[str]],
 ) -> str:
     # drop union tags and validator names that pydantic puts into the location
     loc = tuple(

@@ -37,6 +37,13 @@ class ParamRange(_Section):
             raise InvalidValueError(f"a log-scaled range needs low > 0, but got low={self.low}")
         return self
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """(low, high) of a numeric range; both are set once it validated."""
+        if self.low is None or self.high is None:
+            raise InvalidValueError(f"a {self.type} parameter has no range")
+        return float(self.low), float(self.high)
+
 
 def _scalar(value: Any) -> bool | int | float | str:
     if not isinstance(value, (bool, int, float, str)):

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from retrain.distributed.decision import DataParallelSettings
 from retrain.distributed.rows import ParquetRows, RowRange, frame_rows, read_ranges, read_tasks
+from retrain.errors import SearchError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -157,6 +158,8 @@ def _worker_matrices(job: _Job, rank: int):
     import xgboost as xgb
 
     valid = _shard_table(ray.train.get_dataset_shard(VALID))
+    if valid is None:  # every worker is handed every validation row
+        raise SearchError("a data-parallel worker was handed no validation rows")
     # a worker handed no training rows still joins the collective with an empty matrix
     table = _shard_table(ray.train.get_dataset_shard(TRAIN))
     table = valid.slice(0, 0) if table is None else table

@@ -87,8 +87,8 @@ def _record(config: Config, decision: Decision, comparison: Comparison, snapshot
             *, alias: str = CHAMPION) -> None:
     """The ledger: the decision always, and the alias move when there is one."""
     ledger = Ledger(config.ledger_path)
-    common = dict(model_name=config.model_name, data_snapshot=snapshot,
-                  search=search.experiment_path, run_id=run_id)
+    common: dict[str, Any] = dict(model_name=config.model_name, data_snapshot=snapshot,
+                                  search=search.experiment_path, run_id=run_id)
     ledger.append(LedgerEvent(
         kind=EventKind.DECISION, version=promoted, previous_version=before,
         verdict=decision.verdict.value, reasons=decision.reasons,

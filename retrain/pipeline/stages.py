@@ -13,6 +13,7 @@ from retrain.config import Config
 from retrain.data import Split, training_sample
 from retrain.decide import Decision, Verdict, decide
 from retrain.drift import build_reference
+from retrain.errors import RegistryError, SearchError
 from retrain.evaluate import compare
 from retrain.pipeline.finalists import _champion_finalist, _finalists, _footprints
 from retrain.pipeline.record import _log_cycle, _record, _write_reports
@@ -96,7 +97,7 @@ def _judge(cycle: _Cycle, stage: CycleStage, search: SearchResult,
     config, split = cycle.config, cycle.split
     boosters, models, finalists, refit = _finalists(config, search, split, warm, cycle.say)
     champion = None
-    if cycle.champion_model is not None:
+    if cycle.champion_model is not None and stage.champion_version is not None:
         models[f"v{stage.champion_version}"], champion = _champion_finalist(
             cycle.champion_model, stage.champion_version, split
         )
@@ -122,6 +123,8 @@ def _decide_stage(cycle: _Cycle, stage: CycleStage, judged: _Judged
     config, split, task = cycle.config, cycle.split, cycle.config.task
     decision = decide(judged.comparison, config.evaluation)
     challenger = judged.comparison.challenger.trial_id
+    if challenger is None:  # finalists are trials; only a champion has no trial id
+        raise SearchError("the challenger has no trial id; run a new cycle")
     chosen = judged.boosters[challenger]
     if decision.verdict is Verdict.PROMOTE and config.search.refit == "all" \
             and split.holds_training_rows:
@@ -147,6 +150,9 @@ def _register_stage(cycle: _Cycle, stage: CycleStage, judged: _Judged, decision:
     if decision.verdict is not Verdict.PROMOTE or stage.reached("registered"):
         return stage, model_version
     if model_version is None:
+        if stage.model_uri is None:  # logged when the cycle decided
+            raise RegistryError(f"cycle {stage.cycle_id} decided to promote but logged no "
+                                "model; run a new cycle")
         # idempotent: a driver that died after MLflow created the version (before the
         # stage below recorded it) gets that version back, not a second one
         model_version = cycle.registry.register(

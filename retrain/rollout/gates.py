@@ -100,12 +100,12 @@ def _latency(limits: GateLimits, obs: Observation, min_requests: int) -> GateRes
         return GateResult("latency_p99", GateStatus.WAIT,
                           f"p99 needs {min_requests} requests per version; challenger "
                           f"{chal.requests}, champion {champ.requests}", inputs)
-    missing = [who for who, s in (("challenger", chal), ("champion", champ))
-               if s.latency_p99_ms is None]
-    if missing:
+    p99, base = chal.latency_p99_ms, champ.latency_p99_ms
+    if p99 is None or base is None:
+        missing = [who for who, value in (("challenger", p99), ("champion", base))
+                   if value is None]
         return GateResult("latency_p99", GateStatus.WAIT,
                           f"no p99 latency observed for the {' and '.join(missing)}", inputs)
-    p99, base = chal.latency_p99_ms, champ.latency_p99_ms
     problems = []
     if limits.max_latency_ratio is not None:
         bound = limits.max_latency_ratio * base + limits.latency_slack_ms

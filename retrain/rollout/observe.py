@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from retrain.errors import InvalidValueError
-from retrain.rollout.values import _count, _known, _number
+from retrain.rollout.values import _count, _known, _number, _optional_number
 
 #: the levels of `PredictionSummary.quantiles`: 0 (the minimum), 0.01, ..., 1 (the maximum)
 LEVELS: tuple[float, ...] = tuple(i / 100 for i in range(101))
@@ -50,7 +50,7 @@ class PredictionSummary:
         if not all(math.isfinite(q) for q in quantiles) or list(quantiles) != sorted(quantiles):
             raise InvalidValueError("quantiles must be finite and non-decreasing")
         object.__setattr__(self, "quantiles", quantiles)
-        _number("mean", self.mean, optional=self.count == 0)
+        (_optional_number if self.count == 0 else _number)("mean", self.mean)
 
     @classmethod
     def of(cls, values: Sequence[float] | np.ndarray) -> PredictionSummary:
@@ -113,8 +113,8 @@ class VersionStats:
         if self.errors > self.requests:
             raise InvalidValueError(
                 f"errors ({self.errors}) cannot exceed requests ({self.requests})")
-        _number("latency_p99_ms", self.latency_p99_ms, low=0, optional=True)
-        _number("live_metric", self.live_metric, optional=True)
+        _optional_number("latency_p99_ms", self.latency_p99_ms, low=0)
+        _optional_number("live_metric", self.live_metric)
         _count("labelled", self.labelled)
         if self.healthy is not None and not isinstance(self.healthy, bool):
             raise InvalidValueError(f"healthy must be a bool or None, but got {self.healthy!r}")

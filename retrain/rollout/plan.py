@@ -9,7 +9,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from retrain.errors import InvalidValueError
-from retrain.rollout.values import _count, _known, _number
+from retrain.rollout.values import _count, _known, _number, _optional_number
 from serve.traffic import TrafficSplit
 
 if TYPE_CHECKING:
@@ -111,11 +111,11 @@ class GateLimits:
             raise InvalidValueError(
                 f"max_error_rate must be in [0, 1), but got {self.max_error_rate}")
         for name in ("max_latency_ratio", "max_latency_ms", "max_prediction_psi"):
-            value = _number(name, getattr(self, name), optional=True)
+            value = _optional_number(name, getattr(self, name))
             if value is not None and value <= 0:
                 raise InvalidValueError(f"{name} must be > 0 or None (no check), but got {value}")
         _number("latency_slack_ms", self.latency_slack_ms, low=0)
-        _number("live_metric_tolerance", self.live_metric_tolerance, low=0, optional=True)
+        _optional_number("live_metric_tolerance", self.live_metric_tolerance, low=0)
         if not 0 < _number("shift_alpha", self.shift_alpha) < 1:
             raise InvalidValueError(f"shift_alpha must be in (0, 1), but got {self.shift_alpha}")
         _count("min_labelled", self.min_labelled, low=1)

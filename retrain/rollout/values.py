@@ -18,10 +18,11 @@ def _json(value: Any) -> Any:
     return value
 
 
-def _number(name: str, value: Any, *, low: float | None = None,
-            optional: bool = False) -> float | None:
-    if value is None and optional:
-        return None
+def _optional_number(name: str, value: Any, *, low: float | None = None) -> float | None:
+    return None if value is None else _number(name, value, low=low)
+
+
+def _number(name: str, value: Any, *, low: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise InvalidValueError(f"{name} must be a finite number, but got {name}={value!r}")
     if low is not None and value < low:

@@ -218,11 +218,11 @@ def _data_parallel_plan(config: Config, split: Split | None,
         why = (f"{split.train_rows} training rows, left to the data-parallel workers when "
                "the cycle began")
     rows = parquet_rows(split, config.data, config.task.type)
-    warm = warm_start is not None and warm_start.rows is not None and warm_start.seen
+    seen = warm_start.seen if warm_start is not None and warm_start.rows is not None else None
     return DataParallelPlan(
         settings=DataParallelSettings.of(section, totals), rows=rows,
-        warm_rows=parquet_rows(split, config.data, config.task.type, skip=warm_start.seen)
-        if warm else None,
+        warm_rows=parquet_rows(split, config.data, config.task.type, skip=seen)
+        if seen else None,
         why=why,
     )
 

@@ -159,6 +159,13 @@ class TrialResult:
         return FLAVORS.get(self.family, "xgboost")
 
 
+def by_score(trial: TrialResult) -> float:
+    """A completed trial's validation score, as a sort key."""
+    if trial.score is None:
+        raise SearchError(f"trial {trial.trial_id} has no score to rank it by")
+    return trial.score
+
+
 @dataclass(frozen=True)
 class SearchResult:
     metric: str
@@ -197,7 +204,7 @@ class SearchResult:
         """The ``k`` best completed trials by validation score, best first."""
         self.require_best()
         completed = [t for t in self.trials if t.status == "completed" and t.score is not None]
-        return sorted(completed, key=lambda t: t.score, reverse=self.greater_is_better)[:k]
+        return sorted(completed, key=by_score, reverse=self.greater_is_better)[:k]
 
     def load_best(self):
         """The best trial's model, read from its checkpoint."""

@@ -201,10 +201,10 @@ def _told_storage(space: FamilySpace, told: tuple[TrialResult, ...], mode: str, 
         study.enqueue_trial(default_params(family), user_attrs={FAMILY_ATTR: family.name})
     by_name = {f.name: f for f in space.families}
     for trial in told:
-        family = by_name.get(trial.family)
-        if family is None:
+        found = by_name.get(trial.family)
+        if found is None:
             continue  # a family this run leaves out
-        distributions = family_distributions(family)
+        distributions = family_distributions(found)
         params = {key: trial.params.get(key.split("/", 1)[1]) for key in distributions}
         state = {"completed": TrialState.COMPLETE, "stopped": TrialState.PRUNED}.get(
             trial.status, TrialState.FAIL)

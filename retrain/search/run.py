@@ -30,6 +30,7 @@ from retrain.search.results import (
     TrialResult,
     TrialSettings,
     WarmStart,
+    by_score,
 )
 from retrain.search.resume import (
     _earlier_experiments,
@@ -233,7 +234,7 @@ def _result(config: Config, trials: tuple[TrialResult, ...], active: tuple[Famil
     metric, greater = config.task.primary_metric, config.task.greater_is_better
     completed = [t for t in trials if t.status == "completed" and t.score is not None]
     pick = max if greater else min
-    best = pick(completed, key=lambda t: t.score) if completed else None
+    best = pick(completed, key=by_score) if completed else None
     return SearchResult(
         metric=metric,
         greater_is_better=greater,

@@ -10,7 +10,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,9 @@ from retrain.candidates import (
 from retrain.errors import SearchError
 from retrain.search.records import save_final
 from retrain.search.results import METRIC_GREATER, TrainData, TrialSettings, WarmStart
+
+if TYPE_CHECKING:
+    from serve.features import Kind
 from retrain.trial_report import (
     AT_KEY,
     BEST_ROUND_KEY,
@@ -143,7 +146,8 @@ def _narrowed(frame: pd.DataFrame, spec) -> pd.DataFrame:
                   else "numeric" for c in frame.columns)
     categories = {c: tuple(frame[c].cat.categories) for c in frame.columns
                   if isinstance(frame[c].dtype, pd.CategoricalDtype)}
-    return FeatureSpec(tuple(frame.columns), kinds, categories).narrow(frame, spec)
+    return FeatureSpec(tuple(frame.columns), cast("tuple[Kind, ...]", kinds),
+                       categories).narrow(frame, spec)
 
 
 def _boost(family: Family, config: dict[str, Any], data: TrainData, settings: TrialSettings,
@@ -169,7 +173,8 @@ def _boost(family: Family, config: dict[str, Any], data: TrainData, settings: Tr
             raise SearchError("a window trial was started without its rows' partition ages")
         # a matrix of its own (see `_matrices`): each window trial sets its own weights
         dtrain.set_weight(window_weights(config, data.ages))
-    base = None if champion is None else xgb.Booster(model_file=bytearray(champion.model))
+    base = None if champion is None or champion.model is None \
+        else xgb.Booster(model_file=bytearray(champion.model))
     base_rounds = 0 if base is None else base.num_boosted_rounds()
     convert = XGB_METRICS[settings.metric][1]
     total, every = family.rounds, settings.report_every
@@ -213,6 +218,8 @@ def _boost_data_parallel(family: Family, params: dict[str, Any], settings: Trial
     from retrain.distributed import train_data_parallel
 
     plan = settings.data_parallel
+    if plan is None:
+        raise SearchError("a data-parallel trial was started without its plan")
     rows = plan.warm_rows if champion is not None and plan.warm_rows is not None \
         else plan.rows
     if champion is not None and champion.spec is not None:

@@ -177,7 +177,11 @@ def _schedule(config: TriggersConfig, state: TriggerState, now: datetime) -> _Du
         return _Due(_Condition(kind, False, False, Hold.NOT_MET,
                                f"cron {cron_text!r}: next slot {upcoming.isoformat()}"),
                     None, handled, upcoming)
-    interval = timedelta(seconds=config.schedule.interval_s)
+    interval_s = config.schedule.interval_s
+    if interval_s is None:  # _schedule_spec is None then, answered above
+        return _Due(_Condition(kind, False, False, Hold.OFF, "no schedule configured"),
+                    None, None, None)
+    interval = timedelta(seconds=interval_s)
     anchors = [t for t in (state.last_start, handled) if t is not None]
     if not anchors:
         # nothing started yet and never armed: the interval runs from this first check

@@ -28,6 +28,15 @@ def _time_from(raw: Any, key: str) -> datetime | None:
         ) from None
 
 
+def _start_from(value: Any) -> datetime:
+    """One of the recorded cycle starts: a time, never null."""
+    start = _time_from({"starts": value}, "starts")
+    if start is None:
+        raise ConfigError("trigger state: starts must hold ISO times, not null; fix or delete "
+                          "the state file to start afresh")
+    return start
+
+
 def _count_from(raw: Any, key: str) -> int:
     value = raw.get(key, 0)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -113,7 +122,7 @@ class TriggerState:
             raise ConfigError(f"trigger state: schedule_spec must be text, but got {spec!r}")
         return cls(
             last_start=_time_from(raw, "last_start"),
-            starts=tuple(_time_from({"starts": s}, "starts") for s in starts),
+            starts=tuple(_start_from(s) for s in starts),
             drift_streak=_count_from(raw, "drift_streak"),
             performance_streak=_count_from(raw, "performance_streak"),
             schedule_slot=_time_from(raw, "schedule_slot"),

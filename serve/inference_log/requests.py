@@ -8,7 +8,7 @@ import logging
 import os
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 import pyarrow.fs as pafs
 
@@ -38,7 +38,7 @@ def request_retrain(
     """Leave a retrain request for the controller (``retrain watch``) to pick up."""
     # it is copied into the ledger and shown by `retrain history`: text, bounded
     check_text("the reason", reason, max_chars=MAX_REASON_CHARS)
-    now = datetime.now(UTC)
+    now = datetime.now(timezone.utc)
     request = RetrainRequest(
         # sortable by time; the suffix keeps two requests in one microsecond apart
         id=f"{now:%Y%m%dT%H%M%S%f}Z-{uuid.uuid4().hex[:8]}",

@@ -69,8 +69,11 @@ def _as_frame(rows: pd.DataFrame | _Frames) -> pd.DataFrame:
 class _Spec(Protocol):
     """What the log needs of a model's `serve.features.FeatureSpec`."""
 
-    names: tuple[str, ...]
-    kinds: tuple[str, ...]
+    @property
+    def names(self) -> tuple[str, ...]: ...
+
+    @property
+    def kinds(self) -> tuple[str, ...]: ...
 
 
 

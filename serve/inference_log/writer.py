@@ -14,7 +14,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -360,11 +361,12 @@ def _groups(entries: list[_Entry]) -> list[tuple[str, str, str, list[_Entry]]]:
     """Entries by table, hour of their timestamp and (for predictions) feature schema."""
     groups: dict[tuple, list[_Entry]] = {}
     for entry in entries:
-        moment = datetime.fromtimestamp(entry.ts_ms / 1000, tz=UTC)
+        moment = datetime.fromtimestamp(entry.ts_ms / 1000, tz=timezone.utc)
         date, hour = moment.strftime("%Y-%m-%d"), moment.strftime("%H")
         if isinstance(entry, _PredictionEntry):
             # Model versions may differ in features; one file holds one feature schema.
-            key = (PREDICTIONS, date, hour, tuple(entry.spec.names), tuple(entry.spec.kinds))
+            key: tuple[Any, ...] = (PREDICTIONS, date, hour, tuple(entry.spec.names),
+                                    tuple(entry.spec.kinds))
         else:
             key = (FEEDBACK, date, hour)
         groups.setdefault(key, []).append(entry)

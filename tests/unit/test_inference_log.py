@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ from tests.conftest import wait_until
 
 SPEC = FeatureSpec(names=("x1", "x2", "cat"), kinds=("numeric", "numeric", "categorical"),
                    categories={"cat": ("a", "b", "c")})
-T0 = datetime(2024, 3, 5, 7, 59, 59, 500_000, tzinfo=UTC).timestamp()
+T0 = datetime(2024, 3, 5, 7, 59, 59, 500_000, tzinfo=timezone.utc).timestamp()
 
 
 class Clock:
@@ -337,7 +337,7 @@ def test_read_predictions_limit_keeps_the_newest_rows_oldest_first(tmp_path):
 
 def test_read_predictions_since_keeps_rows_at_or_after_it(tmp_path):
     _three_hours(tmp_path)
-    since = datetime.fromtimestamp(T0 - 3600 + 360 * 25, tz=UTC)  # exactly row 25
+    since = datetime.fromtimestamp(T0 - 3600 + 360 * 25, tz=timezone.utc)  # exactly row 25
     assert read_predictions(tmp_path, since=since)["request_id"].tolist() == [
         f"r{i}" for i in range(25, 30)
     ]
