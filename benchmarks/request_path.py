@@ -1,7 +1,7 @@
 """One request through the replica's own code: the pandas path vs the lean path (no Ray).
 
 Both paths start from the request's raw bytes and run the code a replica runs for
-``/invocations`` after the body is read (serve/model.py, serve/versions.py), in one thread,
+``/invocations`` after the body is read (serve/model.py, serve/versions/), in one thread,
 without the version's pool hop:
 
 - ``pandas``: ``json.loads``, ``parse_invocation`` (a frame of objects), the pandas path's

@@ -1,6 +1,6 @@
 """The ingress deployment: the model versions the registry names, side by side, and the split.
 
-Each replica holds every version the registry's traffic split names (serve/versions.py):
+Each replica holds every version the registry's traffic split names (serve/versions/):
 a request reads the current `Routing` once, is routed by the split (weighted, or sticky on
 a header), predicted in its version's own bounded pool, answered, and then mirrored to the
 shadow version if there is one. The split lives in the registry as the registered model's
@@ -12,7 +12,7 @@ half-applied split and none fails during a change. A version that cannot be load
 the previous routing in place and is reported in ``/health``: a replica never serves a
 version the registry does not name.
 
-Every answered request is appended to the inference log (serve/inference_log.py) off the
+Every answered request is appended to the inference log (serve/inference_log/) off the
 critical path, with the version's own latency; a failed one as one error row; shadow copies
 as rows marked ``shadow``. ``POST /feedback``, ``POST /admin/retrain``, the ``/admin/traffic``
 endpoints and pinning a request to a version (header ``x-retrain-version``) need
@@ -34,7 +34,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from starlette.concurrency import run_in_threadpool
 
-from serve import admin
+from serve import admin, loader
 from serve.answer import answer, choose_runner, failed_answer, import_loader, log_outcome, open_log
 from serve.http import (
     _Admitted,
@@ -47,13 +47,7 @@ from serve.http import (
     _request_id,
 )
 from serve.inference_log import parse_feedback, request_retrain
-from serve.loader import (
-    ModelUnavailable,
-    registry_state,
-    set_alias,
-    unknown_versions,
-    write_traffic_tag,
-)
+from serve.loader import ModelUnavailable
 from serve.oip import infer_response, model_metadata, parse_infer
 from serve.openapi_bodies import BODIES
 from serve.schemas import Rows, parse_rows
@@ -110,7 +104,7 @@ class ModelServer:
     def _refresh(self) -> None:
         s = self.settings
         try:
-            state = registry_state(s.tracking_uri, s.model_name)
+            state = loader.registry_state(s.tracking_uri, s.model_name)
         except Exception as exc:  # keep serving what is loaded; report through /health
             self._versions.note_error(f"cannot read the registry: {type(exc).__name__}: {exc}")
             logger.warning("could not read the registry: %s", exc)
@@ -394,13 +388,13 @@ class ModelServer:
             return call
         request_id, split, s = call.request_id, call.body, self.settings
         try:
-            missing = await run_in_threadpool(unknown_versions, s.tracking_uri, s.model_name,
+            missing = await run_in_threadpool(loader.unknown_versions, s.tracking_uri, s.model_name,
                                               split.deployed)
             if missing:
                 return _error(409, f"version(s) {missing} of model {s.model_name!r} are not "
                               "registered; a split may only name registered versions",
                               request_id)
-            await run_in_threadpool(write_traffic_tag, s.tracking_uri, s.model_name,
+            await run_in_threadpool(loader.write_traffic_tag, s.tracking_uri, s.model_name,
                                     json.dumps(split.to_dict()))
         except Exception as exc:  # the registry is unreachable or refused the write
             return _error(503, f"cannot write the split to the registry: "
@@ -419,12 +413,12 @@ class ModelServer:
             return call
         request_id, s = call.request_id, self.settings
         try:
-            state = await run_in_threadpool(registry_state, s.tracking_uri, s.model_name)
+            state = await run_in_threadpool(loader.registry_state, s.tracking_uri, s.model_name)
             champion = state.aliases.get(s.alias)
             if champion is None:
                 return _error(409, f"no version has the alias {s.alias!r}: there is nothing to "
                               "roll back to; the split is left as it is", request_id)
-            await run_in_threadpool(write_traffic_tag, s.tracking_uri, s.model_name, None)
+            await run_in_threadpool(loader.write_traffic_tag, s.tracking_uri, s.model_name, None)
         except Exception as exc:  # the registry is unreachable or refused the write
             return _error(503, f"cannot change the registry: {type(exc).__name__}: {exc}",
                           request_id)
@@ -442,7 +436,7 @@ class ModelServer:
             return call
         request_id, s = call.request_id, self.settings
         try:
-            state = await run_in_threadpool(registry_state, s.tracking_uri, s.model_name)
+            state = await run_in_threadpool(loader.registry_state, s.tracking_uri, s.model_name)
         except Exception as exc:  # the registry is unreachable
             return _error(503, f"cannot read the registry: {type(exc).__name__}: {exc}",
                           request_id)
@@ -459,13 +453,13 @@ class ModelServer:
             return call
         request_id, version, s = call.request_id, call.body, self.settings
         try:
-            state = await run_in_threadpool(registry_state, s.tracking_uri, s.model_name)
+            state = await run_in_threadpool(loader.registry_state, s.tracking_uri, s.model_name)
             active = admin.rollout_summary(state)
             if active and active.get("stage") not in ("completed", "rolled_back"):
                 return _error(409, f"a rollout of version {active.get('challenger')} is in "
                               f"progress ({active.get('stage')}); roll it back first",
                               request_id)
-            missing = await run_in_threadpool(unknown_versions, s.tracking_uri, s.model_name,
+            missing = await run_in_threadpool(loader.unknown_versions, s.tracking_uri, s.model_name,
                                               (version,))
             if missing:
                 return _error(409, f"version {version} of model {s.model_name!r} is not "
@@ -475,12 +469,13 @@ class ModelServer:
                           f"{type(exc).__name__}: {exc}", request_id)
         previous = state.aliases.get(s.alias)
         try:
-            await run_in_threadpool(set_alias, s.tracking_uri, s.model_name, s.alias, version)
+            await run_in_threadpool(loader.set_alias, s.tracking_uri, s.model_name, s.alias,
+                                    version)
         except Exception as exc:  # the registry refused the write: nothing moved
             return _error(503, f"cannot move the alias; nothing was changed: "
                           f"{type(exc).__name__}: {exc}", request_id)
         try:
-            await run_in_threadpool(write_traffic_tag, s.tracking_uri, s.model_name, None)
+            await run_in_threadpool(loader.write_traffic_tag, s.tracking_uri, s.model_name, None)
         except Exception as exc:
             # All or nothing: the alias moved but the split could not be removed, so put
             # the alias back (a split naming other versions would keep them serving).

@@ -1,7 +1,7 @@
 """The request bodies of the HTTP endpoints, as OpenAPI ``requestBody`` objects.
 
 The endpoints read their bodies themselves (streamed, bounded, then parsed by serve/schemas.py,
-serve/oip.py and serve/inference_log.py), so FastAPI cannot infer them from the signatures;
+serve/oip.py and serve/inference_log/), so FastAPI cannot infer them from the signatures;
 these describe the same layouts for ``GET /openapi.json`` (token holders only), so that
 clients and schema-driven fuzzers know what to send. Pure data.
 """

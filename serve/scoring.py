@@ -16,7 +16,7 @@ would turn the ints of a categorical column into floats, a large batch) goes to 
 path, which answers it, or refuses it with the message it always gave. So the validation
 is the pandas path's, unchanged; the lean path only skips pandas for requests it accepts.
 
-No Ray and no MLflow here: the replica (serve/versions.py) and the evaluator's latency
+No Ray and no MLflow here: the replica (serve/versions/) and the evaluator's latency
 guardrail (retrain/evaluate.py) both score through `Scorer`, so the guardrail times what a
 caller waits for.
 """

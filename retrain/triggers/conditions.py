@@ -152,12 +152,15 @@ class _Due:
     next_at: datetime | None
 
 
+_NO_SCHEDULE = _Due(_Condition(TriggerKind.SCHEDULE, False, False, Hold.OFF,
+                               "no schedule configured"), None, None, None)
+
+
 def _schedule(config: TriggersConfig, state: TriggerState, now: datetime) -> _Due:
     kind = TriggerKind.SCHEDULE
     spec = _schedule_spec(config)
     if spec is None:
-        return _Due(_Condition(kind, False, False, Hold.OFF, "no schedule configured"),
-                    None, None, None)
+        return _NO_SCHEDULE
     # a schedule that changed since the slot was recorded starts over
     handled = state.schedule_slot if state.schedule_spec == spec else None
     cron_text = config.schedule.cron
@@ -179,8 +182,7 @@ def _schedule(config: TriggersConfig, state: TriggerState, now: datetime) -> _Du
                     None, handled, upcoming)
     interval_s = config.schedule.interval_s
     if interval_s is None:  # _schedule_spec is None then, answered above
-        return _Due(_Condition(kind, False, False, Hold.OFF, "no schedule configured"),
-                    None, None, None)
+        return _NO_SCHEDULE
     interval = timedelta(seconds=interval_s)
     anchors = [t for t in (state.last_start, handled) if t is not None]
     if not anchors:

@@ -59,7 +59,7 @@ def _model(booster) -> LoadedModel:
 
 
 def old_path(model: LoadedModel, frame: pd.DataFrame, allow_all_missing_rows: bool):
-    """Today's pandas path (serve/versions.py before the lean path), inlined."""
+    """Today's pandas path (serve/versions/ before the lean path), inlined."""
     if not allow_all_missing_rows:
         refuse_empty_rows(frame, model.spec.names)
     try:
