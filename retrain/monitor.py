@@ -27,7 +27,7 @@ from retrain.drift import DriftPolicy, DriftReport, ReferenceSketch, compare
 from retrain.evaluate import score
 
 if TYPE_CHECKING:
-    from retrain.registry import MlflowRegistry
+    from retrain.registry import Registry
 
 #: the join key between a logged prediction and its label
 KEY = ["request_id", "row"]
@@ -146,7 +146,7 @@ def drift_of(reference: ReferenceSketch | None, inputs: pd.DataFrame,
     return compare(reference, inputs[list(reference.names)], policy=policy), ()
 
 
-def check(config: Config, *, registry: MlflowRegistry | None = None,
+def check(config: Config, *, registry: Registry | None = None,
           now: float | None = None) -> MonitorReport:
     """Read the inference log and the labels, and judge the champion's live traffic."""
     from retrain.registry import CHAMPION, MlflowRegistry

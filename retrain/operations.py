@@ -16,14 +16,17 @@ nothing of retrain; the controller records those moves when it next sees them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retrain.ledger import EventKind, Ledger, LedgerEvent
-from retrain.registry import CHAMPION
+from retrain.registry import CHAMPION, Registry
 from serve.traffic import TrafficSplit
 
+if TYPE_CHECKING:
+    from retrain.traffic_control import TrafficStore
 
-def move_champion(registry, ledger: Ledger, model_name: str, version: str, *,
+
+def move_champion(registry: Registry, ledger: Ledger, model_name: str, version: str, *,
                   reasons: tuple[str, ...], kind: EventKind | None = None,
                   previous: str | None = None,
                   details: Mapping[str, Any] | None = None) -> str | None:
@@ -44,7 +47,7 @@ def move_champion(registry, ledger: Ledger, model_name: str, version: str, *,
     return before
 
 
-def set_traffic(store, ledger: Ledger, model_name: str, split: TrafficSplit | None, *,
+def set_traffic(store: TrafficStore, ledger: Ledger, model_name: str, split: TrafficSplit | None, *,
                 reasons: tuple[str, ...], details: Mapping[str, Any] | None = None) -> None:
     """Write ``split`` as the registry's traffic split (None removes it) and record it.
 

@@ -30,7 +30,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -52,11 +52,14 @@ from retrain.rollout import (
 from serve.loader import ROLLOUT_TAG, TRAFFIC_TAG
 from serve.traffic import PIN_HEADER, TrafficSplit
 
+if TYPE_CHECKING:
+    from retrain.registry import Registry
+
 
 class TrafficStore:
     """The split as a registered-model tag (MLflow adapter)."""
 
-    def __init__(self, registry) -> None:
+    def __init__(self, registry: Registry) -> None:
         self.registry = registry
 
     def read(self) -> TrafficSplit | None:
@@ -145,7 +148,7 @@ def observe(rollout: Rollout, rows: pd.DataFrame, *, since: float,
 class RolloutDriver:
     """Drives one rollout at a time for a project (see the module docstring)."""
 
-    def __init__(self, config: Config, *, registry=None, url: str | None = None,
+    def __init__(self, config: Config, *, registry: Registry | None = None, url: str | None = None,
                  token: str | None = None, clock: Callable[[], float] = time.time,
                  echo: Callable[[str], None] | None = None) -> None:
         from retrain.registry import MlflowRegistry

@@ -53,7 +53,7 @@ from retrain.triggers import (
 )
 
 if TYPE_CHECKING:
-    from retrain.registry import MlflowRegistry
+    from retrain.registry import Registry
     from retrain.traffic_control import RolloutDriver
 
 
@@ -104,7 +104,7 @@ class Controller:
         self._lock: AbstractContextManager | None = None
         self.state = TriggerState()
         self._running: dict[str, Any] | None = None
-        self._registry: MlflowRegistry | None = None
+        self._registry: Registry | None = None
         self._driver: RolloutDriver | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------

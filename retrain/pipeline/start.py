@@ -12,13 +12,13 @@ from retrain.config import Config
 from retrain.data import Split, load_split, read_partition, training_row_count
 from retrain.pipeline.state import CycleStage, _check_resumable
 from retrain.quarantine import QuarantineRecord
-from retrain.registry import CHAMPION, MlflowRegistry
+from retrain.registry import CHAMPION, Registry
 from retrain.runtime import ensure_ray
 from retrain.search.plan import driver_loads_training_rows
 from serve.loader import LoadedModel
 
 
-def _admission(config: Config, registry: MlflowRegistry, champion: str | None, cycle_id: str,
+def _admission(config: Config, registry: Registry, champion: str | None, cycle_id: str,
                partitions: list, resumed: CycleStage | None = None):
     """Judge the partitions the champion never saw; returns the report and what to leave out.
 
@@ -56,7 +56,7 @@ def _admission(config: Config, registry: MlflowRegistry, champion: str | None, c
     return report, held | frozenset(report.quarantined)
 
 
-def _identity(registry: MlflowRegistry, partitions: list, resumed: CycleStage | None,
+def _identity(registry: Registry, partitions: list, resumed: CycleStage | None,
               resume: bool, say) -> tuple[str, str | None]:
     """A new cycle's id and champion, or the resumed cycle's (checked to still hold)."""
     if resumed is None:
@@ -71,7 +71,7 @@ def _identity(registry: MlflowRegistry, partitions: list, resumed: CycleStage | 
     return resumed.cycle_id, resumed.champion_version
 
 
-def _read_data(config: Config, registry: MlflowRegistry, partitions: list,
+def _read_data(config: Config, registry: Registry, partitions: list,
                excluded: frozenset[str], champion_version: str | None, say
                ) -> tuple[Split, dict[str, str], LoadedModel | None]:
     """The split, its lineage and the champion, each read once."""

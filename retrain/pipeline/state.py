@@ -18,7 +18,7 @@ from retrain.decide import Check, Decision, Verdict
 from retrain.errors import DataError, RegistryError
 from retrain.evaluate import Comparison
 from retrain.files import write_json_atomic
-from retrain.registry import MlflowRegistry
+from retrain.registry import Registry
 from retrain.search import SearchResult, WarmStart
 from serve.loader import LoadedModel
 
@@ -159,7 +159,7 @@ class _Cycle:
     """What every stage of one cycle reads: fixed once the cycle's MLflow run is open."""
 
     config: Config
-    registry: MlflowRegistry
+    registry: Registry
     folder: Path
     split: Split
     lineage: dict[str, str]

@@ -1,8 +1,9 @@
-"""The MLflow adapter: cycle runs, trial runs, model versions, aliases, lineage.
+"""`MlflowRegistry`: the `Registry` on MLflow: cycle runs, trial runs, model versions,
+aliases, lineage.
 
-Every MLflow call of the training side goes through `MlflowRegistry`; MLflow exceptions are
-translated into `retrain.errors` here. The default store is a SQLite file plus an artifact
-folder in the project's workdir; any tracking URI works instead.
+Every MLflow call of the training side goes through it; MLflow exceptions are translated into
+`retrain.errors` here. The default store is a SQLite file plus an artifact folder in the
+project's workdir; any tracking URI works instead.
 """
 
 from __future__ import annotations
@@ -10,35 +11,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from retrain.errors import ModelNotFoundError, RegistryError
+from retrain.registry.base import CHAMPION, CYCLE_TAG, RUN_TAG, CycleRecord, Lineage
 from serve.features import FeatureSpec
 from serve.loader import LoadedModel, ModelUnavailable, alias_version, load_version
-
-CHAMPION = "champion"
-#: a promoted version waiting for (or in) its rollout
-CHALLENGER = "challenger"
-CYCLE_TAG = "retrain.kind"
-#: on a registered version: the cycle run that registered it
-RUN_TAG = "retrain.run_id"
-
-
-@dataclass(frozen=True)
-class CycleRecord:
-    """One past cycle, as `retrain status` shows it."""
-
-    run_id: str
-    started: float
-    status: str
-    verdict: str | None
-    reasons: str | None
-    challenger_score: str | None
-    champion_score: str | None
-    model_version: str | None
-    holdout: str | None
 
 
 class MlflowRegistry:
@@ -339,12 +318,8 @@ class MlflowRegistry:
         ``trained_only``: those it was trained on (what a warm start need not see again)."""
         with _translated(f"reading the lineage of version {version}"):
             tags = self.client.get_model_version(self.model_name, version).tags
-        if trained_only and "data.trained_partitions" in tags:
-            # a model refit on its holdout for serving trained on those partitions too
-            return {v for v in tags["data.trained_partitions"].split(",") if v}
-        keys = ("data.train_partitions",) if trained_only else (
-            "data.train_partitions", "data.holdout_partitions")
-        return {value for key in keys for value in tags.get(key, "").split(",") if value}
+        # a model refit on its holdout for serving trained on those partitions too
+        return Lineage.from_tags(dict(tags)).partitions(trained_only=trained_only)
 
     def registered_at(self, version: str) -> float:
         """Unix seconds when the version was registered: it served nothing before."""
