@@ -16,14 +16,18 @@ nothing of retrain; the controller records those moves when it next sees them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from retrain.ledger import EventKind, Ledger, LedgerEvent
 from retrain.registry import CHAMPION, Registry
 from serve.traffic import TrafficSplit
 
-if TYPE_CHECKING:
-    from retrain.traffic_control import TrafficStore
+
+class SplitStore(Protocol):
+    """Where the split lives (`retrain.traffic_control.TrafficStore`: a registry tag)."""
+
+    def read(self) -> TrafficSplit | None: ...
+    def write(self, split: TrafficSplit | None) -> None: ...
 
 
 def move_champion(registry: Registry, ledger: Ledger, model_name: str, version: str, *,
@@ -47,7 +51,7 @@ def move_champion(registry: Registry, ledger: Ledger, model_name: str, version: 
     return before
 
 
-def set_traffic(store: TrafficStore, ledger: Ledger, model_name: str, split: TrafficSplit | None, *,
+def set_traffic(store: SplitStore, ledger: Ledger, model_name: str, split: TrafficSplit | None, *,
                 reasons: tuple[str, ...], details: Mapping[str, Any] | None = None) -> None:
     """Write ``split`` as the registry's traffic split (None removes it) and record it.
 
