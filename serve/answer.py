@@ -15,7 +15,7 @@ import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from serve.http import _error, _token_ok
+from serve.http import Problem, _token_ok
 from serve.inference_log import InferenceLog
 from serve.loader import LoadedModel
 from serve.schemas import Rows, parse_rows
@@ -37,18 +37,19 @@ def score_request(model: LoadedModel, body: Any, max_rows: int,
 
 
 def choose_runner(settings: ServeSettings, request: Request, routing: Routing,
-                  request_id: str) -> tuple[VersionRunner, bool] | JSONResponse:
-    """The runner that answers, and whether the request was pinned to it."""
+                  request_id: str) -> tuple[VersionRunner, bool]:
+    """The runner that answers, and whether the request was pinned to it; a `Problem` when
+    the pin is not allowed or not loaded."""
     pin = request.headers.get(PIN_HEADER)
     if pin is not None:
         if not _token_ok(settings, request.headers.get("authorization")):
-            return _error(
+            raise Problem(
                 403, f"the {PIN_HEADER} header pins a request to a model version, which "
                 "needs the admin token: send 'Authorization: Bearer <token>' too, or drop "
                 "the header", request_id)
         runner = routing.runners.get(pin.strip())
         if runner is None:
-            return _error(409, f"version {pin.strip()!r} is not loaded by this replica; "
+            raise Problem(409, f"version {pin.strip()!r} is not loaded by this replica; "
                           f"loaded: {routing.loaded}", request_id)
         return runner, True
     split = routing.split
@@ -77,16 +78,15 @@ def log_outcome(log: InferenceLog | None, request_id: str, model: LoadedModel, r
         logger.exception("could not log request %s", request_id)
 
 
-def failed_answer(outcome: Outcome, request_id: str) -> JSONResponse:
-    """A failed outcome's answer: 400 for the caller's rows, else the version's status."""
+def failed(outcome: Outcome, request_id: str) -> Problem:
+    """A failed outcome as the `Problem` to raise: 400 for the caller's rows, else the
+    version's status (a 503 with Retry-After)."""
     version = outcome.version
     if outcome.invalid is not None:
-        return _error(400, outcome.invalid, request_id, version)
-    response = _error(outcome.status, f"model version {version} failed on this request: "
-                      f"{outcome.error}", request_id, version)
-    if outcome.status == 503:
-        response.headers["retry-after"] = "1"
-    return response
+        return Problem(400, outcome.invalid, request_id, version)
+    return Problem(outcome.status, f"model version {version} failed on this request: "
+                   f"{outcome.error}", request_id, version,
+                   headers={"retry-after": "1"} if outcome.status == 503 else None)
 
 
 def answer(body: dict[str, Any], version: str) -> JSONResponse:

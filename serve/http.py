@@ -56,7 +56,25 @@ class _BadBody(Exception):
         self.status = status
 
 
-def _error(status: int, message: str, request_id: str,
+class Problem(Exception):
+    """What a request gets instead of an answer, raised anywhere on its path and answered by
+    the app's one handler (`problem_response`): a JSON body with the message and the request
+    id, and the version that failed where one did."""
+
+    def __init__(self, status: int, message: str, request_id: str | None,
+                 version: str | None = None, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.request_id = status, message, request_id
+        self.version, self.headers = version, dict(headers or {})
+
+
+def problem_response(problem: Problem) -> JSONResponse:
+    response = _error(problem.status, problem.message, problem.request_id, problem.version)
+    response.headers.update(problem.headers)
+    return response
+
+
+def _error(status: int, message: str, request_id: str | None,
            version: str | None = None) -> JSONResponse:
     headers: dict[str, str] = {}
     body: dict[str, Any] = {"error": message, "request_id": request_id}
@@ -70,19 +88,18 @@ class _TooBig(Exception):
     pass
 
 
-async def _body(request: Request, limit: int, request_id: str,
-                timeout_s: float) -> bytes | JSONResponse:
+async def _body(request: Request, limit: int, request_id: str, timeout_s: float) -> bytes:
     """The raw body, read as it streams in: a 413 answer as soon as it passes ``limit``
     bytes (with or without a content-length: a chunked body is never read whole first), a
     408 when it has not arrived whole within ``timeout_s`` seconds (a slow or stalled upload
-    holds a replica slot only that long)."""
+    holds a replica slot only that long), raised as a `Problem`."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):
-            return _error(400, "the content-length header must be a number of bytes",
+            raise Problem(400, "the content-length header must be a number of bytes",
                           request_id)
         if len(declared) > 18 or int(declared) > limit:
-            return _error(413, f"request body over the limit of {limit} bytes", request_id)
+            raise Problem(413, f"request body over the limit of {limit} bytes", request_id)
     chunks: list[bytes] = []
 
     async def read() -> None:
@@ -96,13 +113,13 @@ async def _body(request: Request, limit: int, request_id: str,
     try:
         await asyncio.wait_for(read(), timeout_s)
     except _TooBig:
-        return _error(413, f"request body over the limit of {limit} bytes", request_id)
+        raise Problem(413, f"request body over the limit of {limit} bytes", request_id) from None
     except TimeoutError:
-        return _error(408, f"the request body did not arrive within {timeout_s:g} s; send it "
-                      "whole, faster, or in smaller requests", request_id)
+        raise Problem(408, f"the request body did not arrive within {timeout_s:g} s; send it "
+                      "whole, faster, or in smaller requests", request_id) from None
     except ClientDisconnect:
-        return _error(400, "the client closed the connection before the body ended",
-                      request_id)
+        raise Problem(400, "the client closed the connection before the body ended",
+                      request_id) from None
     return b"".join(chunks)
 
 
@@ -143,23 +160,20 @@ def _token_ok(settings: ServeSettings, header: str | None) -> bool:
     return scheme.lower() == "bearer" and settings.token_matches(given.strip())
 
 
-def _authorize(settings: ServeSettings, header: str | None, request_id: str) -> JSONResponse | None:
-    """None when the bearer token matches; otherwise the 403 or 401 answer to send."""
+def _authorize(settings: ServeSettings, header: str | None, request_id: str) -> None:
+    """Returns when the bearer token matches; otherwise raises the 403 or 401 `Problem`."""
     if not settings.admin_token_hash:
-        return _error(
+        raise Problem(
             403,
             f"this endpoint is off: no admin token is configured. Set the environment variable "
             f"{settings.admin_token_env} where serving starts (e.g. `retrain serve`) and restart",
             request_id,
         )
     if not _token_ok(settings, header):
-        response = _error(
+        raise Problem(
             401, "missing or wrong token; send the header 'Authorization: Bearer <token>'",
-            request_id,
+            request_id, headers={"www-authenticate": "Bearer"},
         )
-        response.headers["www-authenticate"] = "Bearer"
-        return response
-    return None
 
 
 @dataclass(frozen=True)

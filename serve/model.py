@@ -35,16 +35,17 @@ from ray import serve
 from starlette.concurrency import run_in_threadpool
 
 from serve import admin, loader
-from serve.answer import answer, choose_runner, failed_answer, import_loader, log_outcome, open_log
+from serve.answer import answer, choose_runner, failed, import_loader, log_outcome, open_log
 from serve.http import (
+    Problem,
     _Admitted,
     _authorize,
     _BadBody,
     _body,
     _CheckRequestId,
-    _error,
     _parsed,
     _request_id,
+    problem_response,
 )
 from serve.inference_log import parse_feedback, request_retrain
 from serve.loader import ModelUnavailable
@@ -67,16 +68,20 @@ api = FastAPI(
 api.add_middleware(_CheckRequestId)
 
 
-# A safety net, not the validation: each of these, raised while handling a request, can only
-# come from what the request sent (an integer beyond a float, a string that is not text,
-# nesting past the interpreter's limit), so it is the caller's 400, not the server's 500.
+# Every refusal is a `Problem` raised on the request's path and answered here, in one format.
+# The other three are a safety net, not the validation: raised while handling a request, each
+# can only come from what the request sent (an integer beyond a float, a string that is not
+# text, nesting past the interpreter's limit), so it is the caller's 400, not the server's 500.
+@api.exception_handler(Problem)
 @api.exception_handler(OverflowError)
 @api.exception_handler(UnicodeError)
 @api.exception_handler(RecursionError)
-async def _input_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.warning("bad input reached %s: %s: %s", request.url.path, type(exc).__name__, exc)
-    return JSONResponse({"error": f"the request cannot be read: {type(exc).__name__}",
-                         "request_id": None}, status_code=400)
+async def _refused(request: Request, exc: Exception) -> JSONResponse:
+    if not isinstance(exc, Problem):
+        logger.warning("bad input reached %s: %s: %s", request.url.path, type(exc).__name__,
+                       exc)
+        exc = Problem(400, f"the request cannot be read: {type(exc).__name__}", None)
+    return problem_response(exc)
 
 
 @serve.deployment(max_ongoing_requests=256, health_check_period_s=5)
@@ -149,24 +154,20 @@ class ModelServer:
         request_id = _request_id(request)
         raw = await _body(request, self.settings.max_body_bytes, request_id,
                           self.settings.body_timeout_s)
-        if isinstance(raw, JSONResponse):
-            return raw
         routing = self._versions.routing  # one routing for the whole request
         if routing is None:
-            return _error(503, "no model version is registered under the alias yet", request_id)
+            raise Problem(503, "no model version is registered under the alias yet", request_id)
         s = self.settings
         try:
             rows = await _parsed(raw, lambda body: parse_rows(
                 body, max_rows=s.max_rows, max_columns=s.max_columns, max_cells=s.max_cells))
         except _BadBody as exc:
-            return _error(exc.status, str(exc), request_id)
+            raise Problem(exc.status, str(exc), request_id) from None
         chosen = choose_runner(self.settings, request, routing, request_id)
-        if isinstance(chosen, JSONResponse):
-            return chosen
         runner, pinned = chosen
         outcome = await self._predict(routing, runner, pinned, rows, request_id)
         if outcome.predictions is None:
-            return failed_answer(outcome, request_id)
+            raise failed(outcome, request_id)
         return answer({"predictions": outcome.predictions.tolist(),
                              "model_version": outcome.version, "request_id": request_id},
                             outcome.version)
@@ -176,17 +177,13 @@ class ModelServer:
         """Open Inference Protocol (v2) inference; see serve/oip.py for the body."""
         request_id = _request_id(request)
         if name != self.settings.model_name:
-            return self._unknown_model(name, request_id)
+            raise self._unknown_model(name, request_id)
         raw = await _body(request, self.settings.max_body_bytes, request_id,
                           self.settings.body_timeout_s)
-        if isinstance(raw, JSONResponse):
-            return raw
         routing = self._versions.routing
         if routing is None:
-            return _error(503, "no model version is registered under the alias yet", request_id)
+            raise Problem(503, "no model version is registered under the alias yet", request_id)
         chosen = choose_runner(self.settings, request, routing, request_id)
-        if isinstance(chosen, JSONResponse):
-            return chosen
         runner, pinned = chosen
         names, s = runner.model.spec.names, self.settings
         try:
@@ -194,18 +191,18 @@ class ModelServer:
                 body, names, max_rows=s.max_rows, max_columns=s.max_columns,
                 max_cells=s.max_cells))
         except _BadBody as exc:
-            return _error(exc.status, str(exc), request_id)
+            raise Problem(exc.status, str(exc), request_id) from None
         outcome = await self._predict(routing, runner, pinned, parsed.parsed, request_id)
         if outcome.predictions is None:
-            return failed_answer(outcome, request_id)
+            raise failed(outcome, request_id)
         # "id" echoes the body's own id (the protocol's rule); the log, and so feedback, key
         # on x-request-id, as for /invocations
         return answer(infer_response(name, outcome.version, parsed.id or request_id,
                                            outcome.predictions), outcome.version)
 
-    def _unknown_model(self, name: str, request_id: str) -> JSONResponse:
-        return _error(404, f"no model named {name!r:.100} here; this server serves "
-                      f"{self.settings.model_name!r}", request_id)
+    def _unknown_model(self, name: str, request_id: str) -> Problem:
+        return Problem(404, f"no model named {name!r:.100} here; this server serves "
+                       f"{self.settings.model_name!r}", request_id)
 
     @api.get("/v2")
     def server_metadata(self) -> dict[str, Any]:
@@ -223,7 +220,7 @@ class ModelServer:
     @api.get("/v2/models/{name}/ready")
     def model_ready(self, name: str, request: Request) -> JSONResponse:
         if name != self.settings.model_name:
-            return self._unknown_model(name, _request_id(request))
+            raise self._unknown_model(name, _request_id(request))
         ready = self._versions.routing is not None
         return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
 
@@ -231,10 +228,10 @@ class ModelServer:
     def metadata(self, name: str, request: Request) -> JSONResponse:
         request_id = _request_id(request)
         if name != self.settings.model_name:
-            return self._unknown_model(name, request_id)
+            raise self._unknown_model(name, request_id)
         routing = self._versions.routing
         if routing is None:
-            return _error(503, "no model version is registered under the alias yet", request_id)
+            raise Problem(503, "no model version is registered under the alias yet", request_id)
         model = routing.runners[routing.primary].model
         return JSONResponse(model_metadata(name, routing.loaded, model.spec, model.flavor),
                             headers={"x-model-version": model.version})
@@ -273,9 +270,7 @@ class ModelServer:
     async def openapi(self, request: Request) -> JSONResponse:
         """The OpenAPI document, request bodies described; for token holders only, since it
         lists the admin endpoints (there are no public /docs)."""
-        call = await self._admit(request)
-        if isinstance(call, JSONResponse):
-            return call
+        await self._admit(request)  # the token, checked
         if self._openapi is None:
             self._openapi = get_openapi(title=api.title, version="1", routes=api.routes,
                                         description=api.description)
@@ -296,30 +291,26 @@ class ModelServer:
     # -- HTTP: labels and admin ------------------------------------------------------------
     async def _admit(self, request: Request, *, body_limit: int | None = None,
                      unavailable: str | None = None, parse: Callable[[Any], Any] = lambda b: b,
-                     blank_ok: bool = False) -> _Admitted | JSONResponse:
+                     blank_ok: bool = False) -> _Admitted:
         """The preamble /feedback and every admin endpoint share, in this order: the request
         id; the bearer token (403 when no token is configured, 401 when it is wrong); then, for
         an endpoint with a body (``body_limit`` set), the body read up to that many bytes
         (413); ``unavailable``, the reason the endpoint cannot act now (503); and ``parse`` of
         its JSON (400, or the parser's status). ``blank_ok``: an empty body reads as ``{}``.
-        The answer to send, or the admitted request."""
+        The admitted request, or a `Problem` raised."""
         request_id = _request_id(request)
-        denied = _authorize(self.settings, request.headers.get("authorization"), request_id)
-        if denied is not None:
-            return denied
+        _authorize(self.settings, request.headers.get("authorization"), request_id)
         if body_limit is None:
             return _Admitted(request_id)
         raw = await _body(request, body_limit, request_id, self.settings.body_timeout_s)
-        if isinstance(raw, JSONResponse):
-            return raw
         if unavailable is not None:
-            return _error(503, unavailable, request_id)
+            raise Problem(503, unavailable, request_id)
         if blank_ok and not raw.strip():
             raw = b"{}"
         try:
             return _Admitted(request_id, await _parsed(raw, parse))
         except _BadBody as exc:
-            return _error(exc.status, str(exc), request_id)
+            raise Problem(exc.status, str(exc), request_id) from None
 
     @api.post("/feedback", openapi_extra={"requestBody": BODIES["feedback"]})
     async def feedback(self, request: Request) -> JSONResponse:
@@ -333,11 +324,9 @@ class ModelServer:
         call = await self._admit(request, body_limit=self.settings.max_body_bytes,
                                  unavailable=off,
                                  parse=lambda body: parse_feedback(body, max_items=max_items))
-        if isinstance(call, JSONResponse):
-            return call
         assert log is not None  # `unavailable` answered otherwise
         if not log.log_feedback(call.body):
-            return _error(
+            raise Problem(
                 503, "the inference log's buffer is full (its store is slow or unreachable); "
                 "retry later", call.request_id,
             )
@@ -352,18 +341,16 @@ class ModelServer:
             unavailable=None if path else
             "retrain requests cannot be stored: no inference log path is configured",
         )
-        if isinstance(call, JSONResponse):
-            return call
         request_id = call.request_id
         client = request.client.host if request.client else "unknown"
         try:
             assert path is not None  # `unavailable` answered otherwise
             made = await run_in_threadpool(request_retrain, path, call.body, f"http {client}")
         except ValueError as exc:  # reason too long
-            return _error(400, str(exc), request_id)
+            raise Problem(400, str(exc), request_id) from None
         except OSError as exc:
-            return _error(503, f"cannot store the retrain request under {path}: {exc}",
-                          request_id)
+            raise Problem(503, f"cannot store the retrain request under {path}: {exc}",
+                           request_id) from None
         return JSONResponse(
             {"retrain_request_id": made.id, "status": "pending",
              "requested_at": made.requested_at, "request_id": request_id},
@@ -374,8 +361,6 @@ class ModelServer:
     async def get_traffic(self, request: Request) -> JSONResponse:
         """The split this replica applies, what it has loaded, and per-version counters."""
         call = await self._admit(request)
-        if isinstance(call, JSONResponse):
-            return call
         return JSONResponse({**self._traffic(), "counters": self._versions.counters_dict(),
                              "request_id": call.request_id})
 
@@ -384,21 +369,21 @@ class ModelServer:
         """Write a new split (body: a `TrafficSplit` dict) to the registry; replicas apply it
         once every version it names is loaded."""
         call = await self._admit(request, body_limit=admin.BODY_BYTES, parse=admin.split_body)
-        if isinstance(call, JSONResponse):
-            return call
         request_id, split, s = call.request_id, call.body, self.settings
         try:
             missing = await run_in_threadpool(loader.unknown_versions, s.tracking_uri, s.model_name,
                                               split.deployed)
             if missing:
-                return _error(409, f"version(s) {missing} of model {s.model_name!r} are not "
-                              "registered; a split may only name registered versions",
-                              request_id)
+                raise Problem(409, f"version(s) {missing} of model {s.model_name!r} are not "
+                               "registered; a split may only name registered versions",
+                               request_id)
             await run_in_threadpool(loader.write_traffic_tag, s.tracking_uri, s.model_name,
                                     json.dumps(split.to_dict()))
+        except Problem:  # a refusal from inside: answered as raised
+            raise
         except Exception as exc:  # the registry is unreachable or refused the write
-            return _error(503, f"cannot write the split to the registry: "
-                          f"{type(exc).__name__}: {exc}", request_id)
+            raise Problem(503, f"cannot write the split to the registry: "
+                           f"{type(exc).__name__}: {exc}", request_id) from None
         return JSONResponse(
             {"traffic": split.to_dict(), "request_id": request_id,
              "note": f"replicas apply it within {s.poll_interval_s:g} s once every version it "
@@ -409,19 +394,19 @@ class ModelServer:
     async def rollback(self, request: Request) -> JSONResponse:
         """All traffic back to the alias' version: removes the registry's split tag."""
         call = await self._admit(request)
-        if isinstance(call, JSONResponse):
-            return call
         request_id, s = call.request_id, self.settings
         try:
             state = await run_in_threadpool(loader.registry_state, s.tracking_uri, s.model_name)
             champion = state.aliases.get(s.alias)
             if champion is None:
-                return _error(409, f"no version has the alias {s.alias!r}: there is nothing to "
-                              "roll back to; the split is left as it is", request_id)
+                raise Problem(409, f"no version has the alias {s.alias!r}: there is nothing to "
+                               "roll back to; the split is left as it is", request_id)
             await run_in_threadpool(loader.write_traffic_tag, s.tracking_uri, s.model_name, None)
+        except Problem:  # a refusal from inside: answered as raised
+            raise
         except Exception as exc:  # the registry is unreachable or refused the write
-            return _error(503, f"cannot change the registry: {type(exc).__name__}: {exc}",
-                          request_id)
+            raise Problem(503, f"cannot change the registry: {type(exc).__name__}: {exc}",
+                           request_id) from None
         return JSONResponse(
             {"traffic": TrafficSplit.single(champion).to_dict(), "champion": champion,
              "request_id": request_id},
@@ -432,14 +417,12 @@ class ModelServer:
         """The rollout in progress as the driver last recorded it in the registry, and the
         split this replica applies."""
         call = await self._admit(request)
-        if isinstance(call, JSONResponse):
-            return call
         request_id, s = call.request_id, self.settings
         try:
             state = await run_in_threadpool(loader.registry_state, s.tracking_uri, s.model_name)
         except Exception as exc:  # the registry is unreachable
-            return _error(503, f"cannot read the registry: {type(exc).__name__}: {exc}",
-                          request_id)
+            raise Problem(503, f"cannot read the registry: {type(exc).__name__}: {exc}",
+                           request_id) from None
         return JSONResponse({"rollout": admin.rollout_summary(state), "champion":
                              state.aliases.get(s.alias), **self._traffic(),
                              "request_id": request_id})
@@ -449,39 +432,39 @@ class ModelServer:
         """Move the alias to a version (body: {"version": "4"}): all traffic to it, no gates.
         Refused (409) while a rollout is in progress: roll it back or let it finish."""
         call = await self._admit(request, body_limit=admin.BODY_BYTES, parse=admin.promote_body)
-        if isinstance(call, JSONResponse):
-            return call
         request_id, version, s = call.request_id, call.body, self.settings
         try:
             state = await run_in_threadpool(loader.registry_state, s.tracking_uri, s.model_name)
             active = admin.rollout_summary(state)
             if active and active.get("stage") not in ("completed", "rolled_back"):
-                return _error(409, f"a rollout of version {active.get('challenger')} is in "
-                              f"progress ({active.get('stage')}); roll it back first",
-                              request_id)
+                raise Problem(409, f"a rollout of version {active.get('challenger')} is in "
+                               f"progress ({active.get('stage')}); roll it back first",
+                               request_id)
             missing = await run_in_threadpool(loader.unknown_versions, s.tracking_uri, s.model_name,
                                               (version,))
             if missing:
-                return _error(409, f"version {version} of model {s.model_name!r} is not "
-                              "registered", request_id)
+                raise Problem(409, f"version {version} of model {s.model_name!r} is not "
+                               "registered", request_id)
+        except Problem:  # a refusal from inside: answered as raised
+            raise
         except Exception as exc:  # the registry is unreachable
-            return _error(503, f"cannot read the registry; nothing was changed: "
-                          f"{type(exc).__name__}: {exc}", request_id)
+            raise Problem(503, f"cannot read the registry; nothing was changed: "
+                           f"{type(exc).__name__}: {exc}", request_id) from None
         previous = state.aliases.get(s.alias)
         try:
             await run_in_threadpool(loader.set_alias, s.tracking_uri, s.model_name, s.alias,
                                     version)
         except Exception as exc:  # the registry refused the write: nothing moved
-            return _error(503, f"cannot move the alias; nothing was changed: "
-                          f"{type(exc).__name__}: {exc}", request_id)
+            raise Problem(503, f"cannot move the alias; nothing was changed: "
+                           f"{type(exc).__name__}: {exc}", request_id) from None
         try:
             await run_in_threadpool(loader.write_traffic_tag, s.tracking_uri, s.model_name, None)
         except Exception as exc:
             # All or nothing: the alias moved but the split could not be removed, so put
             # the alias back (a split naming other versions would keep them serving).
             undone = await run_in_threadpool(admin.restore_alias, s, previous)
-            return _error(503, f"cannot remove the traffic split ({type(exc).__name__}: "
-                          f"{exc}); {undone}", request_id)
+            raise Problem(503, f"cannot remove the traffic split ({type(exc).__name__}: "
+                           f"{exc}); {undone}", request_id) from None
         return JSONResponse({"champion": version, "previous": previous,
                              "traffic": TrafficSplit.single(version).to_dict(),
                              "request_id": request_id})
