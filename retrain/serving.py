@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -15,43 +16,29 @@ from retrain.errors import ClusterError, ConfigError
 from retrain.runtime import ensure_ray
 from serve.settings import ServeSettings
 
+#: `ServeSettings` fields that do not come, by the same name, from the config's ``serving``
+#: or ``inference_log`` section; every other field does (tests/unit/test_serving_settings.py
+#: fails when a field or its default differs between the two)
+NOT_FROM_SECTIONS = ("tracking_uri", "model_name", "alias", "inference_log_path",
+                     "log_predictions", "admin_token", "admin_token_hash", "model_loader")
+
 
 def serve_settings(config: Config) -> ServeSettings:
-    s = config.serving
-    log = config.inference_log
+    """What the Serve app needs of a project: the ``serving`` and ``inference_log`` sections'
+    fields by name, and the few that come from elsewhere."""
+    wanted = {f.name for f in dataclasses.fields(ServeSettings)} - set(NOT_FROM_SECTIONS)
+    by_name = {name: getattr(section, name)
+               for section in (config.serving, config.inference_log)
+               for name in type(section).model_fields if name in wanted}
     return ServeSettings(
+        **by_name,
         tracking_uri=config.tracking_uri,
         model_name=config.model_name,
-        app_name=s.app_name,
-        route_prefix=s.route_prefix,
-        host=s.host,
-        port=s.port,
-        num_replicas=s.num_replicas,
-        cpus_per_replica=s.cpus_per_replica,
-        poll_interval_s=s.poll_interval_s,
-        max_body_bytes=s.max_body_bytes,
-        body_timeout_s=s.body_timeout_s,
-        max_rows=s.max_rows,
-        max_columns=s.max_columns,
-        max_cells=s.max_cells,
-        allow_all_missing_rows=s.allow_all_missing_rows,
-        access_log=s.access_log,
         inference_log_path=config.inference_log_path,
-        log_predictions=log.enabled,
-        flush_rows=log.flush_rows,
-        flush_interval_s=log.flush_interval_s,
-        max_buffer_rows=log.max_buffer_rows,
+        log_predictions=config.inference_log.enabled,
         # Read when serving starts, not at config load: the secret never sits in the Config,
         # and ServeSettings keeps only its salted hash.
-        admin_token=os.environ.get(s.admin_token_env) or None,
-        admin_token_env=s.admin_token_env,
-        max_ongoing_requests=s.max_ongoing_requests,
-        version_threads=s.version_threads,
-        version_queue=s.version_queue,
-        version_timeout_s=s.version_timeout_s,
-        shadow_max_pending=s.shadow_max_pending,
-        batch_max_size=s.batch_max_size,
-        batch_wait_s=s.batch_wait_s,
+        admin_token=os.environ.get(config.serving.admin_token_env) or None,
     )
 
 
