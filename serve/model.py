@@ -84,6 +84,15 @@ async def _refused(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(exc)
 
 
+async def _registry(doing: str, request_id: str, call: Callable[..., Any], *args: Any) -> Any:
+    """``call(*args)`` on the registry, in a worker thread; any failure (unreachable, refused)
+    is the caller's 503, saying what could not be done."""
+    try:
+        return await run_in_threadpool(call, *args)
+    except Exception as exc:
+        raise Problem(503, f"{doing}: {type(exc).__name__}: {exc}", request_id) from None
+
+
 @serve.deployment(max_ongoing_requests=256, health_check_period_s=5)
 @serve.ingress(api)
 class ModelServer:
@@ -370,20 +379,14 @@ class ModelServer:
         once every version it names is loaded."""
         call = await self._admit(request, body_limit=admin.BODY_BYTES, parse=admin.split_body)
         request_id, split, s = call.request_id, call.body, self.settings
-        try:
-            missing = await run_in_threadpool(loader.unknown_versions, s.tracking_uri, s.model_name,
-                                              split.deployed)
-            if missing:
-                raise Problem(409, f"version(s) {missing} of model {s.model_name!r} are not "
-                               "registered; a split may only name registered versions",
-                               request_id)
-            await run_in_threadpool(loader.write_traffic_tag, s.tracking_uri, s.model_name,
-                                    json.dumps(split.to_dict()))
-        except Problem:  # a refusal from inside: answered as raised
-            raise
-        except Exception as exc:  # the registry is unreachable or refused the write
-            raise Problem(503, f"cannot write the split to the registry: "
-                           f"{type(exc).__name__}: {exc}", request_id) from None
+        doing = "cannot write the split to the registry"
+        missing = await _registry(doing, request_id, loader.unknown_versions, s.tracking_uri,
+                                  s.model_name, split.deployed)
+        if missing:
+            raise Problem(409, f"version(s) {missing} of model {s.model_name!r} are not "
+                           "registered; a split may only name registered versions", request_id)
+        await _registry(doing, request_id, loader.write_traffic_tag, s.tracking_uri,
+                        s.model_name, json.dumps(split.to_dict()))
         return JSONResponse(
             {"traffic": split.to_dict(), "request_id": request_id,
              "note": f"replicas apply it within {s.poll_interval_s:g} s once every version it "
@@ -395,18 +398,15 @@ class ModelServer:
         """All traffic back to the alias' version: removes the registry's split tag."""
         call = await self._admit(request)
         request_id, s = call.request_id, self.settings
-        try:
-            state = await run_in_threadpool(loader.registry_state, s.tracking_uri, s.model_name)
-            champion = state.aliases.get(s.alias)
-            if champion is None:
-                raise Problem(409, f"no version has the alias {s.alias!r}: there is nothing to "
-                               "roll back to; the split is left as it is", request_id)
-            await run_in_threadpool(loader.write_traffic_tag, s.tracking_uri, s.model_name, None)
-        except Problem:  # a refusal from inside: answered as raised
-            raise
-        except Exception as exc:  # the registry is unreachable or refused the write
-            raise Problem(503, f"cannot change the registry: {type(exc).__name__}: {exc}",
-                           request_id) from None
+        doing = "cannot change the registry"
+        state = await _registry(doing, request_id, loader.registry_state, s.tracking_uri,
+                                s.model_name)
+        champion = state.aliases.get(s.alias)
+        if champion is None:
+            raise Problem(409, f"no version has the alias {s.alias!r}: there is nothing to "
+                           "roll back to; the split is left as it is", request_id)
+        await _registry(doing, request_id, loader.write_traffic_tag, s.tracking_uri,
+                        s.model_name, None)
         return JSONResponse(
             {"traffic": TrafficSplit.single(champion).to_dict(), "champion": champion,
              "request_id": request_id},
@@ -418,11 +418,8 @@ class ModelServer:
         split this replica applies."""
         call = await self._admit(request)
         request_id, s = call.request_id, self.settings
-        try:
-            state = await run_in_threadpool(loader.registry_state, s.tracking_uri, s.model_name)
-        except Exception as exc:  # the registry is unreachable
-            raise Problem(503, f"cannot read the registry: {type(exc).__name__}: {exc}",
-                           request_id) from None
+        state = await _registry("cannot read the registry", request_id, loader.registry_state,
+                                s.tracking_uri, s.model_name)
         return JSONResponse({"rollout": admin.rollout_summary(state), "champion":
                              state.aliases.get(s.alias), **self._traffic(),
                              "request_id": request_id})
@@ -433,30 +430,20 @@ class ModelServer:
         Refused (409) while a rollout is in progress: roll it back or let it finish."""
         call = await self._admit(request, body_limit=admin.BODY_BYTES, parse=admin.promote_body)
         request_id, version, s = call.request_id, call.body, self.settings
-        try:
-            state = await run_in_threadpool(loader.registry_state, s.tracking_uri, s.model_name)
-            active = admin.rollout_summary(state)
-            if active and active.get("stage") not in ("completed", "rolled_back"):
-                raise Problem(409, f"a rollout of version {active.get('challenger')} is in "
-                               f"progress ({active.get('stage')}); roll it back first",
-                               request_id)
-            missing = await run_in_threadpool(loader.unknown_versions, s.tracking_uri, s.model_name,
-                                              (version,))
-            if missing:
-                raise Problem(409, f"version {version} of model {s.model_name!r} is not "
-                               "registered", request_id)
-        except Problem:  # a refusal from inside: answered as raised
-            raise
-        except Exception as exc:  # the registry is unreachable
-            raise Problem(503, f"cannot read the registry; nothing was changed: "
-                           f"{type(exc).__name__}: {exc}", request_id) from None
+        doing = "cannot read the registry; nothing was changed"
+        state = await _registry(doing, request_id, loader.registry_state, s.tracking_uri,
+                                s.model_name)
+        active = admin.rollout_summary(state)
+        if active and active.get("stage") not in ("completed", "rolled_back"):
+            raise Problem(409, f"a rollout of version {active.get('challenger')} is in "
+                           f"progress ({active.get('stage')}); roll it back first", request_id)
+        if await _registry(doing, request_id, loader.unknown_versions, s.tracking_uri,
+                           s.model_name, (version,)):
+            raise Problem(409, f"version {version} of model {s.model_name!r} is not "
+                           "registered", request_id)
         previous = state.aliases.get(s.alias)
-        try:
-            await run_in_threadpool(loader.set_alias, s.tracking_uri, s.model_name, s.alias,
-                                    version)
-        except Exception as exc:  # the registry refused the write: nothing moved
-            raise Problem(503, f"cannot move the alias; nothing was changed: "
-                           f"{type(exc).__name__}: {exc}", request_id) from None
+        await _registry("cannot move the alias; nothing was changed", request_id,
+                        loader.set_alias, s.tracking_uri, s.model_name, s.alias, version)
         try:
             await run_in_threadpool(loader.write_traffic_tag, s.tracking_uri, s.model_name, None)
         except Exception as exc:
