@@ -71,14 +71,10 @@ def _finished_trials(path: str, rounds: dict[str, int]) -> list[TrialResult]:
     trial's own copy in `RECORDS_DIR`, or the one in its Tune checkpoint), then those whose
     end the driver recorded in `RECORDS_DIR`, then those Tune's saved state says ended."""
     import pyarrow.fs as pafs
-    from ray import tune
-    from ray.tune import Checkpoint, ExperimentAnalysis
+    from ray.tune import Checkpoint
 
     fs, base = storage_fs(path)
-    # a trial saved while pending has no folder (and no path) yet; a driver that died before
-    # Tune first saved the experiment left no state at all
-    saved = {t.relative_logdir: t.status for t in ExperimentAnalysis(path).trials
-             if t.relative_logdir} if tune.Tuner.can_restore(path) else {}
+    saved = _saved_statuses(path)
     finals: dict[str, TrialResult] = {}
     ended: dict[str, TrialResult] = {}
 
@@ -124,6 +120,28 @@ def _finished_trials(path: str, rounds: dict[str, int]) -> list[TrialResult]:
         # else it was running: its sample runs again
     return [*(finals[t] for t in sorted(finals)),
             *(ended[t] for t in sorted(ended) if t not in finals)]
+
+
+def _saved_statuses(path: str) -> dict[str, str]:
+    """Each trial's status in Tune's saved experiment state, by trial folder name; empty when
+    there is no state to read.
+
+    A driver that died before Tune first saved the experiment left no state at all; one that
+    died while Tune copied the state to storage left it cut short (an empty file). Both are
+    read as no state: the trials' own records (`RECORDS_DIR`, final checkpoints) still say
+    which finished, and a trial only the lost state knew had ended runs again.
+    """
+    from ray import tune
+    from ray.tune import ExperimentAnalysis
+
+    if not tune.Tuner.can_restore(path):
+        return {}
+    try:
+        trials = ExperimentAnalysis(path).trials
+    except (ValueError, KeyError, TypeError):  # json.JSONDecodeError is a ValueError
+        return {}
+    # a trial saved while pending has no folder (and no path) yet
+    return {t.relative_logdir: t.status for t in trials if t.relative_logdir}
 
 
 def _ended_in_records(fs, paths: list[str], rounds: dict[str, int]) -> dict[str, TrialResult]:
