@@ -55,15 +55,15 @@ _REQUEST_ID_TEXT = re.compile(r"[\x20-\x7e]+")
 
 
 class _Frames(Protocol):
-    """Rows that make their frame on demand (`serve.schemas.Rows`)."""
+    """Rows as parsed, which make their frame on demand (`serve.schemas.Rows`)."""
+
+    infers_dtypes: bool
 
     def __len__(self) -> int: ...
 
+    def column(self, name: str) -> list[Any] | None: ...
+
     def frame(self) -> pd.DataFrame: ...
-
-
-def _as_frame(rows: pd.DataFrame | _Frames) -> pd.DataFrame:
-    return rows if isinstance(rows, pd.DataFrame) else rows.frame()
 
 
 class _Spec(Protocol):
@@ -74,8 +74,6 @@ class _Spec(Protocol):
 
     @property
     def kinds(self) -> tuple[str, ...]: ...
-
-
 
 
 @dataclass(frozen=True)

@@ -32,15 +32,12 @@ from serve.inference_log.schema import (
     PREDICTIONS,
     TIMESTAMP,
     LogStats,
-    _as_frame,
     _Frames,
     _Spec,
 )
 from serve.inference_log.storage import _atomic_write, resolve
 
 logger = logging.getLogger("retrain.serve.inference_log")
-
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +47,8 @@ class _PredictionEntry:
     model_version: str
     spec: _Spec
     #: the request's parsed rows as sent (before category encoding); extra columns ignored.
-    #: A `serve.schemas.Rows` (the lean request path builds no frame) is made a frame by the
-    #: writer thread, off the request's critical path, with the calls that made it before.
+    #: A `serve.schemas.Rows` (the lean request path builds no frame) is read by the writer
+    #: thread, off the request's critical path, as the frame it would make (`_feature_values`).
     frame: pd.DataFrame | _Frames
     predictions: np.ndarray
     latency_ms: float = math.nan
@@ -395,11 +392,8 @@ def _prediction_table(group: list[_Entry]) -> pa.Table:
         "error": (pa.nulls(sum(counts), pa.string()) if not any(errors) else pa.array(
             np.repeat(np.array(errors, dtype=object), counts), pa.string(), from_pandas=True)),
     }
-    # One concat of the whole frames (pandas' fast path when requests share their columns),
-    # then one vectorised conversion per feature: per-request column access cost 5x more.
-    frame = pd.concat([_as_frame(e.frame) for e in entries], ignore_index=True)
     for name, kind in zip(spec.names, spec.kinds, strict=True):
-        raw = frame[name] if name in frame else pd.Series([None] * len(frame), dtype=object)
+        raw = pd.Series(_feature_values(entries, name, kind), dtype=object)
         column = FEATURE_PREFIX + name if name in PREDICTION_COLUMNS.names else name
         if kind == "numeric":
             # the request passed the model's numeric check; None and NaN both mean missing
@@ -409,6 +403,26 @@ def _prediction_table(group: list[_Entry]) -> pa.Table:
             # as the feature spec learns and applies vocabularies: astype("string")
             columns[column] = pa.array(raw.astype("string"), pa.string(), from_pandas=True)
     return pa.table(columns)
+
+
+def _feature_values(entries: list[_PredictionEntry], name: str, kind: str) -> list[Any]:
+    """One feature's values over the group's rows, as the rows' frames hold them (None where a
+    request did not send it), read from the parsed rows without making a frame per request:
+    building those frames was most of the log's cost per request. A records body whose
+    category column holds a non-text value reads it from its frame, where pandas may have
+    retyped it (an int beside a null becomes a float, logged "1.0")."""
+    values: list[Any] = []
+    for entry in entries:
+        rows = entry.frame
+        if isinstance(rows, pd.DataFrame):
+            sent = rows[name].tolist() if name in rows else None
+        else:
+            sent = rows.column(name)
+            if (sent is not None and kind != "numeric" and rows.infers_dtypes
+                    and not all(v is None or isinstance(v, str) for v in sent)):
+                sent = rows.frame()[name].tolist()
+        values.extend([None] * entry.rows if sent is None else sent)
+    return values
 
 
 def _feedback_table(group: list[_Entry]) -> pa.Table:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import xgboost as xgb
 from hypothesis import HealthCheck, event, given, settings
@@ -264,26 +265,44 @@ def test_records_whose_ints_pandas_may_retype_take_the_pandas_path(column):
         model, parse_invocation(body), False).tobytes()
 
 
+def _logged_features(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The feature columns the log stored before it read parsed rows: one concat of the
+    requests' frames, then one conversion per feature."""
+    frame = pd.concat(frames, ignore_index=True)
+    out = {}
+    for name, kind in zip(NAMES, KINDS, strict=True):
+        raw = frame[name] if name in frame else pd.Series([None] * len(frame), dtype=object)
+        out[name] = (pd.to_numeric(raw, errors="coerce").astype("float64") if kind == "numeric"
+                     else raw.astype("string"))
+    return pa.table({name: pa.array(v, pa.float64() if kind == "numeric" else pa.string(),
+                                    from_pandas=True)
+                     for (name, v), kind in zip(out.items(), KINDS, strict=True)}).to_pandas()
+
+
 @settings(max_examples=200, deadline=None)
-@given(body=bodies(strict=True))
-def test_the_inference_log_keeps_what_it_kept(body):
-    """The log gets the parsed rows (no frame); its writer builds the frame the pandas path
-    built, so the stored table is the one it stored before, value for value."""
+@given(batch=st.lists(bodies(strict=True), min_size=1, max_size=4))
+def test_the_inference_log_keeps_what_it_kept(batch):
+    """The log gets the parsed rows (no frame); its writer reads each feature from them as the
+    frame the pandas path built holds it, so the stored table is the one it stored before,
+    value for value, for any mix of body formats flushed together."""
     from serve.inference_log.writer import _prediction_table, _PredictionEntry
 
-    def table(frame):
-        entry = _PredictionEntry(ts_ms=0, request_id="r", model_version="1", spec=SPEC,
-                                 frame=frame, predictions=np.zeros(len(frame)))
-        return _prediction_table([entry])
-
-    try:
-        rows = parse_rows(body)
-    except InvalidInput:
+    parsed = []
+    for body in batch:
+        try:
+            parsed.append((parse_rows(body), parse_invocation(body)))
+        except InvalidInput:
+            continue
+    if not parsed:
         return
-    new, old = table(rows), table(parse_invocation(body))
-    assert new.schema == old.schema
+    table = _prediction_table([
+        _PredictionEntry(ts_ms=0, request_id=f"r{i}", model_version="1", spec=SPEC,
+                         frame=rows, predictions=np.zeros(len(rows)))
+        for i, (rows, _) in enumerate(parsed)]).to_pandas()
     # pandas' comparison: NaN (a JSON NaN, or the null latency) equals NaN
-    pd.testing.assert_frame_equal(new.to_pandas(), old.to_pandas(), check_exact=True)
+    pd.testing.assert_frame_equal(table[list(NAMES)],
+                                  _logged_features([frame for _, frame in parsed]),
+                                  check_exact=True)
 
 
 def test_a_batch_mixes_lean_and_pandas_requests_and_answers_each_as_alone():
