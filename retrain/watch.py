@@ -185,6 +185,19 @@ class Controller:
         self._registry = self._registry or MlflowRegistry.from_config(self.config)
         return check(self.config, registry=self._registry, now=self._clock())
 
+    def _record_admin_moves(self) -> None:
+        """Copy the moves the Serve app's admin endpoints noted into the ledger, each at its
+        own time, before anything reads the ledger; then consume the notes."""
+        from retrain.operations import record_admin_moves
+        from serve.inference_log import consume_move, pending_moves
+
+        path = self.config.inference_log_path
+        moves = pending_moves(path)
+        for event in record_admin_moves(self.ledger, self.config.model_name, moves):
+            self._echo(f"recorded an admin move: {event.reasons[0]}")
+        for move in moves:
+            consume_move(path, move.id)
+
     def _demands(self) -> tuple[DemandRequest, ...]:
         from serve.inference_log import pending_requests
 
@@ -194,6 +207,7 @@ class Controller:
     def tick(self) -> Tick:
         """Check once; run a cycle when a trigger fires. Cycle errors are recorded, not raised."""
         now = datetime.fromtimestamp(self._clock(), tz=timezone.utc)
+        self._record_admin_moves()
         rollout = self._advance_rollout()
         report = self._monitor_report()
         drift = report.drift

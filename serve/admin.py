@@ -1,14 +1,19 @@
 """The admin endpoints' bodies read into typed values (a traffic split, a version to promote, a
-retrain reason), each refused with a 400 that says what to send, and the alias put back when a
-promotion cannot finish.
+retrain reason), each refused with a 400 that says what to send; the alias put back when a
+promotion cannot finish; and each move noted for the controller's ledger as it is made.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
+from starlette.requests import Request
+
 from serve.http import _BadBody
+from serve.inference_log import note_move
+from serve.inference_log.moves import Action
 from serve.loader import ROLLOUT_TAG, delete_alias, set_alias
 from serve.schemas import InvalidInput, check_text
 from serve.settings import ServeSettings
@@ -59,6 +64,30 @@ def retrain_body(body: Any) -> str:
         return check_text("'reason'", reason, max_chars=REASON_CHARS)
     except InvalidInput as exc:
         raise _BadBody(400, str(exc)) from None
+
+
+logger = logging.getLogger("retrain.serve")
+
+
+def caller(request: Request) -> str:
+    """Who sent the request, as the ledger and the retrain requests name them."""
+    return f"http {request.client.host if request.client else 'unknown'}"
+
+
+def note(s: ServeSettings, action: Action, made_by: str, request_id: str,
+         **what: Any) -> bool:
+    """Note a move just made for the controller, which copies it into the ledger with its time
+    and caller (`serve.inference_log.moves`). False, logged, when it cannot be noted: the
+    move stands, and the controller still sees an alias move in the registry."""
+    if not s.inference_log_path:
+        return False
+    try:
+        note_move(s.inference_log_path, action, made_by=made_by, request_id=request_id, **what)
+    except Exception as exc:  # the move is made; a note that fails must not turn it into a 5xx
+        logger.warning("could not note the %s move of request %s for the ledger: %s: %s",
+                       action, request_id, type(exc).__name__, exc)
+        return False
+    return True
 
 
 def restore_alias(s: ServeSettings, previous: str | None) -> str:

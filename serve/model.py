@@ -351,10 +351,10 @@ class ModelServer:
             "retrain requests cannot be stored: no inference log path is configured",
         )
         request_id = call.request_id
-        client = request.client.host if request.client else "unknown"
         try:
             assert path is not None  # `unavailable` answered otherwise
-            made = await run_in_threadpool(request_retrain, path, call.body, f"http {client}")
+            made = await run_in_threadpool(request_retrain, path, call.body,
+                                           admin.caller(request))
         except ValueError as exc:  # reason too long
             raise Problem(400, str(exc), request_id) from None
         except OSError as exc:
@@ -387,8 +387,10 @@ class ModelServer:
                            "registered; a split may only name registered versions", request_id)
         await _registry(doing, request_id, loader.write_traffic_tag, s.tracking_uri,
                         s.model_name, json.dumps(split.to_dict()))
+        noted = await run_in_threadpool(admin.note, s, "traffic", admin.caller(request),
+                                        request_id, weights=dict(split.weights))
         return JSONResponse(
-            {"traffic": split.to_dict(), "request_id": request_id,
+            {"traffic": split.to_dict(), "request_id": request_id, "noted": noted,
              "note": f"replicas apply it within {s.poll_interval_s:g} s once every version it "
                      "names is loaded; GET /admin/traffic shows what they apply"},
         )
@@ -407,9 +409,11 @@ class ModelServer:
                            "roll back to; the split is left as it is", request_id)
         await _registry(doing, request_id, loader.write_traffic_tag, s.tracking_uri,
                         s.model_name, None)
+        noted = await run_in_threadpool(admin.note, s, "rollback", admin.caller(request),
+                                        request_id, version=champion)
         return JSONResponse(
             {"traffic": TrafficSplit.single(champion).to_dict(), "champion": champion,
-             "request_id": request_id},
+             "request_id": request_id, "noted": noted},
         )
 
     @api.get("/admin/rollout")
@@ -452,9 +456,12 @@ class ModelServer:
             undone = await run_in_threadpool(admin.restore_alias, s, previous)
             raise Problem(503, f"cannot remove the traffic split ({type(exc).__name__}: "
                            f"{exc}); {undone}", request_id) from None
+        noted = await run_in_threadpool(admin.note, s, "promote", admin.caller(request),
+                                        request_id, version=version, previous=previous,
+                                        alias=s.alias)
         return JSONResponse({"champion": version, "previous": previous,
                              "traffic": TrafficSplit.single(version).to_dict(),
-                             "request_id": request_id})
+                             "request_id": request_id, "noted": noted})
 
     def check_health(self) -> None:
         # Serve restarts a replica whose check raises; a dead poller would freeze the split.

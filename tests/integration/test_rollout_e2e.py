@@ -21,9 +21,11 @@ import yaml
 from retrain.cli import main
 from retrain.config import load_config
 from retrain.ledger import EventKind, Ledger
+from retrain.operations import record_admin_moves
 from retrain.registry import CHAMPION, MlflowRegistry
 from retrain.rollout import Stage
 from retrain.traffic_control import RolloutDriver
+from serve.inference_log import pending_moves
 from serve.loader import LoadedModel, load_version
 from tests.conftest import wait_until
 from tests.integration.test_traffic_serve import Load, _health
@@ -222,25 +224,29 @@ def test_admin_http_status_rollback_and_promote_agree_with_driver_and_ledger(pro
         stopped = driver.step()  # the driver sees the split changed under it
         assert stopped.stage is Stage.ROLLED_BACK and "outside the rollout" in stopped.reason
         _serving_only(project, "1")
-        # no rollout now: the app may move the alias; the ledger learns it when seen
+        # no rollout now: the app may move the alias, and notes each move as it makes it
         moved = httpx.post(f"{url}/admin/promote", json={"version": "2"}, headers=auth)
         assert moved.status_code == 200 and moved.json()["previous"] == "1"
+        assert moved.json()["noted"] is True
         _serving_only(project, "2")
-        assert "outside move" in driver.record_outside_moves()
-        assert driver.record_outside_moves() is None  # recorded once
         assert httpx.post(f"{url}/admin/promote", json={"version": "99"},
                           headers=auth).status_code == 409
-        assert httpx.post(f"{url}/admin/promote", json={"version": "1"},
-                          headers=auth).status_code == 200
+        back = httpx.post(f"{url}/admin/promote", json={"version": "1"}, headers=auth)
+        assert back.status_code == 200
         _serving_only(project, "1")
-        driver.record_outside_moves()
     assert not load.failures(), load.failures()[:5]
-    ledger = Ledger(project["config"].ledger_path)
+    # the controller copies the notes into the ledger with each move's own time and caller
+    path, ledger = project["config"].inference_log_path, driver.ledger
+    copied = record_admin_moves(ledger, "rollout", pending_moves(path))
+    assert [(e.kind, e.traffic or None, e.version, e.previous_version) for e in copied] == [
+        (EventKind.TRAFFIC_STEP, {"1": 1.0}, None, None),  # the rollback under the rollout
+        (EventKind.ALIAS_MOVE, None, "2", "1"), (EventKind.ROLLBACK, None, "1", "2")]
+    assert copied[2].details["request_id"] == back.json()["request_id"]
+    assert copied[2].details["made_by"] == "http 127.0.0.1"
+    assert ledger.served_at("rollout", copied[2].at - 1e-3).version == "2"
     assert ledger.served_at("rollout", time.time()).version == "1"
-    observed = [e for e in ledger.events(model_name="rollout", kinds=[EventKind.ALIAS_MOVE])
-                if e.details.get("observed")]
-    assert [e.version for e in observed][-2:] == ["2", "1"]
-    assert observed[-1].previous_version == "2"
+    assert record_admin_moves(ledger, "rollout", pending_moves(path)) == []  # copied once
+    assert driver.record_outside_moves() is None  # the ledger knew the moves already
 
 
 def test_a_driver_process_killed_between_steps_is_resumed_by_the_next(project):

@@ -104,3 +104,53 @@ def test_reconcile_removes_a_split_left_without_a_rollout_and_records_it(tmp_pat
     assert driver.reconcile() == "in agreement: no rollout, no split"
     [event] = driver.ledger.events(model_name="m")
     assert event.kind is EventKind.TRAFFIC_STEP and event.details["reconciled"] is True
+
+
+# -- moves made through the admin endpoints -------------------------------------------------------
+
+
+def test_admin_moves_noted_by_the_app_reach_the_ledger_at_their_own_time_once(tmp_path):
+    from retrain.operations import record_admin_moves
+    from serve.inference_log import consume_move, note_move, pending_moves
+
+    log, ledger = tmp_path / "log", Ledger(tmp_path / "ledger.db")
+    by = {"made_by": "http 10.0.0.7"}
+    note_move(log, "traffic", request_id="r1", weights={"1": 0.9, "2": 0.1, "3": 0.0}, **by)
+    note_move(log, "rollback", request_id="r2", version="1", **by)
+    note_move(log, "promote", request_id="r3", version="3", previous="1", alias=CHAMPION, **by)
+    note_move(log, "promote", request_id="r4", version="2", previous="3", alias=CHAMPION, **by)
+    moves = pending_moves(log)
+    assert [m.request_id for m in moves] == ["r1", "r2", "r3", "r4"]  # oldest first
+
+    events = record_admin_moves(ledger, "m", moves)
+    assert [(e.kind.value, e.traffic, e.version, e.previous_version) for e in events] == [
+        ("traffic_step", {"1": 0.9, "2": 0.1}, None, None),
+        ("traffic_step", {"1": 1.0}, None, None),
+        ("alias_move", {}, "3", "1"),
+        ("rollback", {}, "2", "3")]
+    assert [e.at for e in events] == [m.made_at for m in moves]
+    assert events[3].details["request_id"] == "r4" and "10.0.0.7" in events[3].reasons[0]
+    assert ledger.served_at("m", moves[2].made_at).version == "3"
+    # a controller that died before consuming the notes copies nothing twice
+    assert record_admin_moves(ledger, "m", pending_moves(log)) == []
+    assert all(consume_move(log, m.id) for m in moves) and pending_moves(log) == []
+    assert not consume_move(log, moves[0].id)  # consumed once
+
+
+def test_a_note_no_move_could_have_made_is_skipped_not_recorded(tmp_path):
+    import json
+
+    from serve.inference_log import note_move, pending_moves
+
+    log = tmp_path / "log"
+    note_move(log, "promote", made_by="http x", request_id="ok", version="2")
+    (log / "moves" / "0-bad-weights.json").write_text(json.dumps(
+        {"id": "0-bad-weights", "action": "traffic", "made_at": 1.0, "made_by": "x",
+         "request_id": "r", "weights": {"1": 0.5}}))
+    (log / "moves" / "0-not-json.json").write_text("{")
+    (log / "moves" / "0-no-version.json").write_text(json.dumps(
+        {"id": "0-no-version", "action": "rollback", "made_at": 1.0, "made_by": "x",
+         "request_id": "r"}))
+    assert [m.request_id for m in pending_moves(log)] == ["ok"]
+    with pytest.raises(ValueError, match="traffic move"):
+        note_move(log, "traffic", made_by="x", request_id="r")

@@ -75,6 +75,25 @@ def test_a_request_in_the_inbox_starts_one_cycle_and_is_consumed(tmp_path):
     assert events[0].details["evaluation"]["inputs"]["demands"][0]["reason"] == "new labels"
 
 
+def test_each_tick_copies_the_admin_moves_noted_since_into_the_ledger_first(tmp_path):
+    from serve.inference_log import note_move, pending_moves
+
+    config = _config(tmp_path)
+    made = note_move(config.inference_log_path, "promote", made_by="http 10.1.2.3",
+                     request_id="req-7", version="4", previous="3", alias="champion")
+    with Controller(config, monitor=lambda c: _report(), run=lambda c: FakeResult(),
+                    clock=Clock()) as controller:
+        controller.tick()
+        controller.tick()
+    assert pending_moves(config.inference_log_path) == []
+    ledger = Ledger(config.ledger_path)
+    [move] = ledger.events(model_name="synthetic", kinds=[EventKind.ALIAS_MOVE])
+    assert (move.version, move.previous_version, move.at) == ("4", "3", made.made_at)
+    assert move.details["request_id"] == "req-7"
+    # recorded before the tick's trigger event, at the time the move was made
+    assert ledger.events(model_name="synthetic")[0].seq == move.seq
+
+
 def test_performance_drop_fires_after_debounce_then_cooldown_holds(tmp_path):
     config = _config(tmp_path)
     clock = Clock()
