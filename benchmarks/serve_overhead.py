@@ -9,10 +9,12 @@ request and the same load generator (retrain/loadgen.py) against:
 - ``bare-pandas``   the same server with the pandas path the app used before (parse, typed
                     frame, predict on the frame);
 - ``plain``         a minimal one-deployment Serve app (FastAPI ingress, the lean path);
-- ``traffic``       the retrain app (serve/model.py: traffic split, admin, inference log on);
+- ``traffic``       the retrain app (serve/model.py: traffic split, admin, inference log on,
+                    its default batching: only requests that queue are batched);
 - ``traffic-nolog`` the same app with the inference log off;
-- ``batched``       the retrain app (log off) with ``batch_max_size`` > 1 (``serve.batch``),
-                    against ``traffic-nolog`` at 32 and 128 clients.
+- ``batched``       the retrain app (log off) with ``--batch-size`` and ``--batch-wait``,
+                    against ``unbatched`` (log off, ``batch_max_size`` 0) at 32 and 128
+                    clients.
 
 Serve's settings are read where Ray starts, so each setting (``--settings``; see SETTINGS)
 runs in a child process with a Ray runtime of its own, and the bare servers (started once,
@@ -21,7 +23,7 @@ targets measured in the same minutes. Latency p50/p99 come from 1 client thread,
 throughput from ``--threads`` and 32 client threads.
 
 Usage: python benchmarks/serve_overhead.py [--settings default chosen ...] [--seconds 4]
-       [--blocks 2] [--threads 8] [--batch-size 32] [--batch-wait 0.005]
+       [--blocks 2] [--threads 8] [--batch-size 32] [--batch-wait 0]
        (internal: --bare PORT TRACKING_URI MODE, --child SETTING ARGS_JSON)
 """
 
@@ -240,6 +242,8 @@ def run_child(setting: str, args: dict) -> None:
                              inference_log_path=str(scratch / "inference"), **common))
         deploy(ServeSettings(app_name="traffic-nolog", route_prefix="/traffic-nolog",
                              **common))
+        deploy(ServeSettings(app_name="unbatched", route_prefix="/unbatched",
+                             batch_max_size=0, **common))
         deploy(ServeSettings(app_name="batched", route_prefix="/batched",
                              batch_max_size=args["batch_size"], batch_wait_s=args["batch_wait"],
                              admin_token=TOKEN, **common))
@@ -247,7 +251,7 @@ def run_child(setting: str, args: dict) -> None:
                    "plain": f"{base}/plain/invocations",
                    "traffic": f"{base}/traffic/invocations",
                    "traffic-nolog": f"{base}/traffic-nolog/invocations"}
-        batch = {"traffic-nolog": targets["traffic-nolog"],
+        batch = {"unbatched": f"{base}/unbatched/invocations",
                  "batched": f"{base}/batched/invocations"}
         for url in {**targets, **batch}.values():
             wait_ready(url)
@@ -318,7 +322,7 @@ def _print(results: list[dict], threads: int) -> None:
         size = r["batched_requests"] / max(r["batches"], 1)
         for clients in (32, 128):
             b = r["runs"][f"batch{clients}"]
-            plain, batched = b["traffic-nolog"]["rps"], b["batched"]["rps"]
+            plain, batched = b["unbatched"]["rps"], b["batched"]["rps"]
             print(f"{r['setting']:<20}{clients:>8}{plain:>10.0f}{batched:>9.0f}"
                   f"{batched / plain:>7.2f}{b['batched']['p99']:>8.1f}{size:>10.1f}")
 
@@ -331,7 +335,7 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8, help="client threads, throughput")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--batch-wait", type=float, default=0.005)
+    parser.add_argument("--batch-wait", type=float, default=0.0)
     parser.add_argument("--cpus", type=float, default=0.5, help="CPUs per replica (logical)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--bare", nargs=3, metavar=("PORT", "TRACKING_URI", "MODE"),

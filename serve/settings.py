@@ -68,10 +68,12 @@ class ServeSettings:
     version_timeout_s: float = 10.0
     #: shadow copies in flight per replica at most; more are dropped and counted
     shadow_max_pending: int = 64
-    #: > 1: concurrent requests to the same version are predicted together (``serve.batch``,
-    #: up to this many, waiting at most ``batch_wait_s`` for a batch to fill); 0 or 1: off
-    batch_max_size: int = 0
-    batch_wait_s: float = 0.002
+    #: > 1: requests to the same version that queue while its threads are busy are
+    #: predicted together, up to this many (`serve.versions.runner`; a lone request never
+    #: waits for a batch, so this costs nothing at low load); 0 or 1: off
+    batch_max_size: int = 32
+    #: how long a thread waits for a queued batch that is not full to fill; 0: not at all
+    batch_wait_s: float = 0.0
     #: ``module:function`` that loads one version: ``(tracking_uri, model_name, version) ->
     #: serve.loader.LoadedModel``; the seam for other model stores and for fault injection
     model_loader: str = "serve.loader:load_version"

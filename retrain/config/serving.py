@@ -56,10 +56,11 @@ class ServingConfig(_Section):
     version_timeout_s: float = Field(default=10.0, gt=0)
     #: shadow copies in flight per replica; more are dropped (and counted), never waited for
     shadow_max_pending: int = Field(default=64, ge=1)
-    #: > 1: concurrent requests to one version are predicted together (Serve batching), up
-    #: to this many, waiting at most batch_wait_s for a batch to fill; 0: off
-    batch_max_size: int = Field(default=0, ge=0)
-    batch_wait_s: float = Field(default=0.002, ge=0)
+    #: > 1: requests to one version that queue while its threads are busy are predicted
+    #: together, up to this many (a lone request never waits for a batch); 0: off
+    batch_max_size: int = Field(default=32, ge=0)
+    #: how long a thread waits for a queued batch that is not full to fill; 0: not at all
+    batch_wait_s: float = Field(default=0.0, ge=0)
 
 
 class InferenceLogConfig(_Section):

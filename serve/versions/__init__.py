@@ -18,7 +18,7 @@ the versions of one replica comes from these rules instead:
   an immutable `Routing`. A request reads the routing once and keeps its runner, so a
   version dropped from the map finishes what it has in flight.
 
-No Ray here except ``serve.batch``, imported only when batching is on.
+No Ray here.
 """
 
 from __future__ import annotations

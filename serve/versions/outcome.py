@@ -23,7 +23,7 @@ class Limits:
     timeout_s: float = 10.0
     #: shadow copies in flight at most; more are dropped and counted
     shadow_pending: int = 64
-    #: > 1: concurrent requests to a version are predicted together (``serve.batch``)
+    #: > 1: requests that queue for a busy version are predicted together, up to this many
     batch_max_size: int = 0
     batch_wait_s: float = 0.0
     #: False: a row in which every feature is missing is refused (400 naming it), since a

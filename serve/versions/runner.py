@@ -1,13 +1,23 @@
 """`VersionRunner`: one loaded version with its own bounded thread pool, its optional batch queue,
 and its shadow copies.
+
+Batching (``batch_max_size`` > 1) batches only when requests queue: a request that finds one
+of the version's threads free is predicted at once, alone; requests that arrive while every
+thread is busy wait in the version's queue, and the next thread to free takes up to
+``batch_max_size`` of them as one batch (waiting up to ``batch_wait_s`` for a batch that is
+not full to fill; 0, the default, takes what is there). So a lone caller never waits for a
+batch, and under load the batches grow with the queue. (Serve's ``@serve.batch``, used
+before, waits for every batch: see benchmarks/serve_overhead.py for what each paid.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -46,16 +56,11 @@ class VersionRunner:
         self._shadow_in_flight = 0
         self._retired = False
         self._closed = False
-        self._batched: Callable[..., Any] | None = None
-        if limits.batching:
-            from ray import serve
-
-            # One batch queue per version, so a slow version never holds up a batch of
-            # another one. The queue is made lazily on the replica's event loop.
-            self._batched = serve.batch(
-                max_batch_size=limits.batch_max_size,
-                batch_wait_timeout_s=limits.batch_wait_s,
-            )(self._predict_batch)
+        #: with batching on: requests waiting for a thread, and the threads taking batches
+        self._queued: deque[tuple[Rows | pd.DataFrame, float, asyncio.Future,
+                                  asyncio.AbstractEventLoop]] = deque()
+        self._draining = 0
+        self._filled = threading.Condition(self._lock)
 
     @property
     def version(self) -> str:
@@ -146,14 +151,62 @@ class VersionRunner:
                 done[i] = _Done(_ms_since(items[i][1]), exc=exc)
         return done  # type: ignore[return-value]
 
-    async def _predict_batch(self, items: list[tuple[Rows | pd.DataFrame, float]]
-                             ) -> list[_Done]:
-        self.counters.batched(len(items))
-        future = self._submit(self._score_many, items)
-        if future is None:
-            overloaded = Overloaded(self._saturated())
-            return [_Done(_ms_since(submitted), exc=overloaded) for _, submitted in items]
-        return await asyncio.wrap_future(future)
+    def _enqueue(self, raw: Rows | pd.DataFrame, submitted: float) -> asyncio.Future | None:
+        """Batching: the request's future, in the queue a thread takes batches from (a thread
+        is started when one is free); None when the queue is full."""
+        loop = asyncio.get_running_loop()
+        waiting = loop.create_future()
+        item = (raw, submitted, waiting, loop)
+        with self._lock:
+            start = self._draining < self.limits.threads
+            if not start and len(self._queued) >= self.limits.queue:
+                return None
+            self._queued.append(item)
+            self._draining += start
+            if len(self._queued) >= self.limits.batch_max_size:
+                self._filled.notify()
+        if start and self._submit(self._drain) is None:  # shadow copies fill the pool
+            with self._lock:
+                self._draining -= 1
+                # by identity: deque.remove would compare the rows (a frame's == is no bool)
+                at = next((i for i, queued in enumerate(self._queued) if queued is item), None)
+                if at is None:
+                    return waiting  # a running thread took it: it will be answered
+                del self._queued[at]
+            return None
+        return waiting
+
+    def _drain(self) -> list[_Done]:
+        """A pool thread's loop with batching on: take what is queued (up to a batch), score
+        it, hand the answers to the event loop in one call (one wake-up per batch, not per
+        request); end when the queue is empty."""
+        limit, wait = self.limits.batch_max_size, self.limits.batch_wait_s
+        first = True  # the request that found this thread free is not kept waiting
+        while True:
+            with self._lock:
+                if wait > 0 and not first and 0 < len(self._queued) < limit:
+                    self._filled.wait_for(lambda: len(self._queued) >= limit, timeout=wait)
+                first = False
+                batch = []
+                while self._queued and len(batch) < limit:
+                    item = self._queued.popleft()
+                    if not item[2].cancelled():  # cancelled: its caller timed out
+                        batch.append(item)
+                if not batch:  # the queue is empty
+                    self._draining -= 1
+                    return []
+            if len(batch) > 1:
+                self.counters.batched(len(batch))
+            try:
+                done = self._score_many([(rows, submitted) for rows, submitted, _, _ in batch])
+            except Exception as exc:  # never leave a caller waiting for its timeout
+                done = [_Done(_ms_since(submitted), exc=exc) for _, submitted, _, _ in batch]
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, _Done]]] = {}
+            for (_, _, waiting, loop), result in zip(batch, done, strict=True):
+                by_loop.setdefault(loop, []).append((waiting, result))
+            for loop, answers in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # its loop closed: nobody waits
+                    loop.call_soon_threadsafe(_answer, answers)
 
     def _saturated(self) -> str:
         return (f"version {self.version} has {self.limits.threads + self.limits.queue} "
@@ -163,14 +216,13 @@ class VersionRunner:
     async def predict(self, raw: Rows | pd.DataFrame) -> Outcome:
         """This version's answer to the request's parsed rows; never raises for a failure."""
         submitted = time.perf_counter()
-        if self._batched is not None:
-            waiting: asyncio.Future = asyncio.ensure_future(self._batched((raw, submitted)))
+        if self.limits.batching:
+            waiting = self._enqueue(raw, submitted)
         else:
             future = self._submit(self._score, raw, submitted)
-            if future is None:
-                return self._outcome(_Done(_ms_since(submitted),
-                                           exc=Overloaded(self._saturated())))
-            waiting = asyncio.wrap_future(future)
+            waiting = None if future is None else asyncio.wrap_future(future)
+        if waiting is None:
+            return self._outcome(_Done(_ms_since(submitted), exc=Overloaded(self._saturated())))
         finished, _ = await asyncio.wait({waiting}, timeout=self.limits.timeout_s)
         if not finished:
             # a queued task is taken off the queue; a running one cannot be stopped and
@@ -231,3 +283,10 @@ class VersionRunner:
                 raise done.exc
             seconds = seconds or time.perf_counter() - start
         return seconds
+
+
+def _answer(answers: list[tuple[asyncio.Future, _Done]]) -> None:
+    """On the event loop: each waiting request's answer (one whose caller gave up is skipped)."""
+    for waiting, done in answers:
+        if not waiting.done():
+            waiting.set_result(done)

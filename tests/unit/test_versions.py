@@ -28,9 +28,11 @@ class Booster:
         self.offset, self.raise_above, self.sleep_s, self.gate = (
             offset, raise_above, sleep_s, gate)
         self.calls = 0
+        self.sizes: list[int] = []  # rows per call
 
     def inplace_predict(self, frame: pd.DataFrame) -> np.ndarray:
         self.calls += 1
+        self.sizes.append(len(frame))
         if self.gate is not None:
             self.gate.wait(10)
         time.sleep(self.sleep_s)
@@ -173,6 +175,91 @@ def test_a_retired_version_finishes_in_flight_work_and_releases_its_threads():
     assert run(retire_midway()).ok
     assert r._closed and r.in_flight == 0
     assert run(r.predict(rows(2.0))).ok  # a straggler that read the old routing is served
+
+
+# -- batching: only when requests queue ---------------------------------------------------------
+
+
+async def _until(check, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.002)
+
+
+def _held(booster: Booster, gate: threading.Event, r: VersionRunner, *later: float,
+          settle_s: float = 0.05):
+    """Outcomes of a first request (x1 0) that holds the version's one thread at ``gate``,
+    and of requests for ``later`` sent while it is held; the gate opens once they are in."""
+    async def go():
+        first = asyncio.ensure_future(r.predict(rows(0.0)))
+        await _until(lambda: booster.calls == 1)
+        rest = [asyncio.ensure_future(r.predict(rows(x))) for x in later]
+        await asyncio.sleep(settle_s)
+        gate.set()
+        return await asyncio.gather(first, *rest)
+    return run(go())
+
+
+def test_batching_predicts_the_requests_that_queued_behind_a_busy_thread_together():
+    gate = threading.Event()
+    booster = Booster(1.0, gate=gate)
+    r = runner("1", booster, threads=1, batch_max_size=4)
+    outcomes = _held(booster, gate, r, *(float(x) for x in range(1, 7)))
+    assert all(o.ok for o in outcomes)
+    # each request gets its own row's answer
+    assert [o.predictions.tolist() for o in outcomes] == [
+        pytest.approx([1.0 + x / 10]) for x in range(7)]
+    # the first alone (it found the thread free); the six queued in batches of at most four
+    assert booster.sizes == [1, 4, 2]
+    assert (r.counters.batches, r.counters.batched_requests) == (2, 6)
+
+
+def test_with_batching_a_lone_request_never_waits_for_a_batch():
+    booster = Booster(1.0)
+    r = runner("1", booster, threads=1, batch_max_size=32, batch_wait_s=30.0)
+    outcome = run(asyncio.wait_for(r.predict(rows(2.0)), timeout=10))
+    assert outcome.ok and outcome.predictions.tolist() == pytest.approx([1.2])
+    assert booster.sizes == [1] and r.counters.batches == 0
+
+
+def test_with_batching_a_full_queue_refuses_at_once_and_the_queued_are_answered():
+    gate = threading.Event()
+    booster = Booster(0.0, gate=gate)
+    r = runner("1", booster, threads=1, queue=2, batch_max_size=8)
+    outcomes = _held(booster, gate, r, 1.0, 2.0, 3.0)
+    assert [o.status for o in outcomes] == [200, 200, 200, 503]
+    assert "retry later" in outcomes[3].error
+    assert booster.sizes == [1, 2]
+
+
+def test_with_batching_a_request_that_timed_out_in_the_queue_is_not_predicted():
+    gate = threading.Event()
+    booster = Booster(0.0, gate=gate)
+    r = runner("1", booster, threads=1, batch_max_size=8, timeout_s=0.2)
+    # the held request and the queued one both pass their timeout before the gate opens
+    outcomes = _held(booster, gate, r, 1.0, settle_s=0.5)
+    assert [o.status for o in outcomes] == [504, 504]
+    after = run(r.predict(rows(2.0)))
+    assert after.ok and after.predictions.tolist() == pytest.approx([0.2])
+    # the queued request was dropped when its caller gave up: never predicted
+    assert booster.sizes == [1, 1]
+
+
+def test_with_batching_a_pool_full_of_shadow_copies_refuses_a_request_at_once():
+    """Shadow copies hold every place in the pool (threads + queue): a live request cannot
+    start a thread to take it, so it is refused (503) rather than left in the queue."""
+    gate = threading.Event()
+    r = runner("1", Booster(gate=gate), threads=1, queue=1, batch_max_size=8,
+               shadow_pending=2)
+    assert [r.mirror(rows(1.0), lambda o: None) for _ in range(2)] == [True, True]
+    refused = run(r.predict(rows(2.0)))
+    assert refused.status == 503 and not r._queued
+    gate.set()
+    deadline = time.monotonic() + 5
+    while r.in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert run(r.predict(rows(3.0))).ok  # once the copies are done, it answers again
 
 
 def test_counters_summarise_outcomes():
