@@ -41,6 +41,10 @@ from serve.versions.outcome import (
 
 logger = logging.getLogger("retrain.serve.versions")
 
+#: a request waiting for a thread with batching on: its rows, when it came, its future, and
+#: the event loop that future belongs to
+_Queued = tuple[Rows | pd.DataFrame, float, asyncio.Future, asyncio.AbstractEventLoop]
+
 
 class VersionRunner:
     """One loaded version with its own bounded pool (see the module docstring)."""
@@ -57,8 +61,7 @@ class VersionRunner:
         self._retired = False
         self._closed = False
         #: with batching on: requests waiting for a thread, and the threads taking batches
-        self._queued: deque[tuple[Rows | pd.DataFrame, float, asyncio.Future,
-                                  asyncio.AbstractEventLoop]] = deque()
+        self._queued: deque[_Queued] = deque()
         self._draining = 0
         self._filled = threading.Condition(self._lock)
 
@@ -187,7 +190,7 @@ class VersionRunner:
                 if wait > 0 and not first and 0 < len(self._queued) < limit:
                     self._filled.wait_for(lambda: len(self._queued) >= limit, timeout=wait)
                 first = False
-                batch = []
+                batch: list[_Queued] = []
                 while self._queued and len(batch) < limit:
                     item = self._queued.popleft()
                     if not item[2].cancelled():  # cancelled: its caller timed out
