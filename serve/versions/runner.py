@@ -149,9 +149,11 @@ class VersionRunner:
                 alone += group
         for i, x in alone:
             try:
-                done[i] = _Done(_ms_since(items[i][1]), predictions=self.scorer.predict(x))
+                scores = self.scorer.predict(x)  # before the clock is read: it is the cost
             except Exception as exc:
                 done[i] = _Done(_ms_since(items[i][1]), exc=exc)
+            else:
+                done[i] = _Done(_ms_since(items[i][1]), predictions=scores)
         return done  # type: ignore[return-value]
 
     def _enqueue(self, raw: Rows | pd.DataFrame, submitted: float) -> asyncio.Future | None:

@@ -223,6 +223,19 @@ def test_with_batching_a_lone_request_never_waits_for_a_batch():
     assert booster.sizes == [1] and r.counters.batches == 0
 
 
+def test_with_batching_a_requests_latency_includes_its_prediction():
+    """Alone or in a batch, the latency the log and the rollout's p99 gate read counts the
+    prediction itself (a slow version must look slow)."""
+    gate = threading.Event()
+    booster = Booster(0.0, gate=gate, sleep_s=0.1)
+    r = runner("1", booster, threads=1, batch_max_size=8)
+    outcomes = _held(booster, gate, r, 1.0, 2.0)
+    assert booster.sizes == [1, 2]
+    assert all(o.ok and o.latency_ms >= 100 for o in outcomes), outcomes
+    alone = run(r.predict(rows(3.0)))
+    assert alone.ok and alone.latency_ms >= 100
+
+
 def test_with_batching_a_full_queue_refuses_at_once_and_the_queued_are_answered():
     gate = threading.Event()
     booster = Booster(0.0, gate=gate)
