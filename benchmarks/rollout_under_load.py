@@ -14,6 +14,7 @@ Per window: requests, failures, p50/p99/max latency and the longest gap between 
 no stall over 1 s.
 
 Usage: python benchmarks/rollout_under_load.py [--threads 3] [--steady-s 15] [--bake-s 3]
+       [--batch-max-size N]
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=3)
     parser.add_argument("--steady-s", type=float, default=15.0)
     parser.add_argument("--bake-s", type=float, default=3.0)
+    parser.add_argument("--batch-max-size", type=int, default=None,
+                        help="serving.batch_max_size (default: the app's; 0: no batching)")
     args = parser.parse_args()
 
     os.environ.setdefault("RAY_AUTH_MODE", "token")
@@ -93,7 +96,9 @@ def main() -> None:
         "project": {"name": "bench", "workdir": str(root / "work")},
         "data": {"path": str(root / "data"), "partition_column": "period", "target": "label"},
         "task": {"type": "classification", "metric": "auc"},
-        "serving": {"port": port, "cpus_per_replica": 0.5, "poll_interval_s": 0.5},
+        "serving": {"port": port, "cpus_per_replica": 0.5, "poll_interval_s": 0.5,
+                    **({} if args.batch_max_size is None
+                       else {"batch_max_size": args.batch_max_size})},
         "inference_log": {"flush_interval_s": 0.5},
         "rollout": {"enabled": True, "smoke": {"requests": 3},
                     "shadow": {"duration_s": args.bake_s, "min_requests": 50},
