@@ -5,6 +5,7 @@ reported by its path in the file.
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 import difflib
 import os
 import types
@@ -113,7 +114,8 @@ def _format_problem(
         if part not in _UNION_TAGS and not str(part).startswith("function-")
     )
     where = ".".join(loc) or "(top level)"
-    if error["type"] == "extra_forbidden":
+    # a section that is a dataclass (rollout.gates) reports an unknown key as an argument
+    if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         parent, name = loc[:-1], loc[-1]
         keys = sorted(known(parent))
         close = difflib.get_close_matches(name, keys, n=1)
@@ -143,6 +145,8 @@ def _keys_at(annotation: Any, path: tuple[str, ...]) -> set[str]:
             return set(annotation.model_fields)
         field = annotation.model_fields.get(path[0])
         return _keys_at(field.annotation, path[1:]) if field is not None else set()
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation) and not path:
+        return {f.name for f in dataclasses.fields(annotation)}  # a core value as a section
     if not path:
         return set()
     if origin in (list, tuple, set, frozenset, collections.abc.Sequence) and args:

@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from retrain.config.base import _Section
 from retrain.errors import InvalidValueError
+from retrain.rollout.plan import GateLimits
 
 
 class MlflowConfig(_Section):
@@ -133,26 +134,6 @@ class CanaryConfig(_Section):
         return self
 
 
-class GatesConfig(_Section):
-    """Checked at every rollout step against the champion on the same traffic."""
-
-    #: the challenger's error rate may exceed the champion's by at most this
-    max_error_rate: float = Field(default=0.01, ge=0, lt=1)
-    #: p99 latency: challenger <= max_latency_ratio x champion + latency_slack_ms (empty: off)
-    max_latency_ratio: float | None = Field(default=1.5, gt=0)
-    latency_slack_ms: float = Field(default=5.0, ge=0)
-    #: absolute p99 limit of the challenger (empty: none)
-    max_latency_ms: float | None = Field(default=None, gt=0)
-    #: prediction shift against the champion's: fails when PSI reaches this and a KS test is
-    #: significant at shift_alpha (empty: off)
-    max_prediction_psi: float | None = Field(default=0.2, gt=0)
-    shift_alpha: float = Field(default=0.01, gt=0, lt=1)
-    #: where labels have arrived: the challenger's live metric may be worse by this (empty: off)
-    live_metric_tolerance: float | None = Field(default=0.02, ge=0)
-    #: labelled predictions per version before the live metric counts
-    min_labelled: int = Field(default=200, ge=1)
-
-
 class RolloutConfig(_Section):
     """How a promoted version reaches live traffic: smoke, shadow, canary steps, gates."""
 
@@ -166,7 +147,8 @@ class RolloutConfig(_Section):
     smoke: SmokeConfig = SmokeConfig()
     shadow: ShadowConfig = ShadowConfig()
     canary: CanaryConfig = CanaryConfig()
-    gates: GatesConfig = GatesConfig()
+    #: checked at every step against the champion on the same traffic (`GateLimits`)
+    gates: GateLimits = GateLimits()
     #: the old version retires this long after the last step (in-flight requests drain)
     drain_s: float = Field(default=30.0, ge=0)
 

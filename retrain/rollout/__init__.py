@@ -25,10 +25,33 @@ collects the observations; every value here round-trips through ``to_dict`` / ``
 
 from __future__ import annotations
 
-from retrain.rollout.gates import GateStatus, evaluate_gates, prediction_shift
-from retrain.rollout.machine import Rollout, ledger_event
-from retrain.rollout.observe import Observation, PredictionSummary, VersionStats
-from retrain.rollout.plan import GateLimits, RolloutPlan, Stage, Step
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from retrain.rollout.gates import GateStatus, evaluate_gates, prediction_shift
+    from retrain.rollout.machine import Rollout, ledger_event
+    from retrain.rollout.observe import Observation, PredictionSummary, VersionStats
+    from retrain.rollout.plan import GateLimits, RolloutPlan, Stage, Step
+
+# Lazy, so that the config (whose rollout.gates section is `GateLimits`) imports the plan
+# alone, not the gates' numpy and scipy.
+_EXPORTS = {
+    **dict.fromkeys(("GateStatus", "evaluate_gates", "prediction_shift"), "gates"),
+    **dict.fromkeys(("Rollout", "ledger_event"), "machine"),
+    **dict.fromkeys(("Observation", "PredictionSummary", "VersionStats"), "observe"),
+    **dict.fromkeys(("GateLimits", "RolloutPlan", "Stage", "Step"), "plan"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'retrain.rollout' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"retrain.rollout.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "GateLimits",

@@ -171,7 +171,7 @@ def _shift(limits: GateLimits, obs: Observation, min_requests: int) -> GateResul
     return GateResult("prediction_shift", GateStatus.PASS, said, inputs)
 
 
-def _live_metric(limits: GateLimits, obs: Observation) -> GateResult:
+def _live_metric(limits: GateLimits, obs: Observation, greater: bool) -> GateResult:
     if limits.live_metric_tolerance is None:
         return GateResult("live_metric", GateStatus.SKIP, "no live metric tolerance")
     chal, champ = obs.challenger, obs.champion
@@ -184,11 +184,11 @@ def _live_metric(limits: GateLimits, obs: Observation) -> GateResult:
         return GateResult("live_metric", GateStatus.SKIP,
                           f"labels not arrived: challenger {chal.labelled}, champion "
                           f"{champ.labelled} of {limits.min_labelled} needed", inputs)
-    sign = 1.0 if limits.greater_is_better else -1.0
+    sign = 1.0 if greater else -1.0
     gain = sign * (chal.live_metric - champ.live_metric)
     inputs["gain"] = gain
     said = (f"live metric {chal.live_metric:.4g} against the champion's "
-            f"{champ.live_metric:.4g} ({'higher' if limits.greater_is_better else 'lower'} is "
+            f"{champ.live_metric:.4g} ({'higher' if greater else 'lower'} is "
             f"better; tolerance {limits.live_metric_tolerance:g})")
     if gain < -limits.live_metric_tolerance:
         return GateResult("live_metric", GateStatus.FAIL, said, inputs)
@@ -206,5 +206,5 @@ def evaluate_gates(plan: RolloutPlan, observation: Observation, *,
         _errors(limits, observation, min_requests),
         _latency(limits, observation, min_requests),
         _shift(limits, observation, min_requests),
-        _live_metric(limits, observation),
+        _live_metric(limits, observation, plan.greater_is_better),
     ]

@@ -87,24 +87,27 @@ class Step:
 
 @dataclass(frozen=True)
 class GateLimits:
-    """Thresholds of the gates; every comparison is challenger against champion."""
+    """Thresholds of the gates; every comparison is challenger against champion. Also the
+    config's ``rollout.gates`` section (pydantic validates it as this dataclass: unknown keys
+    refused, these checks applied), so each limit is defined once."""
+
+    __pydantic_config__ = {"extra": "forbid"}  # read by pydantic only; not a field
 
     #: the challenger's error rate may exceed the champion's by at most this
     max_error_rate: float = 0.01
-    #: p99 latency: challenger <= max_latency_ratio * champion + latency_slack_ms
+    #: p99 latency: challenger <= max_latency_ratio x champion + latency_slack_ms (None: off)
     max_latency_ratio: float | None = 1.5
     latency_slack_ms: float = 5.0
-    #: absolute p99 limit of the challenger
+    #: absolute p99 limit of the challenger (None: none)
     max_latency_ms: float | None = None
-    #: prediction shift: fails when PSI reaches this *and* KS is significant at shift_alpha
+    #: prediction shift against the champion's: fails when PSI reaches this *and* a KS test
+    #: is significant at shift_alpha (None: off)
     max_prediction_psi: float | None = 0.2
     shift_alpha: float = 0.01
-    #: live metric: fails when the challenger is worse by more than this
+    #: where labels have arrived: the challenger's live metric may be worse by this (None: off)
     live_metric_tolerance: float | None = 0.02
     #: labelled predictions per version before the live metric counts
     min_labelled: int = 200
-    #: the direction of the live metric (auc: True, rmse: False)
-    greater_is_better: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= _number("max_error_rate", self.max_error_rate) < 1:
@@ -119,9 +122,6 @@ class GateLimits:
         if not 0 < _number("shift_alpha", self.shift_alpha) < 1:
             raise InvalidValueError(f"shift_alpha must be in (0, 1), but got {self.shift_alpha}")
         _count("min_labelled", self.min_labelled, low=1)
-        if not isinstance(self.greater_is_better, bool):
-            raise InvalidValueError(f"greater_is_better must be a bool, but got "
-                                    f"{self.greater_is_better!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -145,6 +145,8 @@ class RolloutPlan:
     sticky_key: str | None = None
     #: the old version retires this long after the rollout completes (in-flight requests)
     drain_s: float = 30.0
+    #: the direction of the live metric (auc: True, rmse: False), from the task
+    greater_is_better: bool = True
 
     def __post_init__(self) -> None:
         steps = tuple(self.steps)
@@ -170,6 +172,9 @@ class RolloutPlan:
         if not isinstance(self.gates, GateLimits):
             raise InvalidValueError(f"gates must be GateLimits, but got {self.gates!r}")
         TrafficSplit.single("1", sticky_key=self.sticky_key)  # the same check as the router's
+        if not isinstance(self.greater_is_better, bool):
+            raise InvalidValueError(f"greater_is_better must be a bool, but got "
+                                    f"{self.greater_is_better!r}")
         object.__setattr__(self, "drain_s", _number("drain_s", self.drain_s, low=0))
 
     @classmethod
@@ -189,23 +194,22 @@ class RolloutPlan:
                 canary.bake_s if step.bake_s is None else step.bake_s,
                 canary.min_requests if step.min_requests is None else step.min_requests,
             ))
-        g = section.gates
-        gates = GateLimits(
-            max_error_rate=g.max_error_rate, max_latency_ratio=g.max_latency_ratio,
-            latency_slack_ms=g.latency_slack_ms, max_latency_ms=g.max_latency_ms,
-            max_prediction_psi=g.max_prediction_psi, shift_alpha=g.shift_alpha,
-            live_metric_tolerance=g.live_metric_tolerance, min_labelled=g.min_labelled,
-            greater_is_better=config.task.greater_is_better,
-        )
-        return cls(tuple(steps), gates, sticky_key=section.sticky_key, drain_s=section.drain_s)
+        return cls(tuple(steps), section.gates, sticky_key=section.sticky_key,
+                   drain_s=section.drain_s, greater_is_better=config.task.greater_is_better)
 
     def to_dict(self) -> dict[str, Any]:
         return {"steps": [s.to_dict() for s in self.steps], "gates": self.gates.to_dict(),
-                "sticky_key": self.sticky_key, "drain_s": self.drain_s}
+                "sticky_key": self.sticky_key, "drain_s": self.drain_s,
+                "greater_is_better": self.greater_is_better}
 
     @classmethod
     def from_dict(cls, raw: Any) -> RolloutPlan:
-        raw = _known("RolloutPlan", raw, ("steps", "gates", "sticky_key", "drain_s"))
-        return cls(tuple(Step.from_dict(s) for s in raw["steps"]),
-                   GateLimits.from_dict(raw["gates"]), sticky_key=raw.get("sticky_key"),
-                   drain_s=raw.get("drain_s", 30.0))
+        raw = _known("RolloutPlan", raw,
+                     ("steps", "gates", "sticky_key", "drain_s", "greater_is_better"))
+        gates = dict(raw["gates"]) if isinstance(raw["gates"], dict) else raw["gates"]
+        # a plan saved before the direction moved here kept it among the gates
+        greater = raw.get("greater_is_better", gates.pop("greater_is_better", True)
+                          if isinstance(gates, dict) else True)
+        return cls(tuple(Step.from_dict(s) for s in raw["steps"]), GateLimits.from_dict(gates),
+                   sticky_key=raw.get("sticky_key"), drain_s=raw.get("drain_s", 30.0),
+                   greater_is_better=greater)

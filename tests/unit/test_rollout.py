@@ -1,6 +1,7 @@
 """The rollout state machine, its plan and its gates: pure, on seeded synthetic observations."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -235,7 +236,7 @@ def test_nan_predictions_roll_back():
 def test_live_metric_worse_than_the_champions_rolls_back(task, champion, challenger, fails):
     config = config_from_dict({**MINIMAL, "task": {"type": task}})
     plan = RolloutPlan.from_config(config)
-    rollout = _start(RolloutPlan(plan.steps[2:], plan.gates))  # from the first canary step
+    rollout = _start(replace(plan, steps=plan.steps[2:]))  # from the first canary step
     obs = _obs(champion={"metric": champion, "labelled": 500}, metric=challenger, labelled=500)
     after = rollout.advance(obs, 1000.0)
     if fails:
@@ -394,7 +395,22 @@ def test_plan_from_config_numbers_and_overrides():
     )
     assert plan.sticky_key == "x-user-id" and plan.drain_s == 5
     assert plan.gates.max_latency_ratio is None and plan.gates.max_prediction_psi == 0.1
-    assert plan.gates.greater_is_better
+    assert plan.greater_is_better
+    # the config's gates section is the plan's value itself: one definition per limit
+    section = config_from_dict(raw).rollout.gates
+    assert isinstance(section, GateLimits) and plan.gates == section
+
+
+def test_a_plan_saved_with_the_direction_among_its_gates_reads_back():
+    """Plans saved before the metric's direction moved from the gates to the plan (a rollout
+    in progress across an upgrade) read back with it."""
+    plan = RolloutPlan.from_config(config_from_dict({**MINIMAL, "task": {"type": "regression"}}))
+    assert plan.greater_is_better is False
+    saved = plan.to_dict()
+    assert RolloutPlan.from_dict(saved) == plan
+    older = {**saved, "gates": {**saved.pop("gates"), "greater_is_better": False}}
+    del older["greater_is_better"]
+    assert RolloutPlan.from_dict(older) == plan
 
 
 def test_default_config_plan_is_smoke_shadow_and_four_canary_steps():
