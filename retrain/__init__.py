@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         RetrainWarning,
         SearchError,
         StateError,
+        UsageError,
     )
     from retrain.evaluate import Comparison
     from retrain.ledger import EventKind, Ledger, LedgerEvent, ServedAt
@@ -49,7 +50,8 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "retrain.decide": ("Decision", "Verdict", "decide"),
     "retrain.errors": ("BusyError", "ClusterError", "ConfigError", "DataError",
                        "InvalidValueError", "ModelNotFoundError", "RegistryError",
-                       "RetrainError", "RetrainWarning", "SearchError", "StateError"),
+                       "RetrainError", "RetrainWarning", "SearchError", "StateError",
+                       "UsageError"),
     "retrain.evaluate": ("Comparison",),
     "retrain.ledger": ("EventKind", "Ledger", "LedgerEvent", "ServedAt"),
     "retrain.pipeline": ("CycleResult", "run_cycle"),
@@ -80,6 +82,7 @@ __all__ = [
     "ServedAt",
     "StateError",
     "TrialResult",
+    "UsageError",
     "Verdict",
     "config_from_dict",
     "decide",

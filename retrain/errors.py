@@ -2,6 +2,7 @@
 
     RetrainError                  root: catch this to catch everything retrain raises
     ├── ConfigError               the project YAML (or a value passed in code) is invalid
+    ├── UsageError                a command was used wrongly (an argument missing or malformed)
     ├── InvalidValueError         a value given to a function, or read back, is invalid (also a
     │                             ValueError)
     ├── DataError                 the dataset is missing, empty, or does not fit the config
@@ -38,6 +39,13 @@ class ConfigError(RetrainError):
     def __init__(self, message: str, *, problems: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.problems = problems
+
+
+class UsageError(RetrainError):
+    """A command (CLI or API call) was used wrongly: an argument is missing, malformed or
+    conflicts with another; the message shows the right use. Exit code 2, as argparse's."""
+
+    exit_code = 2
 
 
 class InvalidValueError(RetrainError, ValueError):

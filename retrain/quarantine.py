@@ -86,11 +86,11 @@ def readmit(config, value: str, *, reason: str) -> dict:
     in the ledger (who asked is the reason's to say). Raises `DataError` for an unknown
     partition and `StateError` for one that is not held."""
     from retrain.data import list_partitions
-    from retrain.errors import ConfigError, DataError
+    from retrain.errors import DataError, UsageError
     from retrain.ledger import EventKind, Ledger, LedgerEvent
 
     if not reason.strip():
-        raise ConfigError("--reason is required: say why the partition may be trained on as "
+        raise UsageError("--reason is required: say why the partition may be trained on as "
                           "it is (it is recorded in the ledger)")
     partitions = {p.value: p for p in list_partitions(config.data)}
     if value not in partitions:

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from retrain.config import Config
-from retrain.errors import ConfigError, RetrainError
+from retrain.errors import ConfigError, RetrainError, StateError
 from retrain.files import write_json_atomic
 from retrain.ledger import EventKind, Ledger, LedgerEvent
 from retrain.monitor import live_metric
@@ -227,12 +227,12 @@ class RolloutDriver:
 
         current = self.active()
         if current is not None:
-            raise ConfigError(
+            raise StateError(
                 f"a rollout of version {current.challenger} is in progress "
                 f"({current.stage}); finish it or `retrain rollout rollback` first")
         champion = self.registry.alias_version(CHAMPION)
         if champion is None:
-            raise ConfigError("there is no champion to roll out against: the first version "
+            raise StateError("there is no champion to roll out against: the first version "
                               "goes straight to the champion alias (`retrain rollout promote`)")
         self.registry.require_version(str(challenger))
         rollout = Rollout.start(RolloutPlan.from_config(self.config), champion=champion,
@@ -245,7 +245,7 @@ class RolloutDriver:
         """Observe the current step and advance it (or roll back, or wait)."""
         rollout = self.active()
         if rollout is None:
-            raise ConfigError("no rollout in progress; start one with `retrain rollout start`")
+            raise StateError("no rollout in progress; start one with `retrain rollout start`")
         applied = self.store.read()
         if applied != self._applied(rollout):
             # POST /admin/rollback, `retrain rollout traffic` or a hand edit changed the split
@@ -264,7 +264,7 @@ class RolloutDriver:
     def roll_back(self, reason: str) -> Rollout:
         rollout = self.active()
         if rollout is None:
-            raise ConfigError("no rollout in progress to roll back")
+            raise StateError("no rollout in progress to roll back")
         return self._commit(rollout, rollout.roll_back(reason, self.clock()))
 
     def run(self, *, poll_s: float = 1.0, timeout_s: float | None = None) -> Rollout:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from retrain.cli.serving import _starts_local_ray
-from retrain.errors import ConfigError
+from retrain.errors import UsageError
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
@@ -18,7 +18,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
     path = Path(args.path)
     if path.exists() and not args.force:
-        raise ConfigError(f"{path} exists; pass --force to overwrite it")
+        raise UsageError(f"{path} exists; pass --force to overwrite it")
     path.write_text(example_yaml(args.name))
     print(f"wrote {path}; edit data.path, data.partition_column and data.target, then run "
           f"`retrain validate --config {path}`")
@@ -112,7 +112,7 @@ def _parse_time(text: str) -> float:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise ConfigError(
+        raise UsageError(
             f"--at {text!r} is neither unix seconds nor an ISO time like 2026-11-27T14:30:00"
         ) from None
     if moment.tzinfo is None:

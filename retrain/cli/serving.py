@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from retrain.errors import ConfigError
+from retrain.errors import StateError, UsageError
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -90,7 +90,7 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
     if action == "status":
         return _rollout_status(driver)
     if action in ("start", "promote") and not args.version:
-        raise ConfigError(f"rollout {action} needs a VERSION, e.g. `retrain rollout {action} 4`")
+        raise UsageError(f"rollout {action} needs a VERSION, e.g. `retrain rollout {action} 4`")
     if action == "start":
         rollout = driver.start(args.version)
         print(_rollout_line(rollout))
@@ -107,7 +107,7 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
         print(driver.reconcile())
     elif action == "promote":
         if driver.active() is not None:
-            raise ConfigError("a rollout is in progress; roll it back first, or let it finish")
+            raise StateError("a rollout is in progress; roll it back first, or let it finish")
         before = move_champion(driver.registry, driver.ledger, config.model_name, args.version,
                                reasons=(f"operator: {args.reason}",))
         driver.store.write(None)  # no split: all traffic to the alias, as the move says
@@ -138,18 +138,18 @@ def _rollout_traffic(args: argparse.Namespace, config, driver) -> None:
     from serve.traffic import TrafficSplit
 
     if driver.active() is not None:
-        raise ConfigError("a rollout is in progress and owns the split; roll it back first")
+        raise StateError("a rollout is in progress and owns the split; roll it back first")
     weights = {}
     for item in ([args.version] if args.version else []) + args.weights:
         version, _, weight = item.partition("=")
         try:
             weights[version] = float(weight)
         except ValueError:
-            raise ConfigError(f"traffic {item!r}: expected VERSION=WEIGHT, e.g. 3=0.9") from None
+            raise UsageError(f"traffic {item!r}: expected VERSION=WEIGHT, e.g. 3=0.9") from None
     try:
         split = TrafficSplit(weights, shadow=args.shadow, sticky_key=config.rollout.sticky_key)
     except ValueError as exc:
-        raise ConfigError(f"traffic: {exc}") from None
+        raise UsageError(f"traffic: {exc}") from None
     set_traffic(driver.store, driver.ledger, config.model_name, split,
                 reasons=(f"operator: {args.reason}",), details={"split": split.to_dict()})
     print(f"registry split: {json.dumps(split.to_dict())}")

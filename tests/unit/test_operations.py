@@ -154,3 +154,15 @@ def test_a_note_no_move_could_have_made_is_skipped_not_recorded(tmp_path):
     assert [m.request_id for m in pending_moves(log)] == ["ok"]
     with pytest.raises(ValueError, match="traffic move"):
         note_move(log, "traffic", made_by="x", request_id="r")
+
+
+def test_a_move_that_does_not_fit_the_rollouts_state_is_a_state_error(tmp_path):
+    from retrain.errors import StateError
+
+    registry = _registry()
+    driver = _driver(tmp_path, registry)
+    with pytest.raises(StateError, match="no champion to roll out against"):
+        driver.start("2")
+    with pytest.raises(StateError, match="no rollout in progress"):
+        driver.step()
+    assert StateError.exit_code == 8
