@@ -57,8 +57,8 @@ def _run_cycle(config: Config, *, echo=None, resume: bool = False) -> CycleResul
                                      resumed)
     if admission is not None:
         say(admission.summary())
-    split, lineage, champion = _read_data(config, registry, partitions, excluded,
-                                          champion_version, say)
+    split, lineage, champion, data_parallel = _read_data(config, registry, partitions,
+                                                         excluded, champion_version, say)
     if champion is None and split.holds_training_rows and resumed is None:
         # the first model is where a leak or a row index gets in: say so before training
         from retrain.suspects import suspects_in
@@ -82,7 +82,7 @@ def _run_cycle(config: Config, *, echo=None, resume: bool = False) -> CycleResul
             stage = save_stage(folder, replace(resumed, attempts=resumed.attempts + 1,
                                                error=None))
         cycle = _Cycle(config, registry, folder, split, lineage, admission, excluded, run_id,
-                       say, start, champion)
+                       say, start, champion, data_parallel)
         try:
             return _stages(cycle, stage)
         except BaseException as exc:

@@ -82,7 +82,7 @@ def _search_stage(cycle: _Cycle, stage: CycleStage
     search = run_search(
         config, data, name=f"{config.project.name}-{stage.cycle_id}",
         progress=cycle.say is not _silent, warm_start=warm, split=split,
-        read_only=stage.reached("searched"),
+        read_only=stage.reached("searched"), data_parallel=cycle.data_parallel,
     )
     if not stage.reached("searched"):
         registry.log_trials(cycle.run_id, search)  # failed trials too, before giving up

@@ -14,7 +14,7 @@ from retrain.pipeline.state import CycleStage, _check_resumable
 from retrain.quarantine import QuarantineRecord
 from retrain.registry import CHAMPION, Registry
 from retrain.runtime import ensure_ray
-from retrain.search.plan import driver_loads_training_rows
+from retrain.search.plan import DataParallelChoice, _cluster_totals, choose_data_parallel
 from serve.loader import LoadedModel
 
 
@@ -73,13 +73,17 @@ def _identity(registry: Registry, partitions: list, resumed: CycleStage | None,
 
 def _read_data(config: Config, registry: Registry, partitions: list,
                excluded: frozenset[str], champion_version: str | None, say
-               ) -> tuple[Split, dict[str, str], LoadedModel | None]:
-    """The split, its lineage and the champion, each read once."""
+               ) -> tuple[Split, dict[str, str], LoadedModel | None, DataParallelChoice]:
+    """The split, its lineage, the champion and the data-parallel choice, each made once."""
+    def totals() -> dict[str, float]:
+        ensure_ray(config.ray)
+        return _cluster_totals()
+
+    choice = choose_data_parallel(
+        config, training_row_count(config.data, partitions, excluded), totals)
     # trials that all train data-parallel read their own rows: the driver then loads only
     # the holdout, so training data may outgrow the driver's node
-    loads_rows = driver_loads_training_rows(
-        config, training_row_count(config.data, partitions, excluded),
-        connect=lambda: ensure_ray(config.ray))
+    loads_rows = choice.driver_loads_rows
     # read once: its spec is the base the vocabularies grow from (known categories keep
     # their codes, so the champion's trees stay valid for a warm start), and it competes
     champion = None if champion_version is None else registry.load(champion_version)
@@ -87,7 +91,8 @@ def _read_data(config: Config, registry: Registry, partitions: list,
                        extra_columns=tuple(s.column for s in config.evaluation.slices),
                        exclude=excluded, partitions=partitions, training_rows=loads_rows,
                        base_spec=None if champion is None else champion.spec,
-                       holdout_share=_holdout_share(config, partitions, excluded))
+                       # data-parallel workers read whole training partitions from Parquet
+                       holdout_share=1.0 if choice.use else config.data.holdout_share)
     lineage = {**split.lineage(), "data.driver_rows": "all" if loads_rows else "holdout"}
     if excluded:
         lineage["data.excluded_partitions"] = ",".join(sorted(excluded))
@@ -97,14 +102,4 @@ def _read_data(config: Config, registry: Registry, partitions: list,
         + f"), holdout {lineage['data.holdout_partitions']} ({lineage['data.holdout_rows']} rows)"
         + (f", left out (quarantined) {lineage['data.excluded_partitions']}" if excluded else "")
     )
-    return split, lineage, champion
-
-
-def _holdout_share(config: Config, partitions: list, excluded: frozenset[str]) -> float:
-    """``data.holdout_share``, or 1 (whole partitions judge) where trials may train
-    data-parallel: their workers read whole training partitions from Parquet."""
-    section = config.search.data_parallel
-    if section.enabled is True or (section.enabled == "auto" and training_row_count(
-            config.data, partitions, excluded) >= section.min_rows):
-        return 1.0
-    return config.data.holdout_share
+    return split, lineage, champion, choice

@@ -20,6 +20,7 @@ from retrain.evaluate import Comparison
 from retrain.files import write_json_atomic
 from retrain.registry import Registry
 from retrain.search import SearchResult, WarmStart
+from retrain.search.plan import DataParallelChoice
 from serve.loader import LoadedModel
 
 
@@ -170,6 +171,8 @@ class _Cycle:
     start: float
     #: the champion read once (None for the first model): competitor and warm-start base
     champion_model: LoadedModel | None
+    #: whether the XGBoost trials train data-parallel, decided once as the cycle began
+    data_parallel: DataParallelChoice | None = None
 
 
 @dataclass(frozen=True)

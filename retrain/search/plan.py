@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from retrain.candidates import FAMILY_KEY, XGBOOST, Family, check_sklearn_space, families
@@ -154,24 +154,45 @@ def plan_families(
     return tuple(active), skipped
 
 
-def driver_loads_training_rows(config: Config, train_rows: int,
-                               connect: Callable[[], None]) -> bool:
-    """Whether a cycle's driver loads the training rows (`retrain.data.load_split`): yes,
-    unless every trial will train data-parallel, whose workers read their own. Decided
-    from the row count before anything is read, as `run_search` will decide; ``connect``
-    attaches to Ray, only when the answer depends on the cluster. Raises `ClusterError`
-    when ``search.data_parallel.enabled`` is true on a cluster too small for its workers."""
+@dataclass(frozen=True)
+class DataParallelChoice:
+    """Whether a cycle's XGBoost trials train data-parallel, and why: decided once, when the
+    cycle begins (`choose_data_parallel`), and passed to what depends on it: the rows the
+    driver loads, the holdout's share, the search's plan."""
+
+    use: bool
+    why: str
+    #: every family of the search is XGBoost (with ``use``, no trial needs the rows in
+    #: the driver)
+    xgboost_only: bool = True
+
+    @property
+    def driver_loads_rows(self) -> bool:
+        """Whether the driver loads the training rows (`retrain.data.load_split`): yes,
+        unless every trial trains data-parallel, whose workers read their own."""
+        return not (self.use and self.xgboost_only)
+
+
+def choose_data_parallel(config: Config, train_rows: int,
+                         totals: Callable[[], Mapping[str, float]]) -> DataParallelChoice:
+    """The cycle's `DataParallelChoice` for ``train_rows`` training rows, before anything is
+    read. ``totals`` gives the cluster's resources (attaching to Ray), asked only when the
+    answer depends on them. Raises `ClusterError` when ``search.data_parallel.enabled`` is
+    true on a cluster too small for its workers."""
     from retrain.distributed import use_data_parallel
 
     section = config.search.data_parallel
-    if section.enabled is False or any(f.flavor != "xgboost" for f in families(config.search)):
-        return True
+    flavors = {f.flavor for f in families(config.search)}
+    only = flavors == {"xgboost"}
+    if section.enabled is False or "xgboost" not in flavors:
+        return DataParallelChoice(False, "search.data_parallel.enabled is false"
+                                  if section.enabled is False else "no XGBoost family", only)
     if section.enabled == "auto" and train_rows < section.min_rows:
-        return True
-    connect()
-    use, _ = use_data_parallel(section, train_rows, _cluster_totals(),
-                               trial_cpus=DATA_PARALLEL_TRIAL_CPUS)
-    return not use
+        return DataParallelChoice(False, f"{train_rows} training rows, fewer than "
+                                  f"search.data_parallel.min_rows={section.min_rows}", only)
+    use, why = use_data_parallel(section, train_rows, totals(),
+                                 trial_cpus=DATA_PARALLEL_TRIAL_CPUS)
+    return DataParallelChoice(use, why, only)
 
 
 def shipped_to_trials(data: TrainData, champion: WarmStart | None,
@@ -190,8 +211,10 @@ def shipped_to_trials(data: TrainData, champion: WarmStart | None,
 
 def _data_parallel_plan(config: Config, split: Split | None,
                         active: tuple[Family, ...], warm_start: WarmStart | None,
-                        totals: dict[str, float]) -> DataParallelPlan | None:
-    """The data-parallel plan when ``search.data_parallel`` applies to this search."""
+                        totals: dict[str, float],
+                        choice: DataParallelChoice | None = None) -> DataParallelPlan | None:
+    """The data-parallel plan when ``search.data_parallel`` applies to this search: as the
+    cycle's ``choice`` says, or (a search run on its own) decided here."""
     from retrain.distributed import DataParallelSettings, parquet_rows, use_data_parallel
 
     section = config.search.data_parallel
@@ -205,25 +228,25 @@ def _data_parallel_plan(config: Config, split: Split | None,
                 "split= to run_search"
             )
         return None
-    if split.holds_training_rows:
-        use, why = use_data_parallel(section, split.train_rows, totals,
-                                     trial_cpus=DATA_PARALLEL_TRIAL_CPUS)
-        if not use:
-            return None
-    else:
-        # decided once, when the cycle began (`driver_loads_training_rows`): asking the
-        # cluster again could answer otherwise (an autoscaler may have removed an idle node
-        # while the driver read the holdout), and these trials have no rows but Parquet's.
-        # Tune's resource requests bring nodes back.
-        why = (f"{split.train_rows} training rows, left to the data-parallel workers when "
-               "the cycle began")
+    if choice is None and split.holds_training_rows:
+        choice = DataParallelChoice(*use_data_parallel(section, split.train_rows, totals,
+                                                       trial_cpus=DATA_PARALLEL_TRIAL_CPUS))
+    elif choice is None:
+        # the split was loaded without its rows because data-parallel was chosen then:
+        # asking the cluster again could answer otherwise (an autoscaler may have removed
+        # an idle node while the driver read the holdout), and these trials have no rows
+        # but Parquet's. Tune's resource requests bring nodes back.
+        choice = DataParallelChoice(True, f"{split.train_rows} training rows, left to the "
+                                    "data-parallel workers when the split was loaded")
+    if not choice.use:
+        return None
     rows = parquet_rows(split, config.data, config.task.type)
     seen = warm_start.seen if warm_start is not None and warm_start.rows is not None else None
     return DataParallelPlan(
         settings=DataParallelSettings.of(section, totals), rows=rows,
         warm_rows=parquet_rows(split, config.data, config.task.type, skip=seen)
         if seen else None,
-        why=why,
+        why=choice.why,
     )
 
 

@@ -12,6 +12,7 @@ from retrain.candidates import WINDOW, XGBOOST, Family, FamilySpace
 from retrain.config import Config
 from retrain.errors import ClusterError, SearchError
 from retrain.search.plan import (
+    DataParallelChoice,
     _cluster_totals,
     _concurrent,
     _data_parallel_plan,
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 def run_search(
     config: Config, data: TrainData, *, name: str, progress: bool = False,
     warm_start: WarmStart | None = None, split: Split | None = None, read_only: bool = False,
+    data_parallel: DataParallelChoice | None = None,
 ) -> SearchResult:
     """Run the search over every active family on the connected Ray cluster.
 
@@ -57,7 +59,9 @@ def run_search(
 
     ``split`` (the cycle's `retrain.data.Split`) lets XGBoost trials train data-parallel
     from the split's Parquet files when ``search.data_parallel`` says so (see
-    `retrain.distributed`); without it every trial trains in one process.
+    `retrain.distributed`); without it every trial trains in one process. ``data_parallel``:
+    the cycle's choice (`choose_data_parallel`); without it the search decides from the
+    split and the cluster.
 
     ``warm_start`` carries the champion's booster for the ``xgboost_warm_start`` family; when
     it is None or says why the champion cannot be continued, that family sits this search
@@ -74,7 +78,8 @@ def run_search(
         for family, why in skipped.items():
             _say(f"  {family} skipped: {why}")
     totals = _cluster_totals()
-    active, plan = _lay_out(config, split, active, skipped, warm_start, totals, progress)
+    active, plan = _lay_out(config, split, active, skipped, warm_start, totals, progress,
+                            data_parallel)
     storage = _storage(config)
     earlier = _earlier_experiments(storage, name)
     run_name = name if not earlier else f"{name}.resume{len(earlier)}"
@@ -155,11 +160,12 @@ def _tuner(trainable, config: Config, name: str, storage: str, active: tuple[Fam
 
 def _lay_out(config: Config, split: Split | None, active: tuple[Family, ...],
              skipped: dict[str, str], warm_start: WarmStart | None,
-             totals: dict[str, float], progress: bool
+             totals: dict[str, float], progress: bool,
+             choice: DataParallelChoice | None = None,
              ) -> tuple[tuple[Family, ...], DataParallelPlan | None]:
     """Whether XGBoost trials train data-parallel, decided once, and the families that can
     take part given that (``skipped`` gains the others, with why)."""
-    plan = _data_parallel_plan(config, split, active, warm_start, totals)
+    plan = _data_parallel_plan(config, split, active, warm_start, totals, choice)
     if split is not None and not split.holds_training_rows:
         needy = [f.name for f in active if f.flavor != "xgboost"]
         if plan is None or needy:

@@ -181,8 +181,8 @@ def test_a_cycle_set_to_data_parallel_trains_on_ray_train_without_loading_traini
     assert result.lineage["data.driver_rows"] == "holdout"
     assert result.lineage["data.train_rows"] == str(len(split.x_train) + len(split.x_valid))
     search = result.search
-    assert search.data_parallel == (f"{len(split.x_train)} training rows, left to the "
-                                    "data-parallel workers when the cycle began")
+    # the search follows the choice the cycle made as it began, with its reason
+    assert search.data_parallel == "search.data_parallel.enabled is true (2 workers)"
     assert [t.status for t in search.trials] == ["completed", "completed"], \
         [t.error for t in search.trials]
     by_family = {t.family: t for t in search.trials}

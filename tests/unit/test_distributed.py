@@ -284,32 +284,44 @@ def _connect():
     raise _Asked("the decision asked for the cluster")
 
 
-def _loads(tmp_path, rows: int, **section):
-    from retrain.search.plan import driver_loads_training_rows
+def _choice(tmp_path, rows: int, cpus: float | None = None, families=None, **section):
+    """The cycle's choice; ``cpus``: the cluster's CPUs, None for a decision that must not
+    ask the cluster."""
+    from retrain.search.plan import choose_data_parallel
 
     raw = config_dict(tmp_path / "data", tmp_path / "work",
-                      search={"data_parallel": section})
-    return driver_loads_training_rows(config_from_dict(raw), rows, connect=_connect)
+                      search={"data_parallel": section, **({"families": families}
+                                                           if families else {})})
+
+    def totals():
+        if cpus is None:
+            raise _Asked("the decision asked for the cluster")
+        return {"CPU": cpus}
+
+    return choose_data_parallel(config_from_dict(raw), rows, totals)
 
 
 def test_the_driver_loads_training_rows_unless_trials_go_data_parallel(tmp_path):
     # decided without a cluster: off, or auto below min_rows
-    assert _loads(tmp_path, 10**9, enabled=False)
-    assert _loads(tmp_path, 999, enabled="auto", min_rows=1000)
+    assert _choice(tmp_path, 10**9, enabled=False).driver_loads_rows
+    below = _choice(tmp_path, 999, enabled="auto", min_rows=1000)
+    assert below.driver_loads_rows and not below.use and "min_rows=1000" in below.why
     # on (or auto at min_rows), the cluster decides whether the workers fit
     with pytest.raises(_Asked):
-        _loads(tmp_path, 10, enabled=True)
+        _choice(tmp_path, 10, enabled=True)
     with pytest.raises(_Asked):
-        _loads(tmp_path, 1000, enabled="auto", min_rows=1000)
+        _choice(tmp_path, 1000, enabled="auto", min_rows=1000)
+    fits = _choice(tmp_path, 1000, cpus=8, enabled="auto", min_rows=1000)
+    assert fits.use and not fits.driver_loads_rows
+    small = _choice(tmp_path, 1000, cpus=1, enabled="auto", min_rows=1000)
+    assert not small.use and small.driver_loads_rows
 
 
 def test_a_scikit_learn_family_needs_the_rows_on_the_driver(tmp_path):
-    from retrain.search.plan import driver_loads_training_rows
-
-    raw = config_dict(tmp_path / "data", tmp_path / "work", search={
-        "data_parallel": {"enabled": True},
-        "families": {"hist_gradient_boosting": {"enabled": True}}})
-    assert driver_loads_training_rows(config_from_dict(raw), 10**9, connect=_connect)
+    mixed = _choice(tmp_path, 10**9, cpus=8, enabled=True,
+                    families={"hist_gradient_boosting": {"enabled": True}})
+    # the XGBoost trials still train data-parallel; the scikit-learn ones need the rows
+    assert mixed.use and not mixed.xgboost_only and mixed.driver_loads_rows
 
 
 def test_a_split_without_training_rows_trains_data_parallel_whatever_the_cluster_says_now(
@@ -319,7 +331,7 @@ def test_a_split_without_training_rows_trains_data_parallel_whatever_the_cluster
     data-parallel; the search must not decide otherwise when the cluster looks smaller
     later (an autoscaler removed an idle node)."""
     from retrain.candidates import families
-    from retrain.search.plan import _data_parallel_plan
+    from retrain.search.plan import DataParallelChoice, _data_parallel_plan
 
     config, full = dataset
     config = config.model_copy(update={"search": config.search.model_copy(update={
@@ -329,6 +341,12 @@ def test_a_split_without_training_rows_trains_data_parallel_whatever_the_cluster
     small = {"CPU": 1.0}  # cannot hold 2 workers x 1 CPU
     assert _data_parallel_plan(config, full, active, None, small) is None
     plan = _data_parallel_plan(config, lean, active, None, small)
-    assert plan is not None and "when the cycle began" in plan.why
+    assert plan is not None and "when the split was loaded" in plan.why
+    # a cycle passes its choice, made once as it began: the search follows it either way
+    chosen = _data_parallel_plan(config, full, active, None, small,
+                                 DataParallelChoice(True, "chosen as the cycle began"))
+    assert chosen is not None and chosen.why == "chosen as the cycle began"
+    assert _data_parallel_plan(config, lean, active, None, {"CPU": 64.0},
+                               DataParallelChoice(False, "too few rows")) is None
     assert plan.rows.train_rows == lean.train_rows == len(full.x_train)
     assert plan.rows.valid_rows == len(full.x_valid)
