@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 
 from retrain.config.base import _Section
 from retrain.errors import InvalidValueError
-from retrain.rollout.plan import GateLimits
+from retrain.rollout.limits import GateLimits
 
 
 class MlflowConfig(_Section):

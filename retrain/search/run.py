@@ -55,20 +55,15 @@ def run_search(
 
     ``read_only``: only read back the trials of an earlier run of this search (a cycle
     resumed after its search finished: its trials were logged and judged, and the search
-    must not grow, e.g. after ending on ``time_budget_s``).
-
-    ``split`` (the cycle's `retrain.data.Split`) lets XGBoost trials train data-parallel
-    from the split's Parquet files when ``search.data_parallel`` says so (see
-    `retrain.distributed`); without it every trial trains in one process. ``data_parallel``:
-    the cycle's choice (`choose_data_parallel`); without it the search decides from the
-    split and the cluster.
-
-    ``warm_start`` carries the champion's booster for the ``xgboost_warm_start`` family; when
-    it is None or says why the champion cannot be continued, that family sits this search
-    out and `SearchResult.skipped` says why.
-
-    Resuming: a search whose experiment already exists under ``search.storage_path`` runs
-    only the rest of its budget (see `retrain.search.resume`).
+    must not grow, e.g. after ending on ``time_budget_s``). ``split`` (the cycle's
+    `retrain.data.Split`) lets XGBoost trials train data-parallel from its Parquet files
+    (`retrain.distributed`) as ``data_parallel``, the cycle's choice, says; without that
+    choice the search decides from the split and the cluster; without a split every trial
+    trains in one process. ``warm_start`` carries the champion's booster for the
+    ``xgboost_warm_start`` family; when it is None or says why the champion cannot be
+    continued, that family sits this search out and `SearchResult.skipped` says why.
+    A search whose experiment already exists under ``search.storage_path`` runs only the
+    rest of its budget (`retrain.search.resume`).
     """
     s, task = config.search, config.task
     metric, greater = task.primary_metric, task.greater_is_better
