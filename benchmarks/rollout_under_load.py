@@ -5,7 +5,9 @@ retrain app serving version 1, client threads posting single rows for the whole 
 
 - ``steady``    the baseline window before anything changes;
 - ``rollout``   `RolloutDriver.run`: smoke, shadow, canary 5/25/50 %, 100 %, completed
-                (the champion alias moves to version 2);
+                (the champion alias moves to version 2), then split at each transition
+                (the driver process starting, smoke, shadow, each canary step): where in
+                the rollout the p99 rises;
 - ``rollback``  the alias back to version 1 (`retrain rollout promote 1`), until the app
                 answers from version 1 only, plus a few seconds.
 
@@ -153,19 +155,34 @@ def main() -> None:
         steady = _window(load.answers, marks["steady"], marks["rollout"])
         print(f"rollout: {rollout.stage} ({rollout.reason}); "
               f"{len(rollout.history)} transitions")
-        print(f"{'window':<10}{'s':>6}{'requests':>10}{'failed':>8}{'p50 ms':>9}{'p99 ms':>9}"
+        print(f"{'window':<20}{'s':>6}{'requests':>10}{'failed':>8}{'p50 ms':>9}{'p99 ms':>9}"
               f"{'p99/steady':>12}{'max ms':>9}{'stall ms':>10}  versions")
         for name, start, end in (("steady", marks["steady"], marks["rollout"]),
                                  ("rollout", marks["rollout"], marks["rollback"]),
+                                 *_stages(rollout, marks["rollout"], marks["rollback"]),
                                  ("rollback", marks["rollback"], marks["end"])):
             w = _window(load.answers, start, end)
-            print(f"{name:<10}{end - start:>6.1f}{w['requests']:>10}{w['failed']:>8}"
+            print(f"{name:<20}{end - start:>6.1f}{w['requests']:>10}{w['failed']:>8}"
                   f"{w['p50']:>9.1f}{w['p99']:>9.1f}{w['p99'] / steady['p99']:>12.2f}"
                   f"{w['max']:>9.1f}{w['stall']:>10.1f}  {','.join(w['versions'])}")
         serve.delete(config.serving.app_name)
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def _stages(rollout, start: float, end: float) -> list[tuple[str, float, float]]:
+    """The rollout window split at each transition the driver recorded (its wall-clock
+    times mapped onto this process's monotonic clock): where in the rollout a p99 rises."""
+    offset = time.time() - time.monotonic()
+    cuts = [start, *(min(max(t.at - offset, start), end) for t in rollout.history), end]
+    names = ["  (driver starting)"]
+    for t in rollout.history:
+        step = (rollout.plan.steps[t.to_step]
+                if t.to_step < len(rollout.plan.steps) else None)
+        names.append(f"  {t.to_stage}" + (f" {step.percent:g}%" if t.to_stage == "canary"
+                                          and step is not None else ""))
+    return [(n, a, b) for n, a, b in zip(names, cuts, cuts[1:], strict=False) if b > a]
 
 
 if __name__ == "__main__":
