@@ -5,7 +5,7 @@ count, and the settings it yields.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,12 +23,14 @@ def cpus_needed(section: DataParallelConfig, *, trial_cpus: float = 0.0) -> floa
 
 
 def use_data_parallel(
-    section: DataParallelConfig, n_rows: int, cluster: Mapping[str, float], *,
+    section: DataParallelConfig, n_rows: int,
+    cluster: Mapping[str, float] | Callable[[], Mapping[str, float]], *,
     trial_cpus: float = 0.0,
 ) -> tuple[bool, str]:
     """Whether XGBoost trials train data-parallel, and why, for ``n_rows`` training rows on a
-    cluster with ``cluster`` resources (`ray.cluster_resources()`); ``trial_cpus`` is what
-    the trial itself (the Train driver) reserves.
+    cluster with ``cluster`` resources (`ray.cluster_resources()`, or a function that reads
+    them, called only when the answer depends on the cluster); ``trial_cpus`` is what the
+    trial itself (the Train driver) reserves.
 
     ``enabled: true`` on a cluster that cannot hold one trial's workers raises
     `ClusterError` (a search would wait forever); ``auto`` then trains in one process.
@@ -36,6 +38,11 @@ def use_data_parallel(
     enabled = section.enabled
     if enabled is False:
         return False, "search.data_parallel.enabled is false"
+    if enabled == "auto" and n_rows < section.min_rows:
+        return False, (f"{n_rows} training rows, fewer than "
+                       f"search.data_parallel.min_rows={section.min_rows}")
+    if callable(cluster):
+        cluster = cluster()
     need, have = cpus_needed(section, trial_cpus=trial_cpus), float(cluster.get("CPU", 0))
     fits = need <= have
     shape = (f"{section.num_workers} workers x {section.cpus_per_worker:g} CPU + "
@@ -48,9 +55,6 @@ def use_data_parallel(
                 "or cpus_per_worker, or add nodes"
             )
         return True, f"search.data_parallel.enabled is true ({section.num_workers} workers)"
-    if n_rows < section.min_rows:
-        return False, (f"{n_rows} training rows, fewer than "
-                       f"search.data_parallel.min_rows={section.min_rows}")
     if not fits:
         return False, (f"{n_rows} training rows reach search.data_parallel.min_rows="
                        f"{section.min_rows}, but one trial would need {shape}: training in "

@@ -201,10 +201,9 @@ class MlflowRegistry:
         ])
         signature = ModelSignature(inputs=inputs, outputs=Schema([ColSpec("double")]))
         self._use_globally()
+        metadata = {"feature_spec": spec.to_dict(), "task": task, "metric": metric}
         if not isinstance(booster, xgb.Booster):
-            return self._log_sklearn(run_id, booster, signature,
-                                     {"feature_spec": spec.to_dict(), "task": task,
-                                      "metric": metric})
+            return self._log_sklearn(run_id, booster, signature, metadata)
         with _translated("logging the model"), mlflow.start_run(run_id=run_id):
             info = mlflow.xgboost.log_model(
                 booster,
@@ -213,7 +212,7 @@ class MlflowRegistry:
                 model_format="ubj",
                 # Naming the requirement skips MLflow's slow inference subprocess.
                 pip_requirements=[f"xgboost=={xgb.__version__}"],
-                metadata={"feature_spec": spec.to_dict(), "task": task, "metric": metric},
+                metadata=metadata,
             )
         return info.model_uri
 

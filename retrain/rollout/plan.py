@@ -4,6 +4,7 @@ and the limits its gates apply.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -161,10 +162,11 @@ class RolloutPlan:
     def from_dict(cls, raw: Any) -> RolloutPlan:
         raw = _known("RolloutPlan", raw,
                      ("steps", "gates", "sticky_key", "drain_s", "greater_is_better"))
-        gates = dict(raw["gates"]) if isinstance(raw["gates"], dict) else raw["gates"]
-        # a plan saved before the direction moved here kept it among the gates
-        greater = raw.get("greater_is_better", gates.pop("greater_is_better", True)
-                          if isinstance(gates, dict) else True)
+        gates = raw["gates"]
+        if isinstance(gates, Mapping) and "greater_is_better" in gates:
+            # saved before the metric's direction moved from the gates to the plan
+            gates = {k: v for k, v in gates.items() if k != "greater_is_better"}
+            raw = {"greater_is_better": raw["gates"]["greater_is_better"], **raw}
         return cls(tuple(Step.from_dict(s) for s in raw["steps"]), GateLimits.from_dict(gates),
                    sticky_key=raw.get("sticky_key"), drain_s=raw.get("drain_s", 30.0),
-                   greater_is_better=greater)
+                   greater_is_better=raw.get("greater_is_better", True))

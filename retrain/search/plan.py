@@ -181,16 +181,11 @@ def choose_data_parallel(config: Config, train_rows: int,
     true on a cluster too small for its workers."""
     from retrain.distributed import use_data_parallel
 
-    section = config.search.data_parallel
     flavors = {f.flavor for f in families(config.search)}
     only = flavors == {"xgboost"}
-    if section.enabled is False or "xgboost" not in flavors:
-        return DataParallelChoice(False, "search.data_parallel.enabled is false"
-                                  if section.enabled is False else "no XGBoost family", only)
-    if section.enabled == "auto" and train_rows < section.min_rows:
-        return DataParallelChoice(False, f"{train_rows} training rows, fewer than "
-                                  f"search.data_parallel.min_rows={section.min_rows}", only)
-    use, why = use_data_parallel(section, train_rows, totals(),
+    if "xgboost" not in flavors:
+        return DataParallelChoice(False, "no XGBoost family", only)
+    use, why = use_data_parallel(config.search.data_parallel, train_rows, totals,
                                  trial_cpus=DATA_PARALLEL_TRIAL_CPUS)
     return DataParallelChoice(use, why, only)
 

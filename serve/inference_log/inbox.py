@@ -27,11 +27,6 @@ def note_id(now: datetime) -> str:
     return f"{now:%Y%m%dT%H%M%S%f}Z-{uuid.uuid4().hex[:8]}"
 
 
-def valid_id(text: str) -> bool:
-    """Whether ``text`` can name a note: no path separators, no leading dot."""
-    return bool(_REQUEST_ID.match(text))
-
-
 def leave(path: str | os.PathLike[str], folder: str, note_id: str,
           note: dict[str, Any]) -> None:
     """Write ``note`` as ``<root>/<folder>/<note_id>.json``, whole or not at all."""
@@ -69,15 +64,16 @@ def pending(path: str | os.PathLike[str], folder: str,
     return [note for _, note in sorted(notes, key=lambda n: n[0])]
 
 
-def consume(path: str | os.PathLike[str], folder: str, note_id: str) -> bool:
+def consume(path: str | os.PathLike[str], folder: str, note_id: str, *,
+            kind: str = "note") -> bool:
     """Mark a note done (move it to ``<folder>/done/``); True for the one caller that did.
 
     On a local or POSIX shared filesystem the move is one rename, so of several controllers
     racing for a note exactly one gets True. Object stores move by copy and delete, which
     is not atomic: run a single controller there.
     """
-    if not valid_id(note_id):
-        raise ValueError(f"not a note id: {note_id!r}")
+    if not _REQUEST_ID.match(note_id):  # no path separators, no leading dot
+        raise ValueError(f"not a {kind} id: {note_id!r}")
     fs, root = resolve(path)
     done = f"{root}/{folder}/done"
     fs.create_dir(done, recursive=True)

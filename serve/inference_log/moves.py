@@ -93,4 +93,4 @@ def pending_moves(path: str | os.PathLike[str]) -> list[AdminMove]:
 
 def consume_move(path: str | os.PathLike[str], move_id: str) -> bool:
     """Mark a move copied to the ledger; True for the one caller that did."""
-    return inbox.consume(path, MOVES, move_id)
+    return inbox.consume(path, MOVES, move_id, kind="move")

@@ -52,6 +52,4 @@ def pending_requests(path: str | os.PathLike[str]) -> list[RetrainRequest]:
 def consume_request(path: str | os.PathLike[str], request_id: str) -> bool:
     """Mark a request done (move it to ``requests/done/``); True for the one caller that did
     (see `inbox.consume`)."""
-    if not inbox.valid_id(request_id):
-        raise ValueError(f"not a retrain request id: {request_id!r}")
-    return inbox.consume(path, REQUESTS, request_id)
+    return inbox.consume(path, REQUESTS, request_id, kind="retrain request")
