@@ -54,6 +54,7 @@ from serve.traffic import PIN_HEADER, TrafficSplit
 
 if TYPE_CHECKING:
     from retrain.registry import Registry
+    from serve.inference_log import PredictionTail
 
 
 class TrafficStore:
@@ -167,6 +168,8 @@ class RolloutDriver:
         #: the smoke step's pinned requests (their log rows are what the step is judged on)
         self._smoke_ids: set[str] = set()
         self._batch: list[dict[str, Any]] | None = None
+        #: the inference log as read so far: each poll reads only the files written since
+        self._tail: PredictionTail | None = None
 
     # -- state ------------------------------------------------------------------------------
     def load(self) -> Rollout | None:
@@ -320,11 +323,13 @@ class RolloutDriver:
 
     # -- the world --------------------------------------------------------------------------
     def _observe(self, rollout: Rollout, healthy: dict[str, bool] | None) -> Observation:
-        from serve.inference_log import read_feedback, read_predictions
+        from serve.inference_log import PredictionTail, read_feedback
 
         path = self.config.inference_log_path
         since = rollout.step_started_at
-        rows = read_predictions(path, since=since)
+        if self._tail is None:
+            self._tail = PredictionTail(path)
+        rows = self._tail.read(since)
         if rollout.stage is Stage.SMOKE:
             # only the pinned sample batches: both versions on the very same rows
             rows = rows[rows["request_id"].isin(self._smoke_ids)]

@@ -1,5 +1,5 @@
 """The monitor's side: predictions and feedback read back as frames, per hour partition, older
-layouts upgraded.
+layouts upgraded; `PredictionTail` for a poller that reads each file once.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ from serve.inference_log.schema import (
 )
 from serve.inference_log.storage import resolve
 
+#: how long after its newest row a file may show as modified, at most, on a store whose clock
+#: runs behind the writer's: files modified longer before a read's ``since`` are not read
+MTIME_SLACK_S = 60.0
 
 def read_predictions(
     path: str | os.PathLike[str], *, since: Any = None, limit: int | None = None
@@ -56,21 +59,65 @@ def _read(
 ) -> pd.DataFrame:
     fs, root = resolve(path)
     start = _utc(since)
-    hours = _partitions(fs, f"{root}/{kind}")
-    if start is not None:
-        first = (start.strftime("%Y-%m-%d"), start.strftime("%H"))
-        hours = {key: files for key, files in hours.items() if key >= first}
+    hours = _files(fs, f"{root}/{kind}", start)
     by_hour: list[list[pa.Table]] = []
     rows = 0
     # Hour partitions hold disjoint time ranges: newest first, stop once `limit` rows are in.
     for key in sorted(hours, reverse=True):
         # within an hour, file order (writer, sequence) breaks ties between equal timestamps
         by_hour.append([_upgraded(kind, pq.read_table(file, filesystem=fs))
-                        for file in sorted(hours[key])])
+                        for file in hours[key]])
         rows += sum(t.num_rows for t in by_hour[-1])
         if limit is not None and rows >= limit:
             break
     tables = [table for hour in reversed(by_hour) for table in hour]
+    return _frame(tables, schema, start, limit)
+
+
+class PredictionTail:
+    """The predictions logged since a time that moves on, read again and again as the log
+    grows (the rollout driver polls it every step): each file is read once.
+
+    A file never changes once it is in its partition (writers rename a finished file into
+    place), so a table read stays true; the tables of files from before ``since`` (less
+    `MTIME_SLACK_S`) are dropped as ``since`` moves on. Same rows, in the same order, as
+    ``read_predictions(path, since=since)``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._fs, self._root = resolve(path)
+        self._tables: dict[str, pa.Table] = {}
+
+    def read(self, since: Any) -> pd.DataFrame:
+        start = _utc(since)
+        hours = _files(self._fs, f"{self._root}/{PREDICTIONS}", start)
+        tables: dict[str, pa.Table] = {}
+        for key in sorted(hours):
+            for file in hours[key]:
+                known = self._tables.get(file)
+                tables[file] = known if known is not None else _upgraded(
+                    PREDICTIONS, pq.read_table(file, filesystem=self._fs))
+        self._tables = tables
+        return _frame(list(tables.values()), PREDICTION_COLUMNS, start, None)
+
+
+def _files(fs: pafs.FileSystem, base: str, start: pd.Timestamp | None
+           ) -> dict[tuple[str, str], list[str]]:
+    """The files that may hold rows at or after ``start``, per hour partition, in order."""
+    hours = _partitions(fs, base)
+    if start is None:
+        return {key: [info.path for info in infos] for key, infos in hours.items()}
+    first = (start.strftime("%Y-%m-%d"), start.strftime("%H"))
+    # A file is written after its rows, so one modified well before `start` holds none of
+    # them; the slack covers a writer's clock running ahead of the store's.
+    written_before = start - pd.Timedelta(seconds=MTIME_SLACK_S)
+    return {key: [info.path for info in infos
+                  if info.mtime is None or pd.Timestamp(info.mtime) >= written_before]
+            for key, infos in hours.items() if key >= first}
+
+
+def _frame(tables: list[pa.Table], schema: pa.Schema, start: pd.Timestamp | None,
+           limit: int | None) -> pd.DataFrame:
     if not tables:
         return schema.empty_table().to_pandas()
     frame = _concat(tables)
@@ -108,9 +155,9 @@ def _concat(tables: list[pa.Table]) -> pd.DataFrame:
         return pd.concat([t.to_pandas() for t in tables], ignore_index=True)
 
 
-def _partitions(fs: pafs.FileSystem, base: str) -> dict[tuple[str, str], list[str]]:
+def _partitions(fs: pafs.FileSystem, base: str) -> dict[tuple[str, str], list[pafs.FileInfo]]:
     infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-    hours: dict[tuple[str, str], list[str]] = {}
+    hours: dict[tuple[str, str], list[pafs.FileInfo]] = {}
     for info in infos:
         if info.type != pafs.FileType.File:
             continue
@@ -120,7 +167,9 @@ def _partitions(fs: pafs.FileSystem, base: str) -> dict[tuple[str, str], list[st
         date, hour, name = match.groups()
         if name.startswith((".", "_")) or not name.endswith(".parquet"):
             continue  # a write in progress, or not ours
-        hours.setdefault((date, hour), []).append(info.path)
+        hours.setdefault((date, hour), []).append(info)
+    for files in hours.values():
+        files.sort(key=lambda info: info.path)
     return hours
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -19,6 +20,7 @@ from serve.inference_log import (
     FeedbackItem,
     InferenceLog,
     InvalidFeedback,
+    PredictionTail,
     consume_request,
     parse_feedback,
     pending_requests,
@@ -26,6 +28,7 @@ from serve.inference_log import (
     read_predictions,
     request_retrain,
 )
+from serve.inference_log.reader import MTIME_SLACK_S
 from tests.conftest import wait_until
 
 SPEC = FeatureSpec(names=("x1", "x2", "cat"), kinds=("numeric", "numeric", "categorical"),
@@ -355,6 +358,51 @@ def test_readers_skip_partitions_they_do_not_need(tmp_path):
         read_predictions(tmp_path)
     assert len(read_predictions(tmp_path, limit=10)) == 10
     assert len(read_predictions(tmp_path, since=T0 + 1)) > 0
+
+
+def test_a_file_modified_long_before_since_is_not_read(tmp_path):
+    # the writer's clock is real here, so the files' times and the rows' times agree
+    log = InferenceLog(tmp_path, start=False)
+    log_rows(log, 3, request_id="old")
+    log.flush()
+    old = parquet_files(tmp_path)[0]
+    since = time.time()
+    time.sleep(0.01)  # rows are stamped to the millisecond
+    stamp = since - MTIME_SLACK_S - 5
+    original = old.read_bytes()
+    log_rows(log, 2, request_id="new")
+    log.flush()
+    old.write_bytes(b"not parquet")  # reading it would raise
+    os.utime(old, (stamp, stamp))
+    assert read_predictions(tmp_path, since=since)["request_id"].tolist() == ["new", "new"]
+    # within the slack a file is still read: a writer's clock may run ahead of the store's
+    old.write_bytes(original)
+    stamp = since - MTIME_SLACK_S + 5
+    os.utime(old, (stamp, stamp))
+    assert sorted(set(read_predictions(tmp_path, since=0)["request_id"])) == ["new", "old"]
+
+
+def test_a_tail_reads_what_read_predictions_reads_each_file_once(tmp_path):
+    clock = Clock(T0 - 3600)
+    log = InferenceLog(tmp_path, clock=clock, start=False)
+    tail = PredictionTail(tmp_path)
+    assert tail.read(T0 - 3600).empty
+    seen = []
+    for i in range(12):  # a file every 10 minutes, across hours 06-08
+        log_rows(log, 2, request_id=f"r{i:02d}", start=i)
+        log.flush()
+        clock.now += 600
+        since = T0 - 3600 + 600 * max(0, i - 3)  # the window moves on, as a rollout's step
+        got = tail.read(since)
+        pd.testing.assert_frame_equal(got, read_predictions(tmp_path, since=since))
+        seen.append(len(got))
+    assert seen[-1] == 8  # the last 4 files' rows
+    # a file already read is not read again (files never change once in place)
+    newest = parquet_files(tmp_path)[-1]
+    newest.write_bytes(b"not parquet")
+    assert len(tail.read(since)) == 8
+    with pytest.raises(Exception, match=r"(?i)parquet"):
+        read_predictions(tmp_path, since=since)
 
 
 def test_empty_log_reads_as_empty_frames_with_the_columns(tmp_path):
