@@ -122,3 +122,11 @@ def quiet_defaults() -> None:
     # MLflow announces every registration and Serve every deployment step at INFO.
     for name in ("mlflow", "ray.serve"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def lower_priority(by: int) -> None:
+    """Lower this process's CPU priority by ``by`` nice levels (not at all where the
+    platform has no ``os.nice``). A process cannot raise it back: call this only in a
+    process that does nothing else, such as `retrain rollout start`."""
+    if by and hasattr(os, "nice"):
+        os.nice(by)

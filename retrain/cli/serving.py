@@ -82,9 +82,13 @@ def _rollout_line(rollout) -> str:
 def _cmd_rollout(args: argparse.Namespace) -> int:
     from retrain.config import load_config
     from retrain.operations import move_champion
+    from retrain.runtime import lower_priority
     from retrain.traffic_control import RolloutDriver
 
     config = load_config(args.config)
+    if args.action == "start" and not args.no_wait:
+        # this process only drives the rollout: it yields the CPU to serving
+        lower_priority(config.rollout.driver_nice)
     driver = RolloutDriver(config, url=args.url, echo=print)
     action = args.action
     if action == "status":

@@ -157,6 +157,7 @@ rollout:                       # how a promoted version reaches live traffic on 
     live_metric_tolerance: 0.02  # once min_labelled labels arrived per version
     min_labelled: 200
   drain_s: 30                  # the old version retires this long after the last step
+  driver_nice: 10              # `retrain rollout start` lowers its CPU priority by this much
 
 ray:
   address:                     # empty: RAY_ADDRESS, a running local cluster, or a new one

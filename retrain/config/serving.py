@@ -151,6 +151,10 @@ class RolloutConfig(_Section):
     gates: GateLimits = GateLimits()
     #: the old version retires this long after the last step (in-flight requests drain)
     drain_s: float = Field(default=30.0, ge=0)
+    #: `retrain rollout start` lowers its own CPU priority by this much (``os.nice``) before it
+    #: drives a rollout, so on a node it shares with the replicas its reads of the inference
+    #: log and its gate checks take only CPU that serving leaves idle; 0 keeps the priority
+    driver_nice: int = Field(default=10, ge=0, le=19)
 
 
 class RayConfig(_Section):

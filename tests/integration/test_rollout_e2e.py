@@ -269,6 +269,9 @@ def test_a_driver_process_killed_between_steps_is_resumed_by_the_next(project):
                    and json.loads(state.read_text())["stage"] == "shadow"
                    and json.loads(state.read_text())["history"][-1]["to_stage"] == "shadow",
                    timeout=120)
+        # the driver yields the CPU to serving: its priority is lowered by driver_nice
+        assert os.getpriority(os.PRIO_PROCESS, child.pid) == min(
+            19, os.getpriority(os.PRIO_PROCESS, 0) + config.rollout.driver_nice)
     finally:
         os.kill(child.pid, signal.SIGKILL)  # the process this test started, by its id
         child.wait()
