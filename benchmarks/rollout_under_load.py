@@ -12,8 +12,8 @@ retrain app serving version 1, client threads posting single rows for the whole 
                 answers from version 1 only, plus a few seconds.
 
 Per window: requests, failures, p50/p99/max latency and the longest gap between answers
-(a stall), with p99 as a ratio of the steady window's. Targets: 0 failures, p99 <= 1.5x,
-no stall over 1 s.
+(a stall), with p99 as a ratio of the steady window's; and the CPU seconds the driver process
+used. Targets: 0 failures, p99 <= 1.5x, no stall over 1 s.
 
 Usage: python benchmarks/rollout_under_load.py [--threads 3] [--steady-s 15] [--bake-s 3]
        [--batch-max-size N]
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -138,12 +139,15 @@ def main() -> None:
             marks["rollout"] = time.monotonic()
             # the driver in its own process, as `retrain rollout start` runs in production
             # (in this one it would share the load threads' interpreter lock)
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             subprocess.run(
                 [sys.executable, "-m", "retrain.cli", "rollout", "start", "2", "--config",
                  str(root / "retrain.yaml"), "--url", url, "--poll-s", "0.5",
                  "--timeout-s", "600"],
                 env={**os.environ, config.serving.admin_token_env: TOKEN},
                 stdout=subprocess.DEVNULL, check=False)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            driver_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
             rollout = driver.load()
             wait_for_version(url, "2", timeout=60)
             marks["rollback"] = time.monotonic()
@@ -154,7 +158,8 @@ def main() -> None:
             marks["end"] = time.monotonic()
         steady = _window(load.answers, marks["steady"], marks["rollout"])
         print(f"rollout: {rollout.stage} ({rollout.reason}); "
-              f"{len(rollout.history)} transitions")
+              f"{len(rollout.history)} transitions; the driver process used {driver_cpu:.1f} "
+              f"CPU-s in {marks['rollback'] - marks['rollout']:.1f} s")
         print(f"{'window':<20}{'s':>6}{'requests':>10}{'failed':>8}{'p50 ms':>9}{'p99 ms':>9}"
               f"{'p99/steady':>12}{'max ms':>9}{'stall ms':>10}  versions")
         for name, start, end in (("steady", marks["steady"], marks["rollout"]),
