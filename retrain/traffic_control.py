@@ -343,7 +343,7 @@ class RolloutDriver:
         example row of the champion's features if the data cannot be read here."""
         from retrain.data import list_partitions, read_partition
 
-        spec = self.registry.load(rollout.champion).spec
+        spec = self.registry.feature_spec(rollout.champion)
         try:
             newest = list_partitions(self.config.data)[-1]
             rows = read_partition(self.config.data, newest, spec.names)

@@ -113,6 +113,36 @@ def load_version(tracking_uri: str, name: str, version: str) -> LoadedModel:
         return load_local(local, name=name, version=str(version), where=uri)
 
 
+def load_spec(tracking_uri: str, name: str, version: str) -> FeatureSpec:
+    """One registered version's feature spec, from its MLmodel file alone: no model file is
+    downloaded and no XGBoost or scikit-learn is imported (the rollout driver's smoke rows)."""
+    import mlflow
+    import yaml
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    uri = f"models:/{name}/{version}"
+    with tempfile.TemporaryDirectory(prefix="retrain-spec-") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(artifact_uri=f"{uri}/MLmodel",
+                                                       dst_path=tmp)
+            metadata = (yaml.safe_load(Path(path).read_text()) or {}).get("metadata") or {}
+        except Exception as exc:  # MLflow raises several kinds; YAML errors; not a mapping
+            raise ModelUnavailable(f"cannot read the MLmodel file of {uri}: {exc}") from exc
+    return _spec_of(metadata, uri)
+
+
+def _spec_of(metadata: Any, where: str) -> FeatureSpec:
+    if not isinstance(metadata, dict) or "feature_spec" not in metadata:
+        raise ModelUnavailable(
+            f"{where} has no feature_spec in its metadata; it was not logged by retrain"
+        )
+    try:
+        return FeatureSpec.from_dict(metadata["feature_spec"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelUnavailable(f"{where}: its feature_spec cannot be read: {exc}") from exc
+
+
 #: the only model class an ``xgboost`` flavour may name (what retrain logs); anything else
 #: would make MLflow import and instantiate it
 XGBOOST_MODEL_CLASSES = ("xgboost.core.Booster",)
@@ -190,10 +220,7 @@ def load_local(local: str | Path, *, name: str, version: str, where: str) -> Loa
     except Exception as exc:  # a missing or malformed MLmodel file
         raise ModelUnavailable(f"{where}: cannot read its MLmodel file: {exc}") from exc
     metadata = mlmodel.metadata or {}
-    if not isinstance(metadata, dict) or "feature_spec" not in metadata:
-        raise ModelUnavailable(
-            f"{where} has no feature_spec in its metadata; it was not logged by retrain"
-        )
+    spec = _spec_of(metadata, where)
     flavor, conf = check_flavors(mlmodel.flavors, where)
     if flavor == "xgboost":
         suffix = XGBOOST_FORMATS[conf.get("model_format", "ubj")]
@@ -212,10 +239,6 @@ def load_local(local: str | Path, *, name: str, version: str, where: str) -> Loa
             raise ModelUnavailable(
                 f"cannot load the scikit-learn model of {where}: {exc}"
             ) from exc
-    try:
-        spec = FeatureSpec.from_dict(metadata["feature_spec"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelUnavailable(f"{where}: its feature_spec cannot be read: {exc}") from exc
     return LoadedModel(
         name=name,
         version=str(version),

@@ -17,6 +17,7 @@ from typing import Any
 
 from retrain.errors import ModelNotFoundError
 from retrain.registry.base import CHAMPION, CYCLE_TAG, CycleRecord, Lineage
+from serve.features import FeatureSpec
 from serve.loader import LoadedModel
 
 
@@ -51,6 +52,9 @@ class InMemoryRegistry:
     def load(self, version: str) -> LoadedModel:
         self.require_version(version)
         return self.versions[version]
+
+    def feature_spec(self, version: str) -> FeatureSpec:
+        return self.load(version).spec
 
     def set_alias(self, alias: str, version: str) -> None:
         self.require_version(version)

@@ -17,7 +17,7 @@ from typing import Any
 from retrain.errors import ModelNotFoundError, RegistryError
 from retrain.registry.base import CHAMPION, CYCLE_TAG, RUN_TAG, CycleRecord, Lineage
 from serve.features import FeatureSpec
-from serve.loader import LoadedModel, ModelUnavailable, alias_version, load_version
+from serve.loader import LoadedModel, ModelUnavailable, alias_version, load_spec, load_version
 
 
 class MlflowRegistry:
@@ -55,6 +55,14 @@ class MlflowRegistry:
             raise ModelNotFoundError(
                 f"model {self.model_name!r} version {version} cannot be loaded: {exc}"
             ) from exc
+
+    def feature_spec(self, version: str) -> FeatureSpec:
+        """The version's feature spec from its MLmodel file: no model is loaded."""
+        try:
+            return load_spec(self.tracking_uri, self.model_name, version)
+        except ModelUnavailable as exc:
+            raise ModelNotFoundError(
+                f"model {self.model_name!r} version {version}: {exc}") from exc
 
     def set_alias(self, alias: str, version: str) -> None:
         with _translated(f"setting alias {alias!r} to version {version}"):

@@ -168,3 +168,18 @@ def test_scikit_learn_versions_load_through_skops_and_predict(registry, family):
     assert model.flavor == "sklearn"
     head = shaped.head(20)
     assert np.allclose(model.predict(head), estimator.predict_proba(head)[:, 1])
+
+
+def test_a_feature_spec_is_read_from_the_mlmodel_file_alone(registry):
+    """The rollout driver's smoke rows need only the spec: read without the model file, so
+    a version whose model file cannot be loaded still gives its spec."""
+    from retrain.errors import ModelNotFoundError
+
+    reg = registry["reg"]
+    assert reg.feature_spec(registry["version"]) == registry["spec"]
+    unloadable = _crafted(registry, lambda f: f["xgboost"].update(data="missing.ubj"))
+    with pytest.raises(ModelNotFoundError, match="not a file inside"):
+        reg.load(unloadable)
+    assert reg.feature_spec(unloadable) == registry["spec"]
+    with pytest.raises(ModelNotFoundError, match="version 999"):
+        reg.feature_spec("999")
