@@ -16,14 +16,23 @@ request and the same load generator (retrain/loadgen.py) against:
                     against ``unbatched`` (log off, ``batch_max_size`` 0) at 32 and 128
                     clients.
 
+Besides answers and latencies, each window counts the CPU seconds (from /proc) of the load
+generator (this process), Serve's ingress (HAProxy or the proxy actor), the server (the
+target's replica, or the bare process) and the rest of the machine: per answer, what each
+target would serve with the cores to itself. On a small machine the load generator shares the
+cores, so requests/s ratios understate what the server side gains (batching above all).
+
 Serve's settings are read where Ray starts, so each setting (``--settings``; see SETTINGS)
 runs in a child process with a Ray runtime of its own, and the bare servers (started once,
 by this process) are measured again inside each child's rotating blocks: every ratio compares
 targets measured in the same minutes. Latency p50/p99 come from 1 client thread,
 throughput from ``--threads`` and 32 client threads.
 
-Usage: python benchmarks/serve_overhead.py [--settings default chosen ...] [--seconds 4]
-       [--blocks 2] [--threads 8] [--batch-size 32] [--batch-wait 0]
+With ``--pin`` the load generator runs on core 0 and the servers, Ray and HAProxy on the
+other cores: each server's requests/s without the load generator taking its CPU.
+
+Usage: python benchmarks/serve_overhead.py [--settings default haproxy ...] [--seconds 4]
+       [--blocks 2] [--threads 8] [--batch-size 32] [--batch-wait 0] [--pin]
        (internal: --bare PORT TRACKING_URI MODE, --child SETTING ARGS_JSON)
 """
 
@@ -48,7 +57,7 @@ ROW = {"x1": 0.3, "x2": 4.0, "x3": -1.2, "cat": "b"}
 BODY = {"dataframe_records": [ROW]}
 
 #: Serve settings (environment variables read where Ray starts), each documented by Ray's
-#: performance guide; "chosen" is what `retrain serve` and cluster/local_cluster.py set
+#: performance guide; "default" is what `retrain serve` and cluster/local_cluster.py use
 SETTINGS: dict[str, dict[str, str]] = {
     "default": {},
     "no-threads": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
@@ -57,7 +66,18 @@ SETTINGS: dict[str, dict[str, str]] = {
     "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
     "haproxy+throughput": {"RAY_SERVE_ENABLE_HA_PROXY": "1",
                            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    "haproxy+no-threads": {"RAY_SERVE_ENABLE_HA_PROXY": "1",
+                           "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+                           "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"},
 }
+
+
+#: with ``--pin``, the load generator runs on this core and every server on the others
+LOAD_CORE = 0
+
+
+def serving_cores() -> set[int]:
+    return set(os.sched_getaffinity(0)) - {LOAD_CORE}
 
 
 def free_port() -> int:
@@ -170,27 +190,83 @@ def run_bare(port: int, tracking_uri: str, mode: str) -> None:
 # -- measuring ---------------------------------------------------------------------------------
 
 
-def measure(url: str, threads: int, seconds: float) -> dict:
+#: clock ticks per second of /proc's CPU times
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()  # the name may hold spaces
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+
+
+def _box_cpu() -> float:
+    """CPU seconds the whole machine has been busy (all but idle and I/O wait)."""
+    with open("/proc/stat") as stat:
+        ticks = [int(v) for v in stat.readline().split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / _TICK
+
+
+def processes(app: str | None, bare_pid: int | None) -> dict[str, list[int]]:
+    """The processes that serve a target: its server (a Serve replica of ``app``, or the bare
+    server) and Serve's ingress (HAProxy and the proxy actor; none for a bare server)."""
+    if bare_pid is not None:
+        return {"server": [bare_pid], "ingress": []}
+    found: dict[str, list[int]] = {"server": [], "ingress": []}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            command = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")[0].decode()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if command.startswith(f"ray::ServeReplica:{app}:"):
+            found["server"].append(int(entry))
+        elif command.startswith("ray::ProxyActor") or Path(command).name == "haproxy":
+            found["ingress"].append(int(entry))
+    return found
+
+
+def _cpu(groups: dict[str, list[int]]) -> dict[str, float]:
+    return {"box": _box_cpu(), "load": sum(os.times()[:2]),
+            **{name: sum(_process_cpu(pid) for pid in pids) for name, pids in groups.items()}}
+
+
+def measure(url: str, threads: int, seconds: float, groups: dict[str, list[int]]) -> dict:
+    """One window of load on ``url``: answers, latencies, and the CPU seconds each part of
+    the machine used meanwhile (``load``: this process, the load generator)."""
     from retrain.loadgen import LoadGenerator
 
     with LoadGenerator(url, BODY, threads=threads, pause_s=0.0) as load:
         time.sleep(0.5)  # warm: connections, first requests
         before = (load.stats.ok, len(load.stats.latencies), load.stats.failed)
+        cpu_before = _cpu(groups)
         started = time.perf_counter()
         time.sleep(seconds)
         after = (load.stats.ok, len(load.stats.latencies), load.stats.failed)
+        cpu_after = _cpu(groups)
         elapsed = time.perf_counter() - started
     latencies = np.asarray(load.stats.latencies[before[1]:after[1]]) * 1000
     return {"ok": after[0] - before[0], "failed": after[2] - before[2],
-            "rps": (after[0] - before[0]) / elapsed, "latencies": latencies.tolist()}
+            "rps": (after[0] - before[0]) / elapsed, "latencies": latencies.tolist(),
+            "cpu": {k: cpu_after[k] - cpu_before[k] for k in cpu_after}}
 
 
 def merge(parts: list[dict]) -> dict:
     lat = np.concatenate([np.asarray(p["latencies"]) for p in parts])
-    return {"ok": sum(p["ok"] for p in parts), "failed": sum(p["failed"] for p in parts),
+    ok = sum(p["ok"] for p in parts)
+    cpu = {k: sum(p["cpu"][k] for p in parts) for k in parts[0]["cpu"]}
+    cpu["rest"] = cpu["box"] - cpu["load"] - cpu["server"] - cpu["ingress"]
+    return {"ok": ok, "failed": sum(p["failed"] for p in parts),
             "rps": float(np.mean([p["rps"] for p in parts])),
             "p50": float(np.percentile(lat, 50)) if lat.size else float("nan"),
-            "p99": float(np.percentile(lat, 99)) if lat.size else float("nan")}
+            "p99": float(np.percentile(lat, 99)) if lat.size else float("nan"),
+            # CPU milliseconds per answer, per part of the machine
+            "cpu_ms": {k: 1000 * v / max(ok, 1) for k, v in cpu.items()}}
 
 
 def wait_ready(url: str, timeout: float = 180) -> None:
@@ -211,7 +287,9 @@ def run_child(setting: str, args: dict) -> None:
     """One setting: a Ray runtime of its own with the setting's environment, the Serve apps,
     and the rotating blocks over them and the bare servers; prints one JSON line."""
     os.environ.update(SETTINGS[setting])
-    scratch = Path(tempfile.mkdtemp(prefix=f"serve-{setting}-"))
+    # short: HAProxy's admin socket lands two levels below, and a unix socket's path is
+    # limited to 107 bytes (a longer one makes HAProxy refuse its configuration)
+    scratch = Path(tempfile.mkdtemp(prefix="so-"))
     # HAProxy's files and ports: this run's own (its defaults are shared by every cluster on
     # the machine, and 8404/9101 may be taken)
     os.environ.update({"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(scratch / "haproxy.cfg"),
@@ -229,6 +307,8 @@ def run_child(setting: str, args: dict) -> None:
 
     quiet_defaults()
     port, cpus, tracking_uri = free_port(), args["cpus"], args["tracking_uri"]
+    if args["pin"]:  # Ray's processes (raylet, workers, HAProxy) inherit the serving cores
+        os.sched_setaffinity(0, serving_cores())
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
              logging_level="WARNING")
     try:
@@ -255,12 +335,18 @@ def run_child(setting: str, args: dict) -> None:
                  "batched": f"{base}/batched/invocations"}
         for url in {**targets, **batch}.values():
             wait_ready(url)
+        if args["pin"]:  # the load generator's threads, started below, inherit this core
+            os.sched_setaffinity(0, {LOAD_CORE})
         seconds, threads = args["seconds"], args["threads"]
         runs: dict[str, dict[str, list]] = {}
 
+        bare_pids = {"bare": args["bare_pid"], "bare-pandas": args["bare_pandas_pid"]}
+        groups = {name: processes(None if name in bare_pids else name, bare_pids.get(name))
+                  for name in {**targets, **batch}}
+
         def add(key: str, name: str, url: str, clients: int) -> None:
             runs.setdefault(key, {}).setdefault(name, []).append(
-                measure(url, clients, seconds))
+                measure(url, clients, seconds, groups[name]))
 
         for block in range(args["blocks"]):
             order = list(targets) if block % 2 == 0 else list(reversed(targets))
@@ -325,6 +411,32 @@ def _print(results: list[dict], threads: int) -> None:
             plain, batched = b["unbatched"]["rps"], b["batched"]["rps"]
             print(f"{r['setting']:<20}{clients:>8}{plain:>10.0f}{batched:>9.0f}"
                   f"{batched / plain:>7.2f}{b['batched']['p99']:>8.1f}{size:>10.1f}")
+    _print_cpu(results, t)
+
+
+def _print_cpu(results: list[dict], threads: str) -> None:
+    """Where the machine's CPU went, per answer: what a target would serve with the cores
+    to itself, apart from the load generator sharing them here."""
+    parts = ("load", "ingress", "server", "rest", "box")
+    print("\nCPU milliseconds per answer: the load generator (this process), Serve's ingress, "
+          "the server (replica or bare process), the rest of the machine, all")
+    print(f"{'setting':<20}{'target':<15}{'clients':>8}"
+          + "".join(f"{p:>9}" for p in ("load", "ingress", "server", "rest", "all"))
+          + f"{'server/unbatched':>18}")
+    for r in results:
+        if "error" in r:
+            continue
+        rows = [(name, threads, m) for name, m in r["runs"][threads].items()]
+        for clients in (32, 128):
+            rows += [(name, str(clients), m)
+                     for name, m in r["runs"][f"batch{clients}"].items()]
+        for name, clients, m in rows:
+            cpu = m["cpu_ms"]
+            base = (r["runs"][f"batch{clients}"]["unbatched"]["cpu_ms"]["server"]
+                    if name == "batched" else None)
+            print(f"{r['setting']:<20}{name:<15}{clients:>8}"
+                  + "".join(f"{cpu[p]:>9.3f}" for p in parts)
+                  + (f"{base / cpu['server']:>17.2f}x" if base else ""))
 
 
 def main() -> None:
@@ -337,6 +449,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--batch-wait", type=float, default=0.0)
     parser.add_argument("--cpus", type=float, default=0.5, help="CPUs per replica (logical)")
+    parser.add_argument("--pin", action="store_true",
+                        help="the load generator on core 0, the servers and Ray on the rest: "
+                             "what each server serves when the load does not share its cores")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--bare", nargs=3, metavar=("PORT", "TRACKING_URI", "MODE"),
                         help=argparse.SUPPRESS)
@@ -359,9 +474,15 @@ def main() -> None:
              for mode, port in ports.items()]
     child_args = {"tracking_uri": tracking_uri, "cpus": args.cpus, "seconds": args.seconds,
                   "blocks": args.blocks, "threads": args.threads,
-                  "batch_size": args.batch_size, "batch_wait": args.batch_wait,
+                  "batch_size": args.batch_size, "batch_wait": args.batch_wait, "pin": args.pin,
+                  "bare_pid": bares[0].pid, "bare_pandas_pid": bares[1].pid,
                   "bare": f"http://127.0.0.1:{ports['lean']}/invocations",
                   "bare_pandas": f"http://127.0.0.1:{ports['pandas']}/invocations"}
+    if args.pin:
+        if len(os.sched_getaffinity(0)) < 2:
+            raise SystemExit("--pin needs at least 2 cores")
+        for bare in bares:
+            os.sched_setaffinity(bare.pid, serving_cores())
     try:
         wait_ready(child_args["bare"])
         wait_ready(child_args["bare_pandas"])
@@ -372,7 +493,9 @@ def main() -> None:
             bare.wait(30)
     print(f"\none single-row XGBoost request; {args.blocks} rotating blocks of "
           f"{args.seconds:g}s per target and client count; {args.cpus:g} CPU per replica; "
-          "ratios against the bare lean server measured in the same child")
+          "ratios against the bare lean server measured in the same child"
+          + (f"; load generator on core {LOAD_CORE}, servers and Ray on cores "
+             f"{sorted(serving_cores())}" if args.pin else "; all share every core"))
     _print(results, args.threads)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
