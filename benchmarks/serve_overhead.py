@@ -39,6 +39,7 @@ Usage: python benchmarks/serve_overhead.py [--settings default haproxy ...] [--s
 # No `from __future__ import annotations`: FastAPI reads the plain app's annotations at run
 # time inside a Serve replica, where a class shipped by value cannot resolve strings.
 import argparse
+import gc
 import json
 import os
 import socket
@@ -337,6 +338,10 @@ def run_child(setting: str, args: dict) -> None:
             wait_ready(url)
         if args["pin"]:  # the load generator's threads, started below, inherit this core
             os.sched_setaffinity(0, {LOAD_CORE})
+        # this process is the client: its own full collections (it holds Ray and pandas)
+        # would pause the load threads and read as server latency
+        gc.collect()
+        gc.freeze()
         seconds, threads = args["seconds"], args["threads"]
         runs: dict[str, dict[str, list]] = {}
 

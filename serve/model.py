@@ -22,6 +22,7 @@ endpoints and pinning a request to a version (header ``x-retrain-version``) need
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations
 # (`request: Request`) at run time inside the replica, where string annotations of a class
 # that Serve shipped by value do not resolve, and the endpoint would answer 422.
+import gc
 import json
 import logging
 import threading
@@ -111,6 +112,13 @@ class ModelServer:
         self._openapi: dict[str, Any] | None = None
         self._log, self._log_error = open_log(s)
         self._refresh()
+        # What is loaded by now (Ray, FastAPI, pandas, the first version) lives as long as the
+        # replica. Frozen, it is out of the cyclic collector's way: a full collection no
+        # longer scans it. One took 120 ms on a quiet box in a process with these imports,
+        # and held every request in the replica meanwhile (answer gaps of 200-270 ms under
+        # load in benchmarks/rollout_under_load.py before this).
+        gc.collect()
+        gc.freeze()
         self._poller = threading.Thread(target=self._poll, name="registry-poller", daemon=True)
         self._poller.start()
 
