@@ -74,7 +74,7 @@ SETTINGS: dict[str, dict[str, str]] = {
 
 
 #: with ``--pin``, the load generator runs on this core and every server on the others
-LOAD_CORE = 0
+LOAD_CORE = min(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
 
 
 def serving_cores() -> set[int]:
@@ -195,13 +195,13 @@ def run_bare(port: int, tracking_uri: str, mode: str) -> None:
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) a process has used; 0 once it is gone."""
+def _process_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) a process has used; None once it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()  # the name may hold spaces
     except OSError:
-        return 0.0
+        return None
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
 
 
@@ -232,9 +232,18 @@ def processes(app: str | None, bare_pid: int | None) -> dict[str, list[int]]:
     return found
 
 
-def _cpu(groups: dict[str, list[int]]) -> dict[str, float]:
-    return {"box": _box_cpu(), "load": sum(os.times()[:2]),
-            **{name: sum(_process_cpu(pid) for pid in pids) for name, pids in groups.items()}}
+def _cpu(groups: dict[str, list[int]]) -> dict[str, dict[int, float | None]]:
+    """CPU seconds so far: the machine's and this process's (as pid 0), each group's per
+    process."""
+    return {"box": {0: _box_cpu()}, "load": {0: sum(os.times()[:2])},
+            **{name: {pid: _process_cpu(pid) for pid in pids}
+               for name, pids in groups.items()}}
+
+
+def _spent(before: dict[int, float | None], after: dict[int, float | None]) -> float:
+    """CPU seconds between two readings, over the processes alive at both."""
+    return sum(after[pid] - was for pid, was in before.items()
+               if was is not None and after.get(pid) is not None)
 
 
 def measure(url: str, threads: int, seconds: float, groups: dict[str, list[int]]) -> dict:
@@ -254,7 +263,7 @@ def measure(url: str, threads: int, seconds: float, groups: dict[str, list[int]]
     latencies = np.asarray(load.stats.latencies[before[1]:after[1]]) * 1000
     return {"ok": after[0] - before[0], "failed": after[2] - before[2],
             "rps": (after[0] - before[0]) / elapsed, "latencies": latencies.tolist(),
-            "cpu": {k: cpu_after[k] - cpu_before[k] for k in cpu_after}}
+            "cpu": {k: _spent(cpu_before[k], cpu_after[k]) for k in cpu_after}}
 
 
 def merge(parts: list[dict]) -> dict:
@@ -469,13 +478,19 @@ def main() -> None:
         run_child(args.child[0], json.loads(args.child[1]))
         return
 
+    if args.pin and len(os.sched_getaffinity(0)) < 2:
+        raise SystemExit("--pin needs at least 2 cores")
     root = Path(tempfile.mkdtemp(prefix="serve-overhead-"))
     tracking_uri = register(root)
     # one OpenMP thread, as Ray gives a replica with < 2 CPUs: the same XGBoost everywhere
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ports = {"lean": free_port(), "pandas": free_port()}
+    # with --pin, each bare server is on the serving cores from its first instruction, every
+    # thread it starts included
+    pin = (lambda: os.sched_setaffinity(0, serving_cores())) if args.pin else None
     bares = [subprocess.Popen([sys.executable, __file__, "--bare", str(port), tracking_uri, mode],
-                              cwd=Path(__file__).resolve().parent.parent, env=env)
+                              cwd=Path(__file__).resolve().parent.parent, env=env,
+                              preexec_fn=pin)
              for mode, port in ports.items()]
     child_args = {"tracking_uri": tracking_uri, "cpus": args.cpus, "seconds": args.seconds,
                   "blocks": args.blocks, "threads": args.threads,
@@ -483,11 +498,6 @@ def main() -> None:
                   "bare_pid": bares[0].pid, "bare_pandas_pid": bares[1].pid,
                   "bare": f"http://127.0.0.1:{ports['lean']}/invocations",
                   "bare_pandas": f"http://127.0.0.1:{ports['pandas']}/invocations"}
-    if args.pin:
-        if len(os.sched_getaffinity(0)) < 2:
-            raise SystemExit("--pin needs at least 2 cores")
-        for bare in bares:
-            os.sched_setaffinity(bare.pid, serving_cores())
     try:
         wait_ready(child_args["bare"])
         wait_ready(child_args["bare_pandas"])

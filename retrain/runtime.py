@@ -125,8 +125,10 @@ def quiet_defaults() -> None:
 
 
 def lower_priority(by: int) -> None:
-    """Lower this process's CPU priority by ``by`` nice levels (not at all where the
-    platform has no ``os.nice``). A process cannot raise it back: call this only in a
-    process that does nothing else, such as `retrain rollout start`."""
+    """Lower the calling thread's CPU priority, and so that of every thread it starts later,
+    by ``by`` nice levels (not at all where the platform has no ``os.nice``). On Linux a
+    nice value is per thread: call this first, before imports start threads of their own
+    (OpenBLAS, pyarrow). It cannot be raised back: call it only in a process that does
+    nothing else, such as `retrain rollout start`."""
     if by and hasattr(os, "nice"):
         os.nice(by)

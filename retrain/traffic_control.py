@@ -54,7 +54,7 @@ from serve.traffic import PIN_HEADER, TrafficSplit
 
 if TYPE_CHECKING:
     from retrain.registry import Registry
-    from serve.inference_log import PredictionTail
+    from serve.inference_log import LogTail
 
 
 class TrafficStore:
@@ -168,8 +168,9 @@ class RolloutDriver:
         #: the smoke step's pinned requests (their log rows are what the step is judged on)
         self._smoke_ids: set[str] = set()
         self._batch: list[dict[str, Any]] | None = None
-        #: the inference log as read so far: each poll reads only the files written since
-        self._tail: PredictionTail | None = None
+        #: the inference log's predictions and feedback as read so far: each poll reads only
+        #: the files written since (dropped when a rollout ends)
+        self._tails: tuple[LogTail, LogTail] | None = None
 
     # -- state ------------------------------------------------------------------------------
     def load(self) -> Rollout | None:
@@ -222,6 +223,8 @@ class RolloutDriver:
         self.store.write(self._applied(after))
         if before is not None:
             self._record(before, after)
+        if after.done:
+            self._tails = None  # a long-lived driver (`retrain watch`) holds no log meanwhile
         return after
 
     # -- operations ---------------------------------------------------------------------------
@@ -323,18 +326,19 @@ class RolloutDriver:
 
     # -- the world --------------------------------------------------------------------------
     def _observe(self, rollout: Rollout, healthy: dict[str, bool] | None) -> Observation:
-        from serve.inference_log import PredictionTail, read_feedback
+        from serve.inference_log import LogTail
+        from serve.inference_log.schema import FEEDBACK, PREDICTIONS
 
-        path = self.config.inference_log_path
+        if self._tails is None:
+            path = self.config.inference_log_path
+            self._tails = (LogTail(path, PREDICTIONS), LogTail(path, FEEDBACK))
         since = rollout.step_started_at
-        if self._tail is None:
-            self._tail = PredictionTail(path)
-        rows = self._tail.read(since)
+        rows = self._tails[0].read(since)
         if rollout.stage is Stage.SMOKE:
             # only the pinned sample batches: both versions on the very same rows
             rows = rows[rows["request_id"].isin(self._smoke_ids)]
         task = self.config.task
-        labels = read_feedback(path, since=since) if rollout.plan.gates.min_labelled else None
+        labels = self._tails[1].read(since) if rollout.plan.gates.min_labelled else None
         return observe(rollout, rows, since=since, labels=labels, task=task.type,
                        metric=task.primary_metric, healthy=healthy)
 

@@ -100,34 +100,34 @@ def alias_version(tracking_uri: str, name: str, alias: str) -> str | None:
 
 def load_version(tracking_uri: str, name: str, version: str) -> LoadedModel:
     """Download and load one registered version (refused when its MLmodel asks for code)."""
+    uri = f"models:/{name}/{version}"
+    with tempfile.TemporaryDirectory(prefix="retrain-model-") as tmp:
+        local = _download(tracking_uri, uri, tmp)
+        return load_local(local, name=name, version=str(version), where=uri)
+
+
+def _download(tracking_uri: str, uri: str, tmp: str) -> str:
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    uri = f"models:/{name}/{version}"
-    with tempfile.TemporaryDirectory(prefix="retrain-model-") as tmp:
-        try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
-        except Exception as exc:  # MLflow raises several kinds here; all mean "cannot load"
-            raise ModelUnavailable(f"cannot download {uri}: {exc}") from exc
-        return load_local(local, name=name, version=str(version), where=uri)
+    try:
+        return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+    except Exception as exc:  # MLflow raises several kinds here; all mean "cannot load"
+        raise ModelUnavailable(f"cannot download {uri}: {exc}") from exc
 
 
 def load_spec(tracking_uri: str, name: str, version: str) -> FeatureSpec:
     """One registered version's feature spec, from its MLmodel file alone: no model file is
     downloaded and no XGBoost or scikit-learn is imported (the rollout driver's smoke rows)."""
-    import mlflow
     import yaml
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
     uri = f"models:/{name}/{version}"
     with tempfile.TemporaryDirectory(prefix="retrain-spec-") as tmp:
+        path = _download(tracking_uri, f"{uri}/MLmodel", tmp)
         try:
-            path = mlflow.artifacts.download_artifacts(artifact_uri=f"{uri}/MLmodel",
-                                                       dst_path=tmp)
             metadata = (yaml.safe_load(Path(path).read_text()) or {}).get("metadata") or {}
-        except Exception as exc:  # MLflow raises several kinds; YAML errors; not a mapping
+        except (OSError, yaml.YAMLError, AttributeError) as exc:  # AttributeError: no mapping
             raise ModelUnavailable(f"cannot read the MLmodel file of {uri}: {exc}") from exc
     return _spec_of(metadata, uri)
 

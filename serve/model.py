@@ -112,12 +112,13 @@ class ModelServer:
         self._openapi: dict[str, Any] | None = None
         self._log, self._log_error = open_log(s)
         self._refresh()
-        # What is loaded by now (Ray, FastAPI, pandas, the first version) lives as long as the
-        # replica. Frozen, it is out of the cyclic collector's way: a full collection no
-        # longer scans it. One took 120 ms on a quiet box in a process with these imports,
-        # and holds every request in the replica meanwhile. With this and the same in its
-        # client, benchmarks/rollout_under_load.py's longest gap between answers went from
-        # 207-265 ms to 30-37 ms.
+        # What is loaded by now (Ray, FastAPI, MLflow, pandas) lives as long as the replica.
+        # Frozen, it is out of the cyclic collector's way: a full collection no longer scans
+        # it. One took 120 ms on a quiet box in a process with these imports, and holds every
+        # request in the replica meanwhile. With this and the same in its client,
+        # benchmarks/rollout_under_load.py's longest gap between answers went from 207-265 ms
+        # to 30-37 ms. The first version is frozen too; retired, it is freed by reference
+        # counting (test_a_retired_version_is_freed_though_it_was_frozen_at_start).
         gc.collect()
         gc.freeze()
         self._poller = threading.Thread(target=self._poll, name="registry-poller", daemon=True)

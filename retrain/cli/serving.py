@@ -81,14 +81,16 @@ def _rollout_line(rollout) -> str:
 
 def _cmd_rollout(args: argparse.Namespace) -> int:
     from retrain.config import load_config
-    from retrain.operations import move_champion
     from retrain.runtime import lower_priority
-    from retrain.traffic_control import RolloutDriver
 
     config = load_config(args.config)
     if args.action == "start" and not args.no_wait:
-        # this process only drives the rollout: it yields the CPU to serving
+        # this process only drives the rollout: it yields the CPU to serving, from before
+        # the imports below (numpy, pyarrow and MLflow start threads and cost seconds of CPU)
         lower_priority(config.rollout.driver_nice)
+    from retrain.operations import move_champion
+    from retrain.traffic_control import RolloutDriver
+
     driver = RolloutDriver(config, url=args.url, echo=print)
     action = args.action
     if action == "status":

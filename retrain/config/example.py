@@ -157,7 +157,8 @@ rollout:                       # how a promoted version reaches live traffic on 
     live_metric_tolerance: 0.02  # once min_labelled labels arrived per version
     min_labelled: 200
   drain_s: 30                  # the old version retires this long after the last step
-  driver_nice: 10              # `retrain rollout start` lowers its CPU priority by this much
+  driver_nice: 19              # `retrain rollout start` lowers its CPU priority by this much
+                               # (Ray's workers run at 15: 16-19 puts the driver below them)
 
 ray:
   address:                     # empty: RAY_ADDRESS, a running local cluster, or a new one

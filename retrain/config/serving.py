@@ -152,9 +152,11 @@ class RolloutConfig(_Section):
     #: the old version retires this long after the last step (in-flight requests drain)
     drain_s: float = Field(default=30.0, ge=0)
     #: `retrain rollout start` lowers its own CPU priority by this much (``os.nice``) before it
-    #: drives a rollout, so on a node it shares with the replicas its reads of the inference
-    #: log and its gate checks take only CPU that serving leaves idle; 0 keeps the priority
-    driver_nice: int = Field(default=10, ge=0, le=19)
+    #: imports anything heavy, so on a node it shares with the replicas its start-up, reads of
+    #: the inference log and gate checks yield to serving. Ray runs its workers (replicas,
+    #: Serve's proxy) at nice 15 (``RAY_worker_niceness``): only 16-19 puts the driver below
+    #: them. 0 keeps the priority
+    driver_nice: int = Field(default=19, ge=0, le=19)
 
 
 class RayConfig(_Section):

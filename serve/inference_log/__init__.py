@@ -10,7 +10,7 @@ Layout under one root (a local folder or any pyarrow URI such as ``s3://bucket/l
     <root>/moves/done/<id>.json        ... and copied to the ledger by the controller
 
 Writing (`InferenceLog`) happens inside the Serve replicas; reading (`read_predictions`,
-`read_feedback`, `pending_requests`, `pending_moves`; `PredictionTail` for a reader that polls
+`read_feedback`, `pending_requests`, `pending_moves`; `LogTail` for a reader that polls
 and reads each file once) in the monitor and the controller. The
 request path only appends references to a buffer under a lock; a background thread converts
 and writes, so a slow disk costs no answer time. Memory stays bounded: past
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from serve.inference_log.feedback import FeedbackItem, InvalidFeedback, parse_feedback
 from serve.inference_log.moves import AdminMove, consume_move, note_move, pending_moves
-from serve.inference_log.reader import PredictionTail, read_feedback, read_predictions
+from serve.inference_log.reader import LogTail, read_feedback, read_predictions
 from serve.inference_log.requests import (
     RetrainRequest,
     consume_request,
@@ -44,7 +44,7 @@ __all__ = [
     "InferenceLog",
     "InvalidFeedback",
     "LogStats",
-    "PredictionTail",
+    "LogTail",
     "RetrainRequest",
     "consume_move",
     "consume_request",

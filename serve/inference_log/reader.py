@@ -1,5 +1,5 @@
 """The monitor's side: predictions and feedback read back as frames, per hour partition, older
-layouts upgraded; `PredictionTail` for a poller that reads each file once.
+layouts upgraded; `LogTail` for a poller that reads each file once.
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from serve.inference_log.schema import (
 from serve.inference_log.storage import resolve
 
 #: how long after its newest row a file may show as modified, at most, on a store whose clock
-#: runs behind the writer's: files modified longer before a read's ``since`` are not read
-MTIME_SLACK_S = 60.0
+#: runs behind the writer's: files modified longer before a read's ``since`` are not read.
+#: Generous, since the hour partitions already bound what is read.
+MTIME_SLACK_S = 600.0
+
 
 def read_predictions(
     path: str | os.PathLike[str], *, since: Any = None, limit: int | None = None
@@ -55,50 +57,61 @@ def read_feedback(path: str | os.PathLike[str], *, since: Any = None) -> pd.Data
 
 
 def _read(
-    path: str | os.PathLike[str], kind: str, schema: pa.Schema, *, since: Any, limit: int | None
+    path: str | os.PathLike[str], kind: str, schema: pa.Schema, *, since: Any, limit: int | None,
+    cache: dict[str, pa.Table] | None = None,
 ) -> pd.DataFrame:
+    """``kind``'s rows at or after ``since``; with ``cache``, tables of files read before are
+    taken from it, and it is left holding exactly the files read or taken this time."""
     fs, root = resolve(path)
     start = _utc(since)
     hours = _files(fs, f"{root}/{kind}", start)
     by_hour: list[list[pa.Table]] = []
+    held: dict[str, pa.Table] = {}
     rows = 0
     # Hour partitions hold disjoint time ranges: newest first, stop once `limit` rows are in.
     for key in sorted(hours, reverse=True):
         # within an hour, file order (writer, sequence) breaks ties between equal timestamps
-        by_hour.append([_upgraded(kind, pq.read_table(file, filesystem=fs))
-                        for file in hours[key]])
+        for file in hours[key]:
+            known = None if cache is None else cache.get(file)
+            held[file] = (known if known is not None
+                          else _upgraded(kind, pq.read_table(file, filesystem=fs)))
+        by_hour.append([held[file] for file in hours[key]])
         rows += sum(t.num_rows for t in by_hour[-1])
         if limit is not None and rows >= limit:
             break
+    if cache is not None:
+        cache.clear()
+        cache.update(held)
     tables = [table for hour in reversed(by_hour) for table in hour]
     return _frame(tables, schema, start, limit)
 
 
-class PredictionTail:
-    """The predictions logged since a time that moves on, read again and again as the log
-    grows (the rollout driver polls it every step): each file is read once.
+class LogTail:
+    """One kind of the log (predictions or feedback) since a time that moves on, read again
+    and again as the log grows (the rollout driver polls it every step): each file is read
+    once.
 
     A file never changes once it is in its partition (writers rename a finished file into
     place), so a table read stays true; the tables of files from before ``since`` (less
     `MTIME_SLACK_S`) are dropped as ``since`` moves on. Same rows, in the same order, as
-    ``read_predictions(path, since=since)``.
+    `read_predictions` or `read_feedback` with the same ``since``.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self._fs, self._root = resolve(path)
+    def __init__(self, path: str | os.PathLike[str], kind: str = PREDICTIONS) -> None:
+        schemas = {PREDICTIONS: PREDICTION_COLUMNS, FEEDBACK: FEEDBACK_COLUMNS}
+        if kind not in schemas:
+            raise ValueError(f"kind must be one of {sorted(schemas)}, but got {kind!r}")
+        self._path, self._kind, self._schema = path, kind, schemas[kind]
         self._tables: dict[str, pa.Table] = {}
 
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The files whose tables are held now."""
+        return tuple(self._tables)
+
     def read(self, since: Any) -> pd.DataFrame:
-        start = _utc(since)
-        hours = _files(self._fs, f"{self._root}/{PREDICTIONS}", start)
-        tables: dict[str, pa.Table] = {}
-        for key in sorted(hours):
-            for file in hours[key]:
-                known = self._tables.get(file)
-                tables[file] = known if known is not None else _upgraded(
-                    PREDICTIONS, pq.read_table(file, filesystem=self._fs))
-        self._tables = tables
-        return _frame(list(tables.values()), PREDICTION_COLUMNS, start, None)
+        return _read(self._path, self._kind, self._schema, since=since, limit=None,
+                     cache=self._tables)
 
 
 def _files(fs: pafs.FileSystem, base: str, start: pd.Timestamp | None

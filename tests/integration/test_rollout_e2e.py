@@ -269,9 +269,14 @@ def test_a_driver_process_killed_between_steps_is_resumed_by_the_next(project):
                    and json.loads(state.read_text())["stage"] == "shadow"
                    and json.loads(state.read_text())["history"][-1]["to_stage"] == "shadow",
                    timeout=120)
-        # the driver yields the CPU to serving: its priority is lowered by driver_nice
-        assert os.getpriority(os.PRIO_PROCESS, child.pid) == min(
-            19, os.getpriority(os.PRIO_PROCESS, 0) + config.rollout.driver_nice)
+        # the driver yields the CPU to serving: every one of its threads runs below the
+        # replica's priority (Ray runs its workers at nice 15)
+        driver = _nice_values(child.pid)
+        assert set(driver) == {min(19, os.getpriority(os.PRIO_PROCESS, 0)
+                                   + config.rollout.driver_nice)}, driver
+        assert len(driver) > 1  # its library threads too, not only the main one
+        replicas = [pid for pid in _pids() if _command(pid).startswith("ray::ServeReplica:")]
+        assert replicas and min(driver) > max(n for pid in replicas for n in _nice_values(pid))
     finally:
         os.kill(child.pid, signal.SIGKILL)  # the process this test started, by its id
         child.wait()
@@ -291,3 +296,31 @@ def test_a_driver_process_killed_between_steps_is_resumed_by_the_next(project):
     assert not load.failures(), load.failures()[:5]
     assert main(["rollout", "promote", "1", "--config", str(project["path"])]) == 0
     _serving_only(project, "1")
+
+
+def _pids() -> list[int]:
+    import os
+
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def _command(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _nice_values(pid: int) -> list[int]:
+    """The nice value of each of a process's threads (field 19 of /proc/<pid>/task/*/stat)."""
+    import os
+
+    values = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as f:
+                values.append(int(f.read().rsplit(")", 1)[1].split()[16]))
+        except OSError:
+            continue  # a thread that ended meanwhile
+    return values

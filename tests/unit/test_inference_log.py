@@ -20,7 +20,7 @@ from serve.inference_log import (
     FeedbackItem,
     InferenceLog,
     InvalidFeedback,
-    PredictionTail,
+    LogTail,
     consume_request,
     parse_feedback,
     pending_requests,
@@ -361,48 +361,53 @@ def test_readers_skip_partitions_they_do_not_need(tmp_path):
 
 
 def test_a_file_modified_long_before_since_is_not_read(tmp_path):
-    # the writer's clock is real here, so the files' times and the rows' times agree
-    log = InferenceLog(tmp_path, start=False)
-    log_rows(log, 3, request_id="old")
+    since = T0 - 1800  # mid-hour: both files below land in since's hour partition
+    assert 300 < MTIME_SLACK_S < 900  # the stamps below sit either side of the slack
+    log = InferenceLog(tmp_path, clock=Clock(since + 1), start=False)  # the writer's clock
+    log_rows(log, 2, request_id="ahead")
     log.flush()
-    old = parquet_files(tmp_path)[0]
-    since = time.time()
-    time.sleep(0.01)  # rows are stamped to the millisecond
-    stamp = since - MTIME_SLACK_S - 5
-    original = old.read_bytes()
-    log_rows(log, 2, request_id="new")
+    ahead = parquet_files(tmp_path)[0]
+    # the store's clock runs 5 minutes behind the writer's: within the slack, still read
+    os.utime(ahead, (since - 300, since - 300))
+    log_rows(log, 3, request_id="stale")
     log.flush()
-    old.write_bytes(b"not parquet")  # reading it would raise
-    os.utime(old, (stamp, stamp))
-    assert read_predictions(tmp_path, since=since)["request_id"].tolist() == ["new", "new"]
-    # within the slack a file is still read: a writer's clock may run ahead of the store's
-    old.write_bytes(original)
-    stamp = since - MTIME_SLACK_S + 5
-    os.utime(old, (stamp, stamp))
-    assert sorted(set(read_predictions(tmp_path, since=0)["request_id"])) == ["new", "old"]
+    stale = next(p for p in parquet_files(tmp_path) if p != ahead)
+    stale.write_bytes(b"not parquet")  # reading it would raise
+    os.utime(stale, (since - 900, since - 900))  # modified long before since: never read
+    assert read_predictions(tmp_path, since=since)["request_id"].tolist() == ["ahead"] * 2
+    assert LogTail(tmp_path).read(since)["request_id"].tolist() == ["ahead"] * 2
+    with pytest.raises(Exception, match=r"(?i)parquet"):
+        read_predictions(tmp_path)  # without since every file is read
 
 
-def test_a_tail_reads_what_read_predictions_reads_each_file_once(tmp_path):
+def test_a_tail_reads_what_the_readers_read_each_file_once(tmp_path):
     clock = Clock(T0 - 3600)
     log = InferenceLog(tmp_path, clock=clock, start=False)
-    tail = PredictionTail(tmp_path)
-    assert tail.read(T0 - 3600).empty
-    seen = []
+    tail, labels = LogTail(tmp_path), LogTail(tmp_path, "feedback")
+    assert tail.read(T0 - 3600).empty and labels.read(T0 - 3600).empty
+    held = []
     for i in range(12):  # a file every 10 minutes, across hours 06-08
         log_rows(log, 2, request_id=f"r{i:02d}", start=i)
+        log.log_feedback([FeedbackItem(f"r{i:02d}", 1.0)])
         log.flush()
         clock.now += 600
         since = T0 - 3600 + 600 * max(0, i - 3)  # the window moves on, as a rollout's step
-        got = tail.read(since)
-        pd.testing.assert_frame_equal(got, read_predictions(tmp_path, since=since))
-        seen.append(len(got))
-    assert seen[-1] == 8  # the last 4 files' rows
+        pd.testing.assert_frame_equal(tail.read(since), read_predictions(tmp_path, since=since))
+        pd.testing.assert_frame_equal(labels.read(since), read_feedback(tmp_path, since=since))
+        held.append(len(tail.files))
+    assert len(tail.read(since)) == 8  # the last 4 files' rows
+    assert max(held) > held[-1]  # files of hours before since's are let go
     # a file already read is not read again (files never change once in place)
     newest = parquet_files(tmp_path)[-1]
     newest.write_bytes(b"not parquet")
     assert len(tail.read(since)) == 8
     with pytest.raises(Exception, match=r"(?i)parquet"):
         read_predictions(tmp_path, since=since)
+    # a file gone from the store is gone from the tail
+    newest.unlink()
+    assert len(tail.read(since)) == 6 and str(newest) not in tail.files
+    with pytest.raises(ValueError, match="kind must be one of"):
+        LogTail(tmp_path, "labels")
 
 
 def test_empty_log_reads_as_empty_frames_with_the_columns(tmp_path):

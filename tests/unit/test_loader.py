@@ -183,3 +183,15 @@ def test_a_feature_spec_is_read_from_the_mlmodel_file_alone(registry):
     assert reg.feature_spec(unloadable) == registry["spec"]
     with pytest.raises(ModelNotFoundError, match="version 999"):
         reg.feature_spec("999")
+
+
+def test_reading_a_feature_spec_imports_no_model_library(registry):
+    import subprocess
+
+    code = ("import sys; from serve.loader import load_spec; "
+            f"spec = load_spec({registry['reg'].tracking_uri!r}, {MODEL!r}, "
+            f"{registry['version']!r}); "
+            "print(spec.names, 'xgboost' in sys.modules, 'sklearn' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.split("\n")[-2] == f"{registry['spec'].names} False False"

@@ -414,3 +414,34 @@ def test_a_row_with_no_feature_is_refused_naming_it_unless_allowed():
     # the runner reports as the model's failure, not as the caller's)
     allowed = run(runner(allow_all_missing_rows=True).predict(frame))
     assert allowed.invalid is None and "non-finite prediction" in allowed.error
+
+
+def test_a_retired_version_is_freed_though_it_was_frozen_at_start():
+    """A replica freezes what it loaded at start, its first version included (gc.freeze in
+    ModelServer): the cyclic collector never looks at frozen objects again, so a retired
+    version must be freed by reference counting alone, or its booster's native memory would
+    stay for the replica's life."""
+    import gc
+    import weakref
+
+    import xgboost as xgb
+
+    from tests.conftest import wait_until
+
+    data = pd.DataFrame({"x1": np.arange(40.0), "cat": pd.Categorical(["a", "b"] * 20)})
+    booster = xgb.train({"objective": "binary:logistic", "max_depth": 2, "nthread": 1},
+                        xgb.DMatrix(SPEC.frame(data), (data["x1"] > 20).astype(int),
+                                    enable_categorical=True), 3)
+    one = VersionRunner(LoadedModel(name="m", version="1", task="classification", spec=SPEC,
+                                    booster=booster), Limits(), VersionCounters())
+    assert run(one.predict(rows(1.0, 30.0))).predictions.shape == (2,)  # its threads ran
+    gone = weakref.ref(booster)
+    del booster
+    gc.collect()
+    gc.freeze()
+    try:
+        one.retire()
+        del one
+        wait_until(lambda: gone() is None, timeout=10)
+    finally:
+        gc.unfreeze()
