@@ -27,6 +27,9 @@ from serve.inference_log.storage import resolve
 #: Generous, since the hour partitions already bound what is read.
 MTIME_SLACK_S = 600.0
 
+#: the columns of each kind of file
+_SCHEMAS = {PREDICTIONS: PREDICTION_COLUMNS, FEEDBACK: FEEDBACK_COLUMNS}
+
 
 def read_predictions(
     path: str | os.PathLike[str], *, since: Any = None, limit: int | None = None
@@ -45,7 +48,7 @@ def read_predictions(
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0 or None, but got {limit=}")
-    return _read(path, PREDICTIONS, PREDICTION_COLUMNS, since=since, limit=limit)
+    return _read(path, PREDICTIONS, since=since, limit=limit)
 
 
 def read_feedback(path: str | os.PathLike[str], *, since: Any = None) -> pd.DataFrame:
@@ -53,11 +56,11 @@ def read_feedback(path: str | os.PathLike[str], *, since: Any = None) -> pd.Data
 
     A label sent twice for the same row appears twice; the newest one is the last.
     """
-    return _read(path, FEEDBACK, FEEDBACK_COLUMNS, since=since, limit=None)
+    return _read(path, FEEDBACK, since=since, limit=None)
 
 
 def _read(
-    path: str | os.PathLike[str], kind: str, schema: pa.Schema, *, since: Any, limit: int | None,
+    path: str | os.PathLike[str], kind: str, *, since: Any, limit: int | None,
     cache: dict[str, pa.Table] | None = None,
 ) -> pd.DataFrame:
     """``kind``'s rows at or after ``since``; with ``cache``, tables of files read before are
@@ -83,7 +86,7 @@ def _read(
         cache.clear()
         cache.update(held)
     tables = [table for hour in reversed(by_hour) for table in hour]
-    return _frame(tables, schema, start, limit)
+    return _frame(tables, _SCHEMAS[kind], start, limit)
 
 
 class LogTail:
@@ -98,10 +101,9 @@ class LogTail:
     """
 
     def __init__(self, path: str | os.PathLike[str], kind: str = PREDICTIONS) -> None:
-        schemas = {PREDICTIONS: PREDICTION_COLUMNS, FEEDBACK: FEEDBACK_COLUMNS}
-        if kind not in schemas:
-            raise ValueError(f"kind must be one of {sorted(schemas)}, but got {kind!r}")
-        self._path, self._kind, self._schema = path, kind, schemas[kind]
+        if kind not in _SCHEMAS:
+            raise ValueError(f"kind must be one of {sorted(_SCHEMAS)}, but got {kind!r}")
+        self._path, self._kind = path, kind
         self._tables: dict[str, pa.Table] = {}
 
     @property
@@ -110,8 +112,7 @@ class LogTail:
         return tuple(self._tables)
 
     def read(self, since: Any) -> pd.DataFrame:
-        return _read(self._path, self._kind, self._schema, since=since, limit=None,
-                     cache=self._tables)
+        return _read(self._path, self._kind, since=since, limit=None, cache=self._tables)
 
 
 def _files(fs: pafs.FileSystem, base: str, start: pd.Timestamp | None
